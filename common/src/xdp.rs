@@ -1,0 +1,73 @@
+//! The XDP packet counter: map names, counter layout and classification slots.
+
+use core::mem::size_of;
+
+/// Name of the XDP program in the eBPF object.
+pub const PROGRAM_NAME: &str = "xdp_packet_counter";
+
+/// Per-CPU hash map: interface index (`u32`) -> [`InterfaceCounters`].
+pub const COUNTERS_MAP: &str = "XDP_COUNTERS";
+/// Per-CPU array: [`ProgramError`] slot -> number of times it happened (`u64`).
+pub const ERRORS_MAP: &str = "XDP_ERRORS";
+
+/// Upper bound of interfaces tracked at once by [`COUNTERS_MAP`].
+pub const MAX_INTERFACES: u32 = 1024;
+
+/// Address family slot, first index of the counter tables.
+pub const FAMILY_IPV4: usize = 0;
+pub const FAMILY_IPV6: usize = 1;
+pub const FAMILY_OTHER: usize = 2;
+pub const FAMILIES: usize = 3;
+
+/// Transport protocol slot, second index of the counter tables.
+pub const PROTOCOL_TCP: usize = 0;
+pub const PROTOCOL_UDP: usize = 1;
+/// ICMP for IPv4, ICMPv6 for IPv6.
+pub const PROTOCOL_ICMP: usize = 2;
+pub const PROTOCOL_OTHER: usize = 3;
+pub const PROTOCOLS: usize = 4;
+
+/// Label values, indexed by the slots above.
+pub const FAMILY_LABELS: [&str; FAMILIES] = ["ipv4", "ipv6", "other"];
+pub const PROTOCOL_LABELS: [&str; PROTOCOLS] = ["tcp", "udp", "icmp", "other"];
+
+/// Most 802.1Q / 802.1ad tags the parser walks through.
+pub const MAX_VLAN_TAGS: usize = 2;
+/// Most IPv6 extension headers the parser walks through before it gives up
+/// and counts the packet's protocol as `other`.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+/// Counters of one interface on one CPU. User space sums them over all CPUs.
+///
+/// Every frame the program sees is counted exactly once in `packets`
+/// (under the family and protocol the parser could determine), and once
+/// more in `malformed` when its headers were cut short.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceCounters {
+    /// `[family][protocol]` packet counts.
+    pub packets: [[u64; PROTOCOLS]; FAMILIES],
+    /// `[family][protocol]` byte counts (the L2 frame length XDP sees).
+    pub bytes: [[u64; PROTOCOLS]; FAMILIES],
+    /// Frames whose headers were truncated.
+    pub malformed: u64,
+}
+
+const _: () = assert!(size_of::<InterfaceCounters>() == 2 * FAMILIES * PROTOCOLS * 8 + 8);
+
+/// Slots of [`ERRORS_MAP`]: the program's own failures. On any of them the
+/// packet still passes; only the counter moves.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramError {
+    /// [`COUNTERS_MAP`] was full, the packet could not be counted.
+    CountersMapFull = 0,
+}
+
+pub const PROGRAM_ERROR_SLOTS: u32 = 1;
+pub const PROGRAM_ERROR_LABELS: [&str; PROGRAM_ERROR_SLOTS as usize] = ["counters_map_full"];
+
+#[cfg(feature = "user")]
+// SAFETY: `InterfaceCounters` is `#[repr(C)]`, made only of `u64`s (no
+// padding, no pointers), so every bit pattern is a valid value.
+unsafe impl aya::Pod for InterfaceCounters {}

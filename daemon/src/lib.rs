@@ -1,0 +1,4 @@
+//! telemetryd: eBPF node telemetry daemon.
+#![deny(unsafe_code)]
+
+pub mod collect;

@@ -1,4 +1,16 @@
 //! telemetryd: eBPF node telemetry daemon.
+//!
+//! Data flow: kernel programs -> maps -> [`collect`] (one poll per interval)
+//! -> immutable [`collect::Snapshot`] -> [`metrics`] (rendered per scrape).
+//! Only [`bpf`] and [`collect`] touch aya.
 #![deny(unsafe_code)]
 
+pub mod bpf;
+pub mod cli;
 pub mod collect;
+pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod shutdown;

@@ -31,6 +31,18 @@ pub struct Snapshot {
     pub tcp: TcpStats,
     /// eBPF programs' own errors, keyed by (program, reason).
     pub program_errors: BTreeMap<(String, String), u64>,
+    /// Where each program is attached at the time of the poll.
+    pub attachments: Vec<ProgramAttachment>,
+}
+
+/// One attachment of one eBPF program.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProgramAttachment {
+    pub program: String,
+    /// `xdp-native`, `xdp-generic`, `tracepoint`, `kprobe` or `fentry`.
+    pub attach: String,
+    /// The interface for XDP; empty for tracing programs.
+    pub device: String,
 }
 
 /// Counters of one interface.

@@ -1,0 +1,8 @@
+//! Everything that loads eBPF programs into the kernel and attaches them.
+//! Together with `collect`, the only part of the daemon that imports aya.
+
+pub mod interfaces;
+pub mod object;
+pub mod xdp;
+
+pub use object::{LoadError, LoadedObject};

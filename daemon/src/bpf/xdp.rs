@@ -1,0 +1,299 @@
+//! Attaching `xdp_packet_counter` to interfaces.
+
+use std::collections::HashMap;
+
+use aya::programs::xdp::XdpLinkId;
+use aya::programs::{ProgramError, Xdp, XdpMode as KernelXdpMode};
+use telemetryd_common::xdp::PROGRAM_NAME;
+use tracing::{info, warn};
+
+use super::interfaces::{self, Interface};
+use super::object::{LoadError, LoadedObject};
+use crate::config::XdpMode;
+
+/// How the program ended up attached to one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Generic,
+}
+
+impl AttachMode {
+    /// The `attach` label of `telemetryd_ebpf_program_attached`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AttachMode::Native => "xdp-native",
+            AttachMode::Generic => "xdp-generic",
+        }
+    }
+}
+
+/// One interface the program is attached to.
+#[derive(Debug)]
+pub struct Attachment {
+    pub interface: Interface,
+    pub mode: AttachMode,
+    link: XdpLinkId,
+}
+
+/// Why an interface could not be attached. None of these stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("interface {0} does not exist")]
+    Missing(String),
+    #[error("interface {0} is down")]
+    Down(String),
+    #[error(
+        "interface {0} already carries an XDP program that telemetryd did not attach; \
+         left alone (set xdp.replace = true to replace it)"
+    )]
+    Busy(String),
+    #[error("reading interface {name}: {source}")]
+    Sysfs {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attaching to {name} in {mode} mode: {source}")]
+    Kernel {
+        name: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+impl AttachError {
+    /// The interface the error is about.
+    pub fn interface(&self) -> &str {
+        match self {
+            AttachError::Missing(n) | AttachError::Down(n) | AttachError::Busy(n) => n,
+            AttachError::Sysfs { name, .. } | AttachError::Kernel { name, .. } => name,
+        }
+    }
+}
+
+/// The loaded packet counter program.
+pub struct PacketCounter<'a> {
+    program: &'a mut Xdp,
+}
+
+impl<'a> PacketCounter<'a> {
+    /// Loads the program through the verifier (once; later calls reuse it).
+    pub fn load(object: &'a mut LoadedObject) -> Result<Self, LoadError> {
+        let program: &mut Xdp = object
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(LoadError::MissingProgram {
+                program: PROGRAM_NAME,
+            })?
+            .try_into()
+            .map_err(|source| LoadError::Program {
+                program: PROGRAM_NAME,
+                source,
+            })?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| LoadError::Program {
+                program: PROGRAM_NAME,
+                source,
+            })?;
+        }
+        Ok(Self { program })
+    }
+
+    /// Attaches to the named interface. `auto` tries native (driver) mode
+    /// and falls back to generic for this interface alone.
+    pub fn attach(&mut self, name: &str, mode: XdpMode) -> Result<Attachment, AttachError> {
+        let interface = interfaces::lookup(name)
+            .map_err(|source| AttachError::Sysfs {
+                name: name.to_owned(),
+                source,
+            })?
+            .ok_or_else(|| AttachError::Missing(name.to_owned()))?;
+        if !interface.up {
+            return Err(AttachError::Down(name.to_owned()));
+        }
+        let attempts: &[AttachMode] = match mode {
+            XdpMode::Auto => &[AttachMode::Native, AttachMode::Generic],
+            XdpMode::Native => &[AttachMode::Native],
+            XdpMode::Generic => &[AttachMode::Generic],
+        };
+        let mut last_error = None;
+        for &attempt in attempts {
+            let kernel_mode = match attempt {
+                AttachMode::Native => KernelXdpMode::Driver,
+                AttachMode::Generic => KernelXdpMode::Skb,
+            };
+            match self
+                .program
+                .attach_to_if_index(interface.ifindex, kernel_mode)
+            {
+                Ok(link) => {
+                    info!(
+                        device = %interface.name,
+                        ifindex = interface.ifindex,
+                        mode = attempt.label(),
+                        "xdp attached"
+                    );
+                    return Ok(Attachment {
+                        interface,
+                        mode: attempt,
+                        link,
+                    });
+                }
+                Err(error) if is_busy(&error) => return Err(AttachError::Busy(name.to_owned())),
+                Err(error) => {
+                    if attempts.len() > 1 && attempt == AttachMode::Native {
+                        info!(
+                            device = %interface.name,
+                            %error,
+                            "native xdp not available, falling back to generic"
+                        );
+                    }
+                    last_error = Some(AttachError::Kernel {
+                        name: name.to_owned(),
+                        mode: attempt.label(),
+                        source: error,
+                    });
+                }
+            }
+        }
+        Err(last_error.expect("at least one attach mode was tried"))
+    }
+
+    /// Detaches from one interface. An interface that vanished already took
+    /// the link with it; that is not an error worth more than a warning.
+    pub fn detach(&mut self, attachment: Attachment) {
+        if let Err(error) = self.program.detach(attachment.link) {
+            warn!(device = %attachment.interface.name, %error, "xdp detach");
+        } else {
+            info!(device = %attachment.interface.name, "xdp detached");
+        }
+    }
+}
+
+/// EBUSY / EEXIST from the attach: another program holds the interface.
+fn is_busy(error: &ProgramError) -> bool {
+    let code = match error {
+        ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+        _ => None,
+    };
+    matches!(code, Some(libc::EBUSY) | Some(libc::EEXIST))
+}
+
+/// The interfaces the program is attached to, kept in line with what the
+/// configuration wants and what exists: interfaces that appear (or come up)
+/// are attached, ones that vanish or are renamed are dropped.
+#[derive(Default)]
+pub struct AttachedInterfaces {
+    attachments: Vec<Attachment>,
+    /// Last failure said per interface, so each is logged once, not per poll.
+    reported: HashMap<String, String>,
+}
+
+impl AttachedInterfaces {
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// One pass of attach/detach. `configured` empty means every interface
+    /// that is up, except loopback.
+    pub fn reconcile(
+        &mut self,
+        counter: &mut PacketCounter<'_>,
+        configured: &[String],
+        mode: XdpMode,
+    ) {
+        let present = match interfaces::list() {
+            Ok(present) => present,
+            Err(error) => {
+                self.report("*", format!("listing interfaces: {error}"));
+                return;
+            }
+        };
+        // Drop attachments whose interface vanished or changed identity.
+        let (keep, gone): (Vec<_>, Vec<_>) = self.attachments.drain(..).partition(|a| {
+            present
+                .iter()
+                .any(|p| p.name == a.interface.name && p.ifindex == a.interface.ifindex)
+        });
+        self.attachments = keep;
+        for attachment in gone {
+            info!(device = %attachment.interface.name, "interface vanished or was renamed; dropping it");
+            counter.detach(attachment);
+        }
+        for name in wanted(configured, &present) {
+            if self.attachments.iter().any(|a| a.interface.name == name) {
+                continue;
+            }
+            match counter.attach(&name, mode) {
+                Ok(attachment) => {
+                    self.reported.remove(&name);
+                    self.attachments.push(attachment);
+                }
+                Err(error) => self.report(error.interface(), error.to_string()),
+            }
+        }
+    }
+
+    /// Detaches everything (shutdown).
+    pub fn detach_all(&mut self, counter: &mut PacketCounter<'_>) {
+        for attachment in self.attachments.drain(..) {
+            counter.detach(attachment);
+        }
+    }
+
+    fn report(&mut self, device: &str, message: String) {
+        if self.reported.get(device) != Some(&message) {
+            warn!(device, "{message}");
+            self.reported.insert(device.to_owned(), message);
+        }
+    }
+}
+
+/// Names of the interfaces to attach to: the configured ones (whatever their
+/// state: attach reports missing or down ones), or, when none are configured,
+/// every interface that is up except loopback.
+pub fn wanted(configured: &[String], present: &[Interface]) -> Vec<String> {
+    if configured.is_empty() {
+        present
+            .iter()
+            .filter(|i| i.up && !i.loopback)
+            .map(|i| i.name.clone())
+            .collect()
+    } else {
+        configured.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, ifindex: u32, up: bool, loopback: bool) -> Interface {
+        Interface {
+            name: name.into(),
+            ifindex,
+            up,
+            loopback,
+        }
+    }
+
+    #[test]
+    fn default_is_every_up_interface_but_loopback() {
+        let present = [
+            iface("lo", 1, true, true),
+            iface("eth0", 2, true, false),
+            iface("eth1", 3, false, false),
+            iface("wg0", 4, true, false),
+        ];
+        assert_eq!(wanted(&[], &present), ["eth0", "wg0"]);
+    }
+
+    #[test]
+    fn configured_interfaces_are_taken_as_given() {
+        let present = [iface("eth0", 2, true, false)];
+        let configured = vec!["eth9".to_owned(), "lo".to_owned()];
+        assert_eq!(wanted(&configured, &present), configured);
+    }
+}

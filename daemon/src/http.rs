@@ -1,0 +1,274 @@
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/api/v1/anomalies`.
+//!
+//! Routing is a plain function of the request and [`HttpState`], tested
+//! without a socket; [`serve`] adds the listener with a header-read timeout
+//! and a cap on concurrent connections.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::proto::MetricFamily;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, warn};
+
+use crate::collect::Snapshot;
+use crate::metrics;
+
+/// Families owned by other parts of the daemon, rendered at scrape time.
+pub type ExtraFamilies = Arc<dyn Fn() -> Vec<MetricFamily> + Send + Sync>;
+/// JSON document of `/api/v1/anomalies`.
+pub type AnomaliesJson = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What the handlers read; cheap to clone.
+#[derive(Clone)]
+pub struct HttpState {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// Released once every program that can be attached is attached.
+    pub ready: watch::Receiver<bool>,
+    pub extra_families: ExtraFamilies,
+    pub anomalies: AnomaliesJson,
+}
+
+/// Limits of the listener.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+type Body = Full<Bytes>;
+
+pub fn handle<B>(request: &Request<B>, state: &HttpState) -> Response<Body> {
+    let path = request.uri().path();
+    let allowed = matches!(*request.method(), Method::GET | Method::HEAD);
+    let known = matches!(
+        path,
+        "/metrics" | "/healthz" | "/readyz" | "/api/v1/anomalies"
+    );
+    if !known {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if !allowed {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let mut response = match path {
+        "/metrics" => {
+            let snapshot = state.snapshot.borrow().clone();
+            let body = metrics::render(&snapshot, (state.extra_families)());
+            with_type(StatusCode::OK, body, metrics::CONTENT_TYPE)
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if *state.ready.borrow() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: programs are not attached yet\n",
+                )
+            }
+        }
+        _ => with_type(StatusCode::OK, (state.anomalies)(), "application/json"),
+    };
+    if request.method() == Method::HEAD {
+        *response.body_mut() = Body::default();
+    }
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    with_type(status, body.to_owned(), "text/plain; charset=utf-8")
+}
+
+fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Binds the listener; errors here are fatal at startup (bad address, port
+/// in use) and name the address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("binding the HTTP listener on {addr}: {e}"),
+        )
+    })
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    limits: HttpLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        // Waiting for a slot first keeps excess connections in the kernel's
+        // backlog instead of in memory.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            _ = stopped(&mut shutdown) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(%error, "accepting an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let response = handle(&request, &state);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                debug!(%peer, %error, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(ready: bool) -> HttpState {
+        let (_, snapshot) = watch::channel(Arc::new(Snapshot::default()));
+        let (_, ready) = watch::channel(ready);
+        HttpState {
+            snapshot,
+            ready,
+            extra_families: Arc::new(Vec::new),
+            anomalies: Arc::new(|| "{\"active\":[],\"resolved\":[]}".to_owned()),
+        }
+    }
+
+    fn get(method: Method, path: &str, state: &HttpState) -> Response<Body> {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        handle(&request, state)
+    }
+
+    #[test]
+    fn routes_and_status_codes() {
+        let s = state(true);
+        assert_eq!(get(Method::GET, "/metrics", &s).status(), StatusCode::OK);
+        assert_eq!(get(Method::GET, "/healthz", &s).status(), StatusCode::OK);
+        assert_eq!(get(Method::GET, "/readyz", &s).status(), StatusCode::OK);
+        assert_eq!(
+            get(Method::GET, "/api/v1/anomalies", &s).status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(Method::GET, "/nope", &s).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            get(Method::GET, "/metrics/", &s).status(),
+            StatusCode::NOT_FOUND
+        );
+        let post = get(Method::POST, "/metrics", &s);
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()[ALLOW], "GET, HEAD");
+        assert_eq!(
+            get(Method::DELETE, "/nope", &s).status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn readiness_follows_the_latch() {
+        assert_eq!(
+            get(Method::GET, "/readyz", &state(false)).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn metrics_have_the_text_format_content_type() {
+        let response = get(Method::GET, "/metrics", &state(true));
+        assert_eq!(response.headers()[CONTENT_TYPE], metrics::CONTENT_TYPE);
+    }
+
+    #[tokio::test]
+    async fn serves_over_a_real_socket_and_times_out_silent_clients() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let limits = HttpLimits {
+            max_connections: 4,
+            header_read_timeout: Duration::from_millis(200),
+        };
+        let server = tokio::spawn(serve(listener, state(true), limits, stop_rx));
+
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+        assert!(reply.ends_with("ok\n"), "{reply}");
+
+        // A client that never finishes its headers is cut off.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        silent
+            .write_all(b"GET /metrics HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "server kept a client with incomplete headers for 5 s"
+        );
+
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

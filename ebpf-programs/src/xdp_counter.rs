@@ -1,0 +1,299 @@
+//! `xdp_packet_counter`: counts every frame by interface, address family and
+//! transport protocol. Observe only: it returns `XDP_PASS` on every path,
+//! including its own errors, which it counts in `XDP_ERRORS`.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST},
+    macros::{map, xdp},
+    maps::{PerCpuArray, PerCpuHashMap},
+    programs::XdpContext,
+};
+use aya_log_ebpf::error;
+use telemetryd_common::xdp::{
+    InterfaceCounters, ProgramError, FAMILY_IPV4, FAMILY_IPV6, FAMILY_OTHER, MAX_INTERFACES,
+    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROGRAM_ERROR_SLOTS, PROTOCOL_ICMP, PROTOCOL_OTHER,
+    PROTOCOL_TCP, PROTOCOL_UDP,
+};
+
+#[map(name = "XDP_COUNTERS")]
+static XDP_COUNTERS: PerCpuHashMap<u32, InterfaceCounters> =
+    PerCpuHashMap::with_max_entries(MAX_INTERFACES, 0);
+
+#[map(name = "XDP_ERRORS")]
+static XDP_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAM_ERROR_SLOTS, 0);
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// Smallest header a transport protocol must have for the frame to count
+/// as well formed (only checked where the transport header is present,
+/// i.e. not in non-first fragments).
+const TCP_MIN_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+const ICMP_MIN_HLEN: usize = 4;
+
+/// Parser bound on offsets: no header we read starts beyond this. Keeps every
+/// packet pointer the verifier sees within a known range.
+const MAX_HEADER_OFFSET: usize = 512;
+
+/// What the parser found out about one frame.
+struct Classification {
+    family: usize,
+    protocol: usize,
+    malformed: bool,
+}
+
+impl Classification {
+    const fn new(family: usize, protocol: usize) -> Self {
+        Self {
+            family,
+            protocol,
+            malformed: false,
+        }
+    }
+
+    const fn truncated(family: usize) -> Self {
+        Self {
+            family,
+            protocol: PROTOCOL_OTHER,
+            malformed: true,
+        }
+    }
+}
+
+#[xdp]
+pub fn xdp_packet_counter(ctx: XdpContext) -> u32 {
+    let class = classify(&ctx);
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    count(&ctx, &class, len);
+    xdp_action::XDP_PASS
+}
+
+/// Reads `N` bytes at `offset`, or `None` when the frame is shorter.
+#[inline(always)]
+fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
+    if offset > MAX_HEADER_OFFSET {
+        return None;
+    }
+    let start = ctx.data() + offset;
+    if start + N > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: `start..start + N` lies inside the packet, checked just above
+    // against `data_end` in the form the verifier tracks; `[u8; N]` has no
+    // alignment requirement.
+    Some(unsafe { *(start as *const [u8; N]) })
+}
+
+#[inline(always)]
+fn u16_at(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    bytes_at::<2>(ctx, offset).map(u16::from_be_bytes)
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Classification {
+    let Some(mut ether_type) = u16_at(ctx, ETH_HLEN - 2) else {
+        return Classification::truncated(FAMILY_OTHER);
+    };
+    let mut offset = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+            break;
+        }
+        // The tag is TCI (2 bytes) then the inner EtherType.
+        match u16_at(ctx, offset + 2) {
+            Some(inner) => ether_type = inner,
+            None => return Classification::truncated(FAMILY_OTHER),
+        }
+        offset += VLAN_HLEN;
+    }
+    match ether_type {
+        ETH_P_IP => classify_ipv4(ctx, offset),
+        ETH_P_IPV6 => classify_ipv6(ctx, offset),
+        _ => Classification::new(FAMILY_OTHER, PROTOCOL_OTHER),
+    }
+}
+
+#[inline(always)]
+fn classify_ipv4(ctx: &XdpContext, offset: usize) -> Classification {
+    let Some(header) = bytes_at::<IPV4_MIN_HLEN>(ctx, offset) else {
+        return Classification::truncated(FAMILY_IPV4);
+    };
+    let version = header[0] >> 4;
+    let header_len = ((header[0] & 0x0f) as usize) * 4;
+    if version != 4 || header_len < IPV4_MIN_HLEN {
+        return Classification::truncated(FAMILY_IPV4);
+    }
+    // Options, if any, must be there too.
+    if bytes_at::<1>(ctx, offset + header_len - 1).is_none() {
+        return Classification::truncated(FAMILY_IPV4);
+    }
+    let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
+    let protocol = match header[9] {
+        IPPROTO_TCP => PROTOCOL_TCP,
+        IPPROTO_UDP => PROTOCOL_UDP,
+        IPPROTO_ICMP => PROTOCOL_ICMP,
+        _ => PROTOCOL_OTHER,
+    };
+    transport(
+        ctx,
+        FAMILY_IPV4,
+        protocol,
+        offset + header_len,
+        fragment_offset == 0,
+    )
+}
+
+#[inline(always)]
+fn classify_ipv6(ctx: &XdpContext, offset: usize) -> Classification {
+    let Some(header) = bytes_at::<8>(ctx, offset) else {
+        return Classification::truncated(FAMILY_IPV6);
+    };
+    if bytes_at::<1>(ctx, offset + IPV6_HLEN - 1).is_none() {
+        return Classification::truncated(FAMILY_IPV6);
+    }
+    let mut next_header = header[6];
+    let mut offset = offset + IPV6_HLEN;
+    let mut first_fragment = true;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let header_len = match next_header {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let Some(ext) = bytes_at::<2>(ctx, offset) else {
+                    return Classification::truncated(FAMILY_IPV6);
+                };
+                next_header = ext[0];
+                (ext[1] as usize + 1) * 8
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(ext) = bytes_at::<4>(ctx, offset) else {
+                    return Classification::truncated(FAMILY_IPV6);
+                };
+                next_header = ext[0];
+                first_fragment = u16::from_be_bytes([ext[2], ext[3]]) >> 3 == 0;
+                8
+            }
+            IPPROTO_AH => {
+                let Some(ext) = bytes_at::<2>(ctx, offset) else {
+                    return Classification::truncated(FAMILY_IPV6);
+                };
+                next_header = ext[0];
+                (ext[1] as usize + 2) * 4
+            }
+            _ => break,
+        };
+        // The whole extension header must be in the frame.
+        if bytes_at::<1>(ctx, offset + header_len - 1).is_none() {
+            return Classification::truncated(FAMILY_IPV6);
+        }
+        offset += header_len;
+    }
+    let protocol = match next_header {
+        IPPROTO_TCP => PROTOCOL_TCP,
+        IPPROTO_UDP => PROTOCOL_UDP,
+        IPPROTO_ICMPV6 => PROTOCOL_ICMP,
+        // Includes a chain longer than the parser walks.
+        _ => PROTOCOL_OTHER,
+    };
+    transport(ctx, FAMILY_IPV6, protocol, offset, first_fragment)
+}
+
+/// Checks that the transport header is complete where it must be present.
+#[inline(always)]
+fn transport(
+    ctx: &XdpContext,
+    family: usize,
+    protocol: usize,
+    offset: usize,
+    has_transport_header: bool,
+) -> Classification {
+    let min_len = match protocol {
+        PROTOCOL_TCP => TCP_MIN_HLEN,
+        PROTOCOL_UDP => UDP_HLEN,
+        PROTOCOL_ICMP => ICMP_MIN_HLEN,
+        _ => 0,
+    };
+    let complete =
+        !has_transport_header || min_len == 0 || bytes_at::<1>(ctx, offset + min_len - 1).is_some();
+    Classification {
+        family,
+        protocol,
+        malformed: !complete,
+    }
+}
+
+#[inline(always)]
+fn count(ctx: &XdpContext, class: &Classification, len: u64) {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let counters = match XDP_COUNTERS.get_ptr_mut(ifindex) {
+        Some(counters) => counters,
+        None => {
+            // First frame on an interface user space did not pre-register.
+            // A failed insert (map full) is the only way to get here twice.
+            let _ = XDP_COUNTERS.insert(ifindex, InterfaceCounters::default(), BPF_NOEXIST as u64);
+            match XDP_COUNTERS.get_ptr_mut(ifindex) {
+                Some(counters) => counters,
+                None => {
+                    record_error(ctx, ProgramError::CountersMapFull, ifindex);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: the pointer comes from a successful map lookup of this CPU's
+    // value; nothing else writes this CPU's slot while XDP runs on it.
+    let counters = unsafe { &mut *counters };
+    if let Some(packets) = counters
+        .packets
+        .get_mut(class.family)
+        .and_then(|row| row.get_mut(class.protocol))
+    {
+        *packets += 1;
+    }
+    if let Some(bytes) = counters
+        .bytes
+        .get_mut(class.family)
+        .and_then(|row| row.get_mut(class.protocol))
+    {
+        *bytes += len;
+    }
+    if class.malformed {
+        counters.malformed += 1;
+    }
+}
+
+/// Counts one of the program's own errors; logs it the first time it
+/// happens on this CPU, so a persistent fault costs one log line per CPU.
+#[inline(never)]
+fn record_error(ctx: &XdpContext, error: ProgramError, ifindex: u32) {
+    if let Some(slot) = XDP_ERRORS.get_ptr_mut(error as u32) {
+        // SAFETY: per-CPU slot from a successful lookup, see `count`.
+        let slot = unsafe { &mut *slot };
+        if *slot == 0 {
+            error!(
+                ctx,
+                "xdp_packet_counter: counters map full, ifindex {} not counted", ifindex
+            );
+        }
+        *slot += 1;
+    }
+}
+
+const _: () = assert!(size_of::<InterfaceCounters>() % 8 == 0);

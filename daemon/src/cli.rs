@@ -1,0 +1,118 @@
+//! Command line: `telemetryd [run] [--config PATH]`, `telemetryd check [--config PATH] [--probe]`.
+//!
+//! Flags given on the command line override the configuration file (see
+//! [`Config::apply_overrides`](crate::config::Config::apply_overrides)).
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{check_interface_name, check_log_level, LogFormat, EX_USAGE};
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cli {
+    pub command: Command,
+    /// `--config PATH`; `None`: the default path, else the embedded configuration.
+    pub config: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+/// The subcommand. `run` is the default when none is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the configuration without root and without touching the kernel; exit 64 if
+    /// it is invalid.
+    Check {
+        /// Also probe the kernel (needs root): BTF, XDP, tracepoints, kprobes, fentry, ring
+        /// buffer, and report what would attach how.
+        #[arg(long)]
+        probe: bool,
+    },
+}
+
+/// Flags that override keys of the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct Overrides {
+    /// Listen address of the HTTP server, IP:PORT (overrides http.listen).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Interface to attach XDP to; repeatable. Replaces xdp.interfaces.
+    #[arg(long = "interface", global = true, value_name = "NAME", value_parser = interface_name)]
+    pub interfaces: Vec<String>,
+    /// Log format (overrides log.format).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log level or EnvFilter directives, e.g. "debug" or "info,telemetryd=debug"
+    /// (overrides log.level).
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = log_level)]
+    pub log_level: Option<String>,
+}
+
+/// The clap definition; [`Cli`] is its resolved form.
+#[derive(Debug, Parser)]
+#[command(name = "telemetryd", version, about = "eBPF node telemetry daemon")]
+struct Args_ {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (default /etc/telemetryd/telemetryd.toml, else the built-in one).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+impl Cli {
+    /// Parses the process arguments. On `--help`/`--version` prints and exits 0; on a usage
+    /// error prints the error (which names the flag) and exits with [`EX_USAGE`].
+    pub fn parse() -> Cli {
+        match Cli::try_parse_from(std::env::args_os()) {
+            Ok(cli) => cli,
+            Err(e) => {
+                let code = if e.use_stderr() { EX_USAGE } else { 0 };
+                // Nothing useful to do if stdout/stderr are gone.
+                let _ = e.print();
+                std::process::exit(code);
+            }
+        }
+    }
+
+    /// Parses `args` (the first is the program name).
+    pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let a = Args_::try_parse_from(args)?;
+        Ok(Cli {
+            command: a.command.unwrap_or(Command::Run),
+            config: a.config,
+            overrides: a.overrides,
+        })
+    }
+}
+
+fn interface_name(s: &str) -> Result<String, String> {
+    check_interface_name(s).map(|()| s.to_owned())
+}
+
+fn log_level(s: &str) -> Result<String, String> {
+    check_log_level(s).map(|()| s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_command_is_run() {
+        let cli = Cli::try_parse_from(["telemetryd"]).unwrap();
+        assert_eq!(cli.command, Command::Run);
+        assert_eq!(cli.config, None);
+        assert_eq!(cli.overrides, Overrides::default());
+    }
+}

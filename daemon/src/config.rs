@@ -884,4 +884,105 @@ mod tests {
         assert_eq!(parsed, Config::default());
         assert_eq!(Config::from_toml("", "empty").unwrap(), Config::default());
     }
+
+    /// One bad file: the key the error must name, the 1-based line:column it must point at
+    /// (`None` when the failure has no single position) and a fragment of the message (the
+    /// bad value or what is allowed).
+    struct Bad {
+        what: &'static str,
+        toml: &'static str,
+        key: &'static str,
+        at: Option<(usize, usize)>,
+        says: &'static str,
+    }
+
+    const fn bad(
+        what: &'static str,
+        toml: &'static str,
+        key: &'static str,
+        at: Option<(usize, usize)>,
+        says: &'static str,
+    ) -> Bad {
+        Bad {
+            what,
+            toml,
+            key,
+            at,
+            says,
+        }
+    }
+
+    const BAD_FILES: &[Bad] = &[
+        bad("unknown top-level key", "bogus = 1\n", "bogus", Some((1, 1)), "unknown field `bogus`"),
+        bad("unknown top-level table", "[bogus]\nx = 1\n", "bogus", Some((1, 2)), "unknown field `bogus`"),
+        bad("unknown nested key", "[daemon]\npoll_intervall = \"1s\"\n", "daemon.poll_intervall", Some((2, 1)), "poll_interval"),
+        bad("unknown analyzer key", "[analyzer]\nthreshold = 3\n", "analyzer.threshold", Some((2, 1)), "fire_after"),
+        bad("wrong type: string for integer", "[http]\nmax_connections = \"many\"\n", "http.max_connections", Some((2, 19)), "\"many\""),
+        bad("wrong type: string for bool", "[xdp]\nenabled = \"yes\"\n", "xdp.enabled", Some((2, 11)), "\"yes\""),
+        bad("wrong type: table for section", "daemon = 3\n", "daemon", Some((1, 10)), "3"),
+        bad("negative interval", "[daemon]\npoll_interval = \"-1s\"\n", "daemon.poll_interval", Some((2, 17)), "\"-1s\""),
+        bad("zero interval", "[daemon]\npoll_interval = \"0s\"\n", "daemon.poll_interval", Some((2, 17)), "greater than 0"),
+        bad("interval without unit", "[daemon]\npoll_interval = \"5\"\n", "daemon.poll_interval", Some((2, 17)), "missing unit"),
+        bad("interval as integer", "[daemon]\npoll_interval = 5\n", "daemon.poll_interval", Some((2, 17)), "with a unit"),
+        bad("interval garbage", "[daemon]\npoll_interval = \"soon\"\n", "daemon.poll_interval", Some((2, 17)), "\"soon\""),
+        bad("interval unknown unit", "[daemon]\npoll_interval = \"1d\"\n", "daemon.poll_interval", Some((2, 17)), "unknown unit \"d\""),
+        bad("interval too long", "[daemon]\npoll_interval = \"2h\"\n", "daemon.poll_interval", Some((2, 17)), "at most \"1h\""),
+        bad("zero interval, dotted key", "daemon.poll_interval = \"0s\"\n", "daemon.poll_interval", Some((1, 24)), "\"0s\""),
+        bad("zero interval, inline table", "daemon = { poll_interval = \"0s\" }\n", "daemon.poll_interval", Some((1, 28)), "\"0s\""),
+        bad("zero header timeout", "[http]\nheader_read_timeout = \"0ms\"\n", "http.header_read_timeout", Some((2, 23)), "greater than 0"),
+        bad("unknown attach mode", "[syscalls]\nattach = \"uprobe\"\n", "syscalls.attach", Some((2, 10)), "uprobe"),
+        bad("unknown xdp mode", "[xdp]\nmode = \"offload\"\n", "xdp.mode", Some((2, 8)), "offload"),
+        bad("bad listen address", "[http]\nlisten = \"localhost:9469\"\n", "http.listen", Some((2, 10)), "\"localhost:9469\""),
+        bad("listen without port", "[http]\nlisten = \"0.0.0.0\"\n", "http.listen", Some((2, 10)), "IP:PORT"),
+        bad("max_connections = 0", "[http]\nmax_connections = 0\n", "http.max_connections", Some((2, 19)), "1 to 10000"),
+        bad("duplicated interface", "[xdp]\ninterfaces = [\"eth0\", \"eth1\", \"eth0\"]\n", "xdp.interfaces", Some((2, 31)), "\"eth0\" is listed twice"),
+        bad("interface name too long", "[xdp]\ninterfaces = [\"abcdefghijklmnop\"]\n", "xdp.interfaces", Some((2, 15)), "15 bytes"),
+        bad("interface name with slash", "[xdp]\ninterfaces = [\"eth0\", \"a/b\"]\n", "xdp.interfaces", Some((2, 23)), "\"a/b\""),
+        bad("interface name ..", "[xdp]\ninterfaces = [\"..\"]\n", "xdp.interfaces", Some((2, 15)), "\"..\""),
+        bad("non-power-of-two ring buffer", "[xdp]\nring_buffer_size = 300000\n", "xdp.ring_buffer_size", Some((2, 20)), "300000"),
+        bad("too-small ring buffer", "[xdp]\nring_buffer_size = 2048\n", "xdp.ring_buffer_size", Some((2, 20)), "2048"),
+        bad("negative sample rate", "[xdp]\nsample_rate = -1\n", "xdp.sample_rate", Some((2, 15)), "-1"),
+        bad("top_talkers = 0", "[xdp]\ntop_talkers = 0\n", "xdp.top_talkers", Some((2, 15)), "1 to 1000"),
+        bad("invalid syscall name", "[syscalls]\ntrack = [\"read\", \"raed\"]\n", "syscalls.track", Some((2, 18)), "unknown syscall \"raed\""),
+        bad("empty track list", "[syscalls]\ntrack = []\n", "syscalls.track", Some((2, 9)), "empty"),
+        bad("duplicate syscall", "[syscalls]\ntrack = [\"read\", \"write\", \"read\"]\n", "syscalls.track", Some((2, 27)), "\"read\" is listed twice"),
+        bad("syscall as number", "[syscalls]\ntrack = [0]\n", "syscalls.track", Some((2, 10)), "0"),
+        bad("pid as string", "[syscalls]\npids = [\"123\"]\n", "syscalls.pids", Some((2, 9)), "\"123\""),
+        bad("negative pid", "[syscalls]\npids = [1, -5]\n", "syscalls.pids", Some((2, 12)), "-5"),
+        bad("zero pid", "[syscalls]\npids = [0]\n", "syscalls.pids", Some((2, 9)), "pid 0"),
+        bad("relative cgroup path", "[syscalls]\ncgroup = \"system.slice\"\n", "syscalls.cgroup", Some((2, 10)), "\"system.slice\""),
+        bad("max_in_flight too large", "[syscalls]\nmax_in_flight = 2000000\n", "syscalls.max_in_flight", Some((2, 17)), "1 to 1048576"),
+        bad("bad log level", "[log]\nlevel = \"loud\"\n", "log.level", Some((2, 9)), "\"loud\""),
+        bad("bad log directive", "[log]\nlevel = \"info,telemetryd=loud\"\n", "log.level", Some((2, 9)), "info,telemetryd=loud"),
+        bad("bad log format", "[log]\nformat = \"xml\"\n", "log.format", Some((2, 10)), "xml"),
+        bad("fire_after = 0", "[analyzer]\nfire_after = 0\n", "analyzer.fire_after", Some((2, 14)), "1 to 10000"),
+        bad("resolve_after = 0", "[analyzer]\nresolve_after = 0\n", "analyzer.resolve_after", Some((2, 17)), "1 to 10000"),
+        bad("negative warmup", "[analyzer]\nwarmup = \"-5m\"\n", "analyzer.warmup", Some((2, 10)), "negative"),
+        bad("bad webhook URL", "[analyzer]\nwebhook = \"alertmanager:9093\"\n", "analyzer.webhook", Some((2, 11)), "\"alertmanager:9093\""),
+        bad("webhook without port", "[analyzer]\nwebhook = \"http://am/\"\n", "analyzer.webhook", Some((2, 11)), "missing port"),
+        bad("https webhook", "[analyzer]\nwebhook = \"https://am:9093\"\n", "analyzer.webhook", Some((2, 11)), "https is not supported"),
+        bad("TOML syntax error: bare duration", "[daemon]\npoll_interval = 1s\n", "daemon.poll_interval", Some((2, 18)), "syntax error"),
+        bad("TOML syntax error: duplicate key", "[xdp]\nreplace = true\nreplace = false\n", "xdp.replace", Some((3, 1)), "syntax error"),
+    ];
+
+    #[test]
+    fn bad_files_name_key_position_and_value() {
+        assert!(BAD_FILES.len() >= 25);
+        for case in BAD_FILES {
+            let err = Config::from_toml(case.toml, "/etc/x.toml")
+                .expect_err(case.what);
+            let text = err.to_string();
+            println!("{:<40} {text}", case.what);
+            assert_eq!(err.exit_code(), EX_USAGE);
+            assert_eq!(err.key(), Some(case.key), "{}: {text}", case.what);
+            assert_eq!(err.line_col(), case.at, "{}: {text}", case.what);
+            let prefix = match case.at {
+                Some((l, c)) => format!("/etc/x.toml:{l}:{c}: {}: ", case.key),
+                None => format!("/etc/x.toml: {}: ", case.key),
+            };
+            assert!(text.starts_with(&prefix), "{}: {text:?} lacks {prefix:?}", case.what);
+            assert!(text.contains(case.says), "{}: {text:?} lacks {:?}", case.what, case.says);
+            assert!(!text.contains('\n'), "{}: multi-line {text:?}", case.what);
+        }
+    }
 }

@@ -115,4 +115,69 @@ mod tests {
         assert_eq!(cli.config, None);
         assert_eq!(cli.overrides, Overrides::default());
     }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("telemetryd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn subcommands_and_config_path() {
+        let cli = parse(&["run", "--config", "/a.toml"]).unwrap();
+        assert_eq!(cli.command, Command::Run);
+        assert_eq!(cli.config, Some(PathBuf::from("/a.toml")));
+
+        let cli = parse(&["--config", "/b.toml", "check"]).unwrap();
+        assert_eq!(cli.command, Command::Check { probe: false });
+        assert_eq!(cli.config, Some(PathBuf::from("/b.toml")));
+
+        let cli = parse(&["check", "--probe", "--config", "/c.toml"]).unwrap();
+        assert_eq!(cli.command, Command::Check { probe: true });
+        assert_eq!(cli.config, Some(PathBuf::from("/c.toml")));
+
+        let cli = parse(&["--config", "/d.toml"]).unwrap();
+        assert_eq!(cli.command, Command::Run);
+        assert!(parse(&["run", "--probe"]).is_err(), "--probe belongs to check");
+    }
+
+    #[test]
+    fn override_flags() {
+        let cli = parse(&[
+            "check",
+            "--listen",
+            "[::]:9100",
+            "--interface",
+            "eth0",
+            "--interface",
+            "wg0",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ])
+        .unwrap();
+        let o = cli.overrides;
+        assert_eq!(o.listen, Some("[::]:9100".parse().unwrap()));
+        assert_eq!(o.interfaces, ["eth0", "wg0"]);
+        assert_eq!(o.log_format, Some(LogFormat::Json));
+        assert_eq!(o.log_level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn bad_flag_values_name_the_flag() {
+        for (args, flag, value) in [
+            (&["--listen", "localhost"][..], "--listen", "localhost"),
+            (&["--interface", "a/b"][..], "--interface", "a/b"),
+            (&["--interface", "abcdefghijklmnop"][..], "--interface", "abcdefghijklmnop"),
+            (&["--log-format", "xml"][..], "--log-format", "xml"),
+            (&["--log-level", "loud"][..], "--log-level", "loud"),
+            (&["check", "--log-level", "info,x=loud"][..], "--log-level", "info,x=loud"),
+        ] {
+            let err = parse(args).expect_err(flag);
+            let text = err.to_string();
+            assert!(text.contains(flag) && text.contains(value), "{args:?}: {text}");
+            assert!(err.use_stderr(), "{args:?} is a usage error (exit {EX_USAGE})");
+        }
+        assert!(parse(&["--bogus"]).is_err());
+        assert!(!parse(&["--help"]).unwrap_err().use_stderr(), "--help exits 0");
+    }
 }

@@ -366,18 +366,23 @@ impl Config {
             line_col: None,
             message,
         };
+        // Check everything before changing anything: a bad flag leaves `self` as it was.
+        if !o.interfaces.is_empty() {
+            check_interfaces(&o.interfaces).map_err(|(_, m)| flag_error("--interface", m))?;
+        }
+        if let Some(level) = &o.log_level {
+            check_log_level(level).map_err(|m| flag_error("--log-level", m))?;
+        }
         if let Some(listen) = o.listen {
             self.http.listen = listen;
         }
         if !o.interfaces.is_empty() {
-            check_interfaces(&o.interfaces).map_err(|(_, m)| flag_error("--interface", m))?;
             self.xdp.interfaces = o.interfaces.clone();
         }
         if let Some(format) = o.log_format {
             self.log.format = format;
         }
         if let Some(level) = &o.log_level {
-            check_log_level(level).map_err(|m| flag_error("--log-level", m))?;
             self.log.level = level.clone();
         }
         Ok(())
@@ -984,5 +989,205 @@ mod tests {
             assert!(text.contains(case.says), "{}: {text:?} lacks {:?}", case.what, case.says);
             assert!(!text.contains('\n'), "{}: multi-line {text:?}", case.what);
         }
+    }
+
+    #[test]
+    fn too_many_syscalls() {
+        let names: Vec<String> = syscall_table::names()
+            .take(65)
+            .map(|n| format!("{n:?}"))
+            .collect();
+        let text = format!("[syscalls]\ntrack = [{}]\n", names.join(", "));
+        let err = Config::from_toml(&text, "t.toml").unwrap_err();
+        assert_eq!(err.key(), Some("syscalls.track"));
+        assert!(err.to_string().contains("at most 64"), "{err}");
+        let ok = format!("[syscalls]\ntrack = [{}]\n", names[..64].join(", "));
+        assert_eq!(Config::from_toml(&ok, "t.toml").unwrap().syscalls.track.len(), 64);
+    }
+
+    #[test]
+    fn every_key_can_be_set() {
+        let text = r#"
+            [daemon]
+            poll_interval = "1.5s"
+            [http]
+            listen = "[::1]:9000"
+            max_connections = 10000
+            header_read_timeout = "250ms"
+            [log]
+            format = "json"
+            level = "info,telemetryd=debug"
+            [xdp]
+            enabled = false
+            interfaces = ["eth0", "veth-mesh0"]
+            mode = "generic"
+            sample_rate = 100
+            replace = true
+            ring_buffer_size = 1073741824
+            top_talkers = 1000
+            top_talkers_window = "2m"
+            [syscalls]
+            enabled = false
+            attach = "tracepoint"
+            track = ["clock_nanosleep", "read"]
+            pids = [1, 4194304]
+            cgroup = "/sys/fs/cgroup/system.slice"
+            max_in_flight = 1048576
+            [analyzer]
+            warmup = "0s"
+            fire_after = 1
+            resolve_after = 10000
+            webhook = "http://[::1]:9093/alertmanager"
+        "#;
+        let c = Config::from_toml(text, "t.toml").unwrap();
+        assert_eq!(c.daemon.poll_interval, Duration::from_millis(1500));
+        assert_eq!(c.http.listen, "[::1]:9000".parse().unwrap());
+        assert_eq!(c.http.max_connections, 10000);
+        assert_eq!(c.http.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "info,telemetryd=debug");
+        assert!(!c.xdp.enabled);
+        assert_eq!(c.xdp.interfaces, ["eth0", "veth-mesh0"]);
+        assert_eq!(c.xdp.mode, XdpMode::Generic);
+        assert_eq!(c.xdp.sample_rate, 100);
+        assert!(c.xdp.replace);
+        assert_eq!(c.xdp.ring_buffer_size, 1 << 30);
+        assert_eq!(c.xdp.top_talkers, 1000);
+        assert_eq!(c.xdp.top_talkers_window, Duration::from_secs(120));
+        assert!(!c.syscalls.enabled);
+        assert_eq!(c.syscalls.attach, SyscallAttach::Tracepoint);
+        assert_eq!(c.syscalls.track, ["clock_nanosleep", "read"]);
+        assert_eq!(c.syscalls.pids, [1, 4194304]);
+        assert_eq!(c.syscalls.cgroup, "/sys/fs/cgroup/system.slice");
+        assert_eq!(c.syscalls.max_in_flight, 1 << 20);
+        assert_eq!(c.analyzer.warmup, Duration::ZERO);
+        assert_eq!(c.analyzer.fire_after, 1);
+        assert_eq!(c.analyzer.resolve_after, 10000);
+        assert_eq!(c.analyzer.webhook, "http://[::1]:9093/alertmanager");
+
+        // Serializing writes durations the way the file does, and reads back equal.
+        let written = toml::to_string(&c).unwrap();
+        assert!(written.contains("poll_interval = \"1500ms\""), "{written}");
+        assert_eq!(Config::from_toml(&written, "written").unwrap(), c);
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("500ms", Duration::from_millis(500)),
+            ("1s", Duration::from_secs(1)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("0.5h", Duration::from_secs(1800)),
+            ("250us", Duration::from_micros(250)),
+            ("10ns", Duration::from_nanos(10)),
+            ("0s", Duration::ZERO),
+            ("1.000000001s", Duration::new(1, 1)),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+            assert_eq!(parse_duration(&format_duration(want)), Ok(want), "{text}");
+        }
+        for text in [
+            "", "-1s", "-0s", "1", "s", "1.s", ".5s", "1..5s", "1.2.3s", "1 s", " 1s", "1s ",
+            "1S", "1e3s", "1sec", "abc", "1.0000000001s", "99999999999999999999h",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text:?} accepted");
+        }
+        assert_eq!(format_duration(Duration::from_secs(60)), "1m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn log_levels() {
+        for ok in ["trace", "debug", "info", "warn", "error", "INFO", "info,telemetryd=debug", "warn,hyper=off", "telemetryd=trace"] {
+            assert_eq!(check_log_level(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "loud", "verbose", "info,loud", "telemetryd=loud", "info,telemetryd=debug,x=[y"] {
+            assert!(check_log_level(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn webhooks() {
+        for ok in ["http://alertmanager:9093", "http://10.0.0.1:9093/", "http://[::1]:9093/api/v2"] {
+            assert_eq!(check_webhook(ok), Ok(()), "{ok}");
+        }
+        for bad in ["http://", "http://:9093", "http://am", "http://am:0", "http://am:x", "http://u@am:9093", "HTTPS://am:9093", "ftp://am:21", "am:9093"] {
+            assert!(check_webhook(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn load_reads_the_given_file_and_names_a_missing_one() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/telemetryd.toml");
+        assert_eq!(Config::load(Some(&shipped)).unwrap(), Config::default());
+
+        let missing = Path::new("/nonexistent/telemetryd.toml");
+        let err = Config::load(Some(missing)).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert_eq!(err.exit_code(), EX_USAGE);
+        assert!(err.to_string().starts_with("/nonexistent/telemetryd.toml: "), "{err}");
+
+        if !Path::new(DEFAULT_PATH).exists() {
+            assert_eq!(Config::load(None).unwrap(), Config::default());
+        }
+    }
+
+    fn overrides(args: &[&str]) -> Overrides {
+        let argv = std::iter::once("telemetryd").chain(args.iter().copied());
+        crate::cli::Cli::try_parse_from(argv).unwrap().overrides
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut c = Config::from_toml("[xdp]\ninterfaces = [\"eth0\"]\n", "t.toml").unwrap();
+        c.apply_overrides(&overrides(&[])).unwrap();
+        assert_eq!(c.xdp.interfaces, ["eth0"], "no --interface keeps the file's list");
+        assert_eq!(c.http.listen, HttpConfig::default().listen);
+
+        c.apply_overrides(&overrides(&[
+            "--listen",
+            "127.0.0.1:9100",
+            "--interface",
+            "wg0",
+            "--interface",
+            "mesh1",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info,telemetryd=trace",
+        ]))
+        .unwrap();
+        assert_eq!(c.http.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(c.xdp.interfaces, ["wg0", "mesh1"]);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "info,telemetryd=trace");
+    }
+
+    #[test]
+    fn bad_override_names_the_flag() {
+        let mut c = Config::default();
+        let err = c
+            .apply_overrides(&overrides(&["--interface", "eth0", "--interface", "eth0"]))
+            .unwrap_err();
+        assert_eq!(err.key(), Some("--interface"));
+        assert_eq!(
+            err.to_string(),
+            "command line: --interface: interface \"eth0\" is listed twice"
+        );
+        assert_eq!(c, Config::default(), "a failed override must leave the config as it was");
+
+        // Values built by hand (not through clap) are checked too.
+        let o = Overrides {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            log_level: Some("loud".into()),
+            ..Overrides::default()
+        };
+        let err = c.apply_overrides(&o).unwrap_err();
+        assert_eq!(err.key(), Some("--log-level"));
+        assert!(err.to_string().contains("\"loud\""), "{err}");
+        assert_eq!(c, Config::default(), "--listen must not apply when --log-level fails");
     }
 }

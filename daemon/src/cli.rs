@@ -136,7 +136,10 @@ mod tests {
 
         let cli = parse(&["--config", "/d.toml"]).unwrap();
         assert_eq!(cli.command, Command::Run);
-        assert!(parse(&["run", "--probe"]).is_err(), "--probe belongs to check");
+        assert!(
+            parse(&["run", "--probe"]).is_err(),
+            "--probe belongs to check"
+        );
     }
 
     #[test]
@@ -167,17 +170,34 @@ mod tests {
         for (args, flag, value) in [
             (&["--listen", "localhost"][..], "--listen", "localhost"),
             (&["--interface", "a/b"][..], "--interface", "a/b"),
-            (&["--interface", "abcdefghijklmnop"][..], "--interface", "abcdefghijklmnop"),
+            (
+                &["--interface", "abcdefghijklmnop"][..],
+                "--interface",
+                "abcdefghijklmnop",
+            ),
             (&["--log-format", "xml"][..], "--log-format", "xml"),
             (&["--log-level", "loud"][..], "--log-level", "loud"),
-            (&["check", "--log-level", "info,x=loud"][..], "--log-level", "info,x=loud"),
+            (
+                &["check", "--log-level", "info,x=loud"][..],
+                "--log-level",
+                "info,x=loud",
+            ),
         ] {
             let err = parse(args).expect_err(flag);
             let text = err.to_string();
-            assert!(text.contains(flag) && text.contains(value), "{args:?}: {text}");
-            assert!(err.use_stderr(), "{args:?} is a usage error (exit {EX_USAGE})");
+            assert!(
+                text.contains(flag) && text.contains(value),
+                "{args:?}: {text}"
+            );
+            assert!(
+                err.use_stderr(),
+                "{args:?} is a usage error (exit {EX_USAGE})"
+            );
         }
         assert!(parse(&["--bogus"]).is_err());
-        assert!(!parse(&["--help"]).unwrap_err().use_stderr(), "--help exits 0");
+        assert!(
+            !parse(&["--help"]).unwrap_err().use_stderr(),
+            "--help exits 0"
+        );
     }
 }

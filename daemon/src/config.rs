@@ -180,9 +180,11 @@ impl Default for SyscallsConfig {
         SyscallsConfig {
             enabled: true,
             attach: SyscallAttach::Auto,
-            track: ["read", "write", "sendto", "recvfrom", "connect", "accept", "accept4"]
-                .map(String::from)
-                .to_vec(),
+            track: [
+                "read", "write", "sendto", "recvfrom", "connect", "accept", "accept4",
+            ]
+            .map(String::from)
+            .to_vec(),
             pids: Vec::new(),
             cgroup: String::new(),
             max_in_flight: 16384,
@@ -222,7 +224,11 @@ impl Default for AnalyzerConfig {
 
 impl AnalyzerConfig {
     fn validate(&self) -> Result<(), Invalid> {
-        at_most("analyzer.warmup", self.warmup, Duration::from_secs(24 * 3600))?;
+        at_most(
+            "analyzer.warmup",
+            self.warmup,
+            Duration::from_secs(24 * 3600),
+        )?;
         in_range("analyzer.fire_after", self.fire_after, 1, 10_000)?;
         in_range("analyzer.resolve_after", self.resolve_after, 1, 10_000)?;
         if !self.webhook.is_empty() {
@@ -346,7 +352,7 @@ impl Config {
             }
         })?;
         config.validate().map_err(|inv| {
-            let span = span_of(doc.as_table(), &inv.key, inv.index);
+            let span = span_of(doc.as_table(), inv.key, inv.index);
             ConfigError::Invalid {
                 origin: origin.to_owned(),
                 key: inv.key.to_owned(),
@@ -465,7 +471,10 @@ fn in_range(key: &'static str, value: u32, min: u32, max: u32) -> Result<(), Inv
     if (min..=max).contains(&value) {
         return Ok(());
     }
-    Err(Invalid::new(key, format!("{value} is out of range; allowed: {min} to {max}")))
+    Err(Invalid::new(
+        key,
+        format!("{value} is out of range; allowed: {min} to {max}"),
+    ))
 }
 
 fn positive_at_most(key: &'static str, value: Duration, max: Duration) -> Result<(), Invalid> {
@@ -611,8 +620,7 @@ pub fn check_log_level(level: &str) -> Result<(), String> {
     // EnvFilter takes a bare word as a target name, so check each directive that has no
     // `=` is a level, then let EnvFilter judge the whole string.
     for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str())
-        {
+        if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
             return Err(format!(
                 "unknown log level {directive:?} in {level:?}; {allowed}"
             ));
@@ -651,7 +659,11 @@ fn check_webhook(url: &str) -> Result<(), String> {
             None => return bad("missing port"),
         }
     };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '[' || c == ']') {
+    if host.is_empty()
+        || host
+            .chars()
+            .any(|c| c.is_whitespace() || c == '[' || c == ']')
+    {
         return bad("missing or invalid host");
     }
     match port.parse::<u16>() {
@@ -721,7 +733,7 @@ pub fn format_duration(d: Duration) -> String {
     ];
     let (n, unit) = UNITS
         .iter()
-        .find(|(n, _)| nanos % n == 0)
+        .find(|(n, _)| nanos.is_multiple_of(*n))
         .copied()
         .unwrap_or((1, "ns"));
     format!("{}{unit}", nanos / n)
@@ -751,8 +763,11 @@ mod duration_str {
         }
 
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
-            parse_duration(v)
-                .map_err(|why| E::custom(format!("invalid duration {v:?}: {why}; expected {EXPECTED}")))
+            parse_duration(v).map_err(|why| {
+                E::custom(format!(
+                    "invalid duration {v:?}: {why}; expected {EXPECTED}"
+                ))
+            })
         }
 
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
@@ -793,62 +808,46 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// The entries of a table (`[name]`, dotted keys or `{ inline }`), with their keys' spans.
+fn entries(table: &dyn toml_edit::TableLike) -> Vec<(&toml_edit::Key, &toml_edit::Item)> {
+    table
+        .iter()
+        .filter_map(|(k, _)| table.get_key_value(k))
+        .collect()
+}
+
 /// The dotted key of the innermost key or value whose span holds byte `offset`.
-fn key_at(table: &toml_edit::Table, offset: usize) -> Option<String> {
+fn key_at(root: &toml_edit::Table, offset: usize) -> Option<String> {
     fn contains(span: Option<Range<usize>>, offset: usize) -> bool {
         span.is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
     }
-    fn search(
-        entries: Vec<(&toml_edit::Key, &toml_edit::Item)>,
-        offset: usize,
-        path: &mut Vec<String>,
-    ) -> bool {
-        for (key, item) in entries {
+    fn search(table: &dyn toml_edit::TableLike, offset: usize, path: &mut Vec<String>) -> bool {
+        for (key, item) in entries(table) {
             path.push(key.get().to_owned());
-            if contains(key.span(), offset) {
-                return true;
-            }
-            let nested: Option<Vec<(&toml_edit::Key, &toml_edit::Item)>> = match item {
-                toml_edit::Item::Table(t) => Some(t.iter().map(|(k, _)| k).filter_map(|k| t.get_key_value(k)).collect()),
-                toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => Some(
-                    t.iter().map(|(k, _)| k).filter_map(|k| t.get_key_value(k)).collect(),
-                ),
-                _ => None,
-            };
-            if let Some(children) = nested {
-                if search(children, offset, path) {
-                    return true;
-                }
-            }
-            if contains(item.span(), offset) {
+            let found = contains(key.span(), offset)
+                || item
+                    .as_table_like()
+                    .is_some_and(|t| search(t, offset, path))
+                || contains(item.span(), offset);
+            if found {
                 return true;
             }
             path.pop();
         }
         false
     }
-    let entries = table
-        .iter()
-        .map(|(k, _)| k)
-        .filter_map(|k| table.get_key_value(k))
-        .collect();
     let mut path = Vec::new();
-    search(entries, offset, &mut path).then(|| path.join("."))
+    search(root, offset, &mut path).then(|| path.join("."))
 }
 
 /// The span of the value at dotted `key` (and array element `index`) in the document.
-fn span_of(table: &toml_edit::Table, key: &str, index: Option<usize>) -> Option<Range<usize>> {
+fn span_of(root: &toml_edit::Table, key: &str, index: Option<usize>) -> Option<Range<usize>> {
     let mut parts = key.split('.');
-    let first = parts.next()?;
-    let mut item = table.get(first)?;
+    let mut item = root.get(parts.next()?)?;
     for part in parts {
-        item = match item {
-            toml_edit::Item::Table(t) => t.get(part)?,
-            toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => t.get_key_value(part)?.1,
-            _ => return None,
-        };
+        item = item.as_table_like()?.get(part)?;
     }
-    let element = index.and_then(|i| item.as_array().and_then(|a| a.get(i)));
+    let element = index.and_then(|i| item.as_array()?.get(i));
     element.and_then(|v| v.span()).or_else(|| item.span())
 }
 
@@ -861,8 +860,7 @@ fn key_on_line(text: &str, offset: usize) -> Option<String> {
     let key = lhs.trim();
     let bare = |s: &str| {
         !s.is_empty()
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
     };
     if !bare(key) {
@@ -870,7 +868,12 @@ fn key_on_line(text: &str, offset: usize) -> Option<String> {
     }
     let table = text[..line_start].lines().rev().find_map(|l| {
         let l = l.trim();
-        let inner = l.strip_prefix('[')?.split(']').next()?.trim_matches('[').trim();
+        let inner = l
+            .strip_prefix('[')?
+            .split(']')
+            .next()?
+            .trim_matches('[')
+            .trim();
         bare(inner).then(|| inner.to_owned())
     });
     Some(match table {
@@ -917,6 +920,7 @@ mod tests {
         }
     }
 
+    #[rustfmt::skip]
     const BAD_FILES: &[Bad] = &[
         bad("unknown top-level key", "bogus = 1\n", "bogus", Some((1, 1)), "unknown field `bogus`"),
         bad("unknown top-level table", "[bogus]\nx = 1\n", "bogus", Some((1, 2)), "unknown field `bogus`"),
@@ -974,8 +978,7 @@ mod tests {
     fn bad_files_name_key_position_and_value() {
         assert!(BAD_FILES.len() >= 25);
         for case in BAD_FILES {
-            let err = Config::from_toml(case.toml, "/etc/x.toml")
-                .expect_err(case.what);
+            let err = Config::from_toml(case.toml, "/etc/x.toml").expect_err(case.what);
             let text = err.to_string();
             println!("{:<40} {text}", case.what);
             assert_eq!(err.exit_code(), EX_USAGE);
@@ -985,8 +988,17 @@ mod tests {
                 Some((l, c)) => format!("/etc/x.toml:{l}:{c}: {}: ", case.key),
                 None => format!("/etc/x.toml: {}: ", case.key),
             };
-            assert!(text.starts_with(&prefix), "{}: {text:?} lacks {prefix:?}", case.what);
-            assert!(text.contains(case.says), "{}: {text:?} lacks {:?}", case.what, case.says);
+            assert!(
+                text.starts_with(&prefix),
+                "{}: {text:?} lacks {prefix:?}",
+                case.what
+            );
+            assert!(
+                text.contains(case.says),
+                "{}: {text:?} lacks {:?}",
+                case.what,
+                case.says
+            );
             assert!(!text.contains('\n'), "{}: multi-line {text:?}", case.what);
         }
     }
@@ -1002,7 +1014,14 @@ mod tests {
         assert_eq!(err.key(), Some("syscalls.track"));
         assert!(err.to_string().contains("at most 64"), "{err}");
         let ok = format!("[syscalls]\ntrack = [{}]\n", names[..64].join(", "));
-        assert_eq!(Config::from_toml(&ok, "t.toml").unwrap().syscalls.track.len(), 64);
+        assert_eq!(
+            Config::from_toml(&ok, "t.toml")
+                .unwrap()
+                .syscalls
+                .track
+                .len(),
+            64
+        );
     }
 
     #[test]
@@ -1090,8 +1109,24 @@ mod tests {
             assert_eq!(parse_duration(&format_duration(want)), Ok(want), "{text}");
         }
         for text in [
-            "", "-1s", "-0s", "1", "s", "1.s", ".5s", "1..5s", "1.2.3s", "1 s", " 1s", "1s ",
-            "1S", "1e3s", "1sec", "abc", "1.0000000001s", "99999999999999999999h",
+            "",
+            "-1s",
+            "-0s",
+            "1",
+            "s",
+            "1.s",
+            ".5s",
+            "1..5s",
+            "1.2.3s",
+            "1 s",
+            " 1s",
+            "1s ",
+            "1S",
+            "1e3s",
+            "1sec",
+            "abc",
+            "1.0000000001s",
+            "99999999999999999999h",
         ] {
             assert!(parse_duration(text).is_err(), "{text:?} accepted");
         }
@@ -1101,20 +1136,51 @@ mod tests {
 
     #[test]
     fn log_levels() {
-        for ok in ["trace", "debug", "info", "warn", "error", "INFO", "info,telemetryd=debug", "warn,hyper=off", "telemetryd=trace"] {
+        for ok in [
+            "trace",
+            "debug",
+            "info",
+            "warn",
+            "error",
+            "INFO",
+            "info,telemetryd=debug",
+            "warn,hyper=off",
+            "telemetryd=trace",
+        ] {
             assert_eq!(check_log_level(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "loud", "verbose", "info,loud", "telemetryd=loud", "info,telemetryd=debug,x=[y"] {
+        for bad in [
+            "",
+            "loud",
+            "verbose",
+            "info,loud",
+            "telemetryd=loud",
+            "info,telemetryd=debug,x=[y",
+        ] {
             assert!(check_log_level(bad).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn webhooks() {
-        for ok in ["http://alertmanager:9093", "http://10.0.0.1:9093/", "http://[::1]:9093/api/v2"] {
+        for ok in [
+            "http://alertmanager:9093",
+            "http://10.0.0.1:9093/",
+            "http://[::1]:9093/api/v2",
+        ] {
             assert_eq!(check_webhook(ok), Ok(()), "{ok}");
         }
-        for bad in ["http://", "http://:9093", "http://am", "http://am:0", "http://am:x", "http://u@am:9093", "HTTPS://am:9093", "ftp://am:21", "am:9093"] {
+        for bad in [
+            "http://",
+            "http://:9093",
+            "http://am",
+            "http://am:0",
+            "http://am:x",
+            "http://u@am:9093",
+            "HTTPS://am:9093",
+            "ftp://am:21",
+            "am:9093",
+        ] {
             assert!(check_webhook(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -1128,7 +1194,11 @@ mod tests {
         let err = Config::load(Some(missing)).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));
         assert_eq!(err.exit_code(), EX_USAGE);
-        assert!(err.to_string().starts_with("/nonexistent/telemetryd.toml: "), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/telemetryd.toml: "),
+            "{err}"
+        );
 
         if !Path::new(DEFAULT_PATH).exists() {
             assert_eq!(Config::load(None).unwrap(), Config::default());
@@ -1144,7 +1214,11 @@ mod tests {
     fn flags_override_the_file() {
         let mut c = Config::from_toml("[xdp]\ninterfaces = [\"eth0\"]\n", "t.toml").unwrap();
         c.apply_overrides(&overrides(&[])).unwrap();
-        assert_eq!(c.xdp.interfaces, ["eth0"], "no --interface keeps the file's list");
+        assert_eq!(
+            c.xdp.interfaces,
+            ["eth0"],
+            "no --interface keeps the file's list"
+        );
         assert_eq!(c.http.listen, HttpConfig::default().listen);
 
         c.apply_overrides(&overrides(&[
@@ -1177,7 +1251,11 @@ mod tests {
             err.to_string(),
             "command line: --interface: interface \"eth0\" is listed twice"
         );
-        assert_eq!(c, Config::default(), "a failed override must leave the config as it was");
+        assert_eq!(
+            c,
+            Config::default(),
+            "a failed override must leave the config as it was"
+        );
 
         // Values built by hand (not through clap) are checked too.
         let o = Overrides {
@@ -1188,6 +1266,10 @@ mod tests {
         let err = c.apply_overrides(&o).unwrap_err();
         assert_eq!(err.key(), Some("--log-level"));
         assert!(err.to_string().contains("\"loud\""), "{err}");
-        assert_eq!(c, Config::default(), "--listen must not apply when --log-level fails");
+        assert_eq!(
+            c,
+            Config::default(),
+            "--listen must not apply when --log-level fails"
+        );
     }
 }

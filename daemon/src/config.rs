@@ -329,12 +329,16 @@ impl Config {
             Err(e) => {
                 let offset = e.span().map_or(0, |s| s.start);
                 let (line, column) = line_col(text, offset);
+                let source_line = text.lines().nth(line - 1).unwrap_or("").trim();
                 return Err(ConfigError::Syntax {
                     origin: origin.to_owned(),
                     line,
                     column,
                     key: key_on_line(text, offset),
-                    message: e.message().trim().to_owned(),
+                    message: format!(
+                        "{} (in {source_line:?})",
+                        e.message().trim().replace('\n', "; ")
+                    ),
                 });
             }
         };
@@ -970,8 +974,9 @@ mod tests {
         bad("bad webhook URL", "[analyzer]\nwebhook = \"alertmanager:9093\"\n", "analyzer.webhook", Some((2, 11)), "\"alertmanager:9093\""),
         bad("webhook without port", "[analyzer]\nwebhook = \"http://am/\"\n", "analyzer.webhook", Some((2, 11)), "missing port"),
         bad("https webhook", "[analyzer]\nwebhook = \"https://am:9093\"\n", "analyzer.webhook", Some((2, 11)), "https is not supported"),
-        bad("TOML syntax error: bare duration", "[daemon]\npoll_interval = 1s\n", "daemon.poll_interval", Some((2, 18)), "syntax error"),
-        bad("TOML syntax error: duplicate key", "[xdp]\nreplace = true\nreplace = false\n", "xdp.replace", Some((3, 1)), "syntax error"),
+        bad("TOML syntax error: bare duration", "[daemon]\npoll_interval = 1s\n", "daemon.poll_interval", Some((2, 18)), "(in \"poll_interval = 1s\")"),
+        bad("TOML syntax error: unclosed table", "[daemon\npoll_interval = \"1s\"\n", "", Some((1, 8)), "TOML syntax error"),
+        bad("TOML syntax error: duplicate key", "[xdp]\nreplace = true\nreplace = false\n", "xdp.replace", Some((3, 1)), "TOML syntax error: duplicate key"),
     ];
 
     #[test]
@@ -982,11 +987,17 @@ mod tests {
             let text = err.to_string();
             println!("{:<40} {text}", case.what);
             assert_eq!(err.exit_code(), EX_USAGE);
-            assert_eq!(err.key(), Some(case.key), "{}: {text}", case.what);
+            // An empty `key`: a syntax error on a line that names no key.
+            let key = Some(case.key).filter(|k| !k.is_empty());
+            assert_eq!(err.key(), key, "{}: {text}", case.what);
             assert_eq!(err.line_col(), case.at, "{}: {text}", case.what);
-            let prefix = match case.at {
-                Some((l, c)) => format!("/etc/x.toml:{l}:{c}: {}: ", case.key),
-                None => format!("/etc/x.toml: {}: ", case.key),
+            let location = match case.at {
+                Some((l, c)) => format!("/etc/x.toml:{l}:{c}: "),
+                None => "/etc/x.toml: ".to_owned(),
+            };
+            let prefix = match key {
+                Some(k) => format!("{location}{k}: "),
+                None => location,
             };
             assert!(
                 text.starts_with(&prefix),

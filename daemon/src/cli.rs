@@ -56,7 +56,7 @@ pub struct Overrides {
 /// The clap definition; [`Cli`] is its resolved form.
 #[derive(Debug, Parser)]
 #[command(name = "telemetryd", version, about = "eBPF node telemetry daemon")]
-struct Args_ {
+struct CommandLine {
     #[command(subcommand)]
     command: Option<Command>,
     /// Configuration file (default /etc/telemetryd/telemetryd.toml, else the built-in one).
@@ -87,7 +87,7 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let a = Args_::try_parse_from(args)?;
+        let a = CommandLine::try_parse_from(args)?;
         Ok(Cli {
             command: a.command.unwrap_or(Command::Run),
             config: a.config,

@@ -53,7 +53,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         anomalies: Arc::new(|| "{\"active\":[],\"resolved\":[]}".to_owned()),
     };
     let limits = HttpLimits {
-        max_connections: config.http.max_connections,
+        max_connections: config.http.max_connections as usize,
         header_read_timeout: config.http.header_read_timeout,
     };
     let server = tokio::spawn(http::serve(listener, state, limits, stop_rx));

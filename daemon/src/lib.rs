@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod bpf;
+pub mod check;
 pub mod cli;
 pub mod collect;
 pub mod config;
@@ -14,3 +15,4 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
+pub mod syscall_table;

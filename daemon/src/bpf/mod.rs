@@ -3,6 +3,7 @@
 
 pub mod interfaces;
 pub mod object;
+pub mod probe;
 pub mod xdp;
 
 pub use object::{LoadError, LoadedObject};

@@ -44,6 +44,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(xdp) = xdp.as_mut() {
         interfaces.reconcile(xdp, &config.xdp.interfaces, config.xdp.mode);
     }
+    let mut clock = SnapshotClock::new();
+    let mut first = clock.next();
+    collector.poll(interfaces.attachments(), &mut first);
+    let _ = snapshot_tx.send(Arc::new(first));
     let _ = ready_tx.send(true);
 
     let state = HttpState {
@@ -58,7 +62,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let server = tokio::spawn(http::serve(listener, state, limits, stop_rx));
 
-    let mut clock = SnapshotClock::new();
     let mut ticker = tokio::time::interval(config.daemon.poll_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stop = shutdown::stop_signal();

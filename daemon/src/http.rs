@@ -68,8 +68,16 @@ pub fn handle<B>(request: &Request<B>, state: &HttpState) -> Response<Body> {
     let mut response = match path {
         "/metrics" => {
             let snapshot = state.snapshot.borrow().clone();
-            let body = metrics::render(&snapshot, (state.extra_families)());
-            with_type(StatusCode::OK, body, metrics::CONTENT_TYPE)
+            match metrics::render(&snapshot, (state.extra_families)()) {
+                Ok(body) => with_type(StatusCode::OK, body, metrics::CONTENT_TYPE),
+                Err(error) => {
+                    warn!(%error, "rendering /metrics");
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "rendering metrics failed; see the log\n",
+                    )
+                }
+            }
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {

@@ -1,9 +1,10 @@
 //! Attaching `xdp_packet_counter` to interfaces.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aya::programs::xdp::XdpLinkId;
-use aya::programs::{ProgramError, Xdp, XdpMode as KernelXdpMode};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as KernelXdpMode};
 use telemetryd_common::xdp::PROGRAM_NAME;
 use tracing::{info, warn};
 
@@ -159,6 +160,18 @@ impl<'a> PacketCounter<'a> {
             }
         }
         Err(last_error.expect("at least one attach mode was tried"))
+    }
+
+    /// Runs the program `repeat` times on `frame` through BPF_PROG_TEST_RUN,
+    /// as if it had arrived on loopback (ifindex 1); returns the XDP action
+    /// and the kernel's average run time. For tests and the benchmark: the
+    /// frame is counted like any other.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), ProgramError> {
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.repeat = repeat;
+        let result = self.program.test_run(options)?;
+        Ok((result.return_value, result.duration))
     }
 
     /// Detaches from one interface. An interface that vanished already took

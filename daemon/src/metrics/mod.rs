@@ -18,15 +18,16 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Every family of one scrape: the snapshot's, plus `extra` (families other
 /// parts of the daemon own, such as the anomaly board's), sorted by name.
-pub fn render(snapshot: &Snapshot, extra: Vec<MetricFamily>) -> String {
+/// Families without samples are left out (the format has no way to say
+/// "no series yet"; the encoder refuses them).
+pub fn render(snapshot: &Snapshot, extra: Vec<MetricFamily>) -> Result<String, prometheus::Error> {
     let mut families = snapshot_families(snapshot);
     families.extend(extra);
+    families.retain(|f| !f.get_metric().is_empty());
     families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::with_capacity(16 * 1024);
-    TextEncoder::new()
-        .encode(&families, &mut out)
-        .expect("encoding well-formed families into memory cannot fail");
-    String::from_utf8(out).expect("the text encoder writes UTF-8")
+    TextEncoder::new().encode(&families, &mut out)?;
+    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }
 
 fn snapshot_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
@@ -149,7 +150,7 @@ mod tests {
 
     #[test]
     fn renders_exact_counter_lines() {
-        let text = render(&sample_snapshot(), Vec::new());
+        let text = render(&sample_snapshot(), Vec::new()).unwrap();
         for line in [
             r#"telemetryd_xdp_packets_total{device="veth0",family="ipv4",protocol="udp"} 7"#,
             r#"telemetryd_xdp_bytes_total{device="veth0",family="ipv4",protocol="udp"} 700"#,
@@ -174,7 +175,7 @@ mod tests {
         snapshot
             .interfaces
             .insert("eth0".into(), InterfaceStats::default());
-        let text = render(&snapshot, Vec::new());
+        let text = render(&snapshot, Vec::new()).unwrap();
         let series = text
             .lines()
             .filter(|l| l.starts_with("telemetryd_xdp_packets_total{"))
@@ -183,8 +184,19 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_snapshot_renders_build_info_only() {
+        let text = render(&Snapshot::default(), Vec::new()).unwrap();
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [format!("telemetryd_build_info{{version=\"{VERSION}\"}} 1")],
+            "{text}"
+        );
+    }
+
+    #[test]
     fn families_are_sorted_and_counters_end_in_total() {
-        let text = render(&sample_snapshot(), Vec::new());
+        let text = render(&sample_snapshot(), Vec::new()).unwrap();
         let names: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -1,0 +1,27 @@
+//! Shared helpers of the root-only integration tests: throwaway network
+//! namespaces joined by veth, a real `telemetryd` process inside one of
+//! them, raw frames, and scraping `/metrics`.
+//!
+//! Everything created here is removed by `Drop` guards, also when a test
+//! fails. Test traffic never leaves the namespaces the tests create.
+#![allow(dead_code, unused_imports)] // each test binary uses a different part of this module
+
+pub mod frames;
+pub mod metrics;
+pub mod netns;
+pub mod process;
+
+pub use netns::{NetNs, VethPair};
+pub use process::Daemon;
+
+/// Fails the test run with a clear message unless we are root: these tests
+/// need CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, which CI has.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the integration tests load eBPF programs and create network namespaces: \
+         run them as root (`cargo xtask test` does)"
+    );
+}

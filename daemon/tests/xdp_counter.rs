@@ -1,0 +1,290 @@
+//! The XDP packet counter against real traffic: a `telemetryd` process in
+//! one throwaway namespace, exact frames sent from another over veth, exact
+//! counts read back from `/metrics`. Runs as root (`cargo xtask test`).
+
+mod support;
+
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use support::frames::{cases, PacketSocket};
+use support::metrics::Scrape;
+use support::{require_root, Daemon, NetNs, VethPair};
+
+fn config(interfaces: &[&str], mode: &str) -> String {
+    let list: Vec<String> = interfaces.iter().map(|i| format!("{i:?}")).collect();
+    format!(
+        r#"
+[daemon]
+poll_interval = "100ms"
+[http]
+listen = "{listen}"
+[log]
+level = "debug"
+[xdp]
+interfaces = [{list}]
+mode = "{mode}"
+[syscalls]
+enabled = false
+"#,
+        listen = support::process::LISTEN,
+        list = list.join(", ")
+    )
+}
+
+const FAMILIES: [&str; 3] = ["ipv4", "ipv6", "other"];
+const PROTOCOLS: [&str; 4] = ["tcp", "udp", "icmp", "other"];
+
+/// Real sockets from the sender's stack: UDP datagrams and TCP SYNs.
+const REAL_UDP: u64 = 25;
+const REAL_UDP_PAYLOAD: usize = 100;
+const REAL_TCP_CONNECTS: u64 = 3;
+/// SYN with Linux's default options (MSS, SACK, timestamps, window scale).
+const SYN_FRAME_LEN: u64 = 14 + 20 + 40;
+
+fn counts_every_frame_exactly(mode: &str, expected_attach: &str) {
+    require_root();
+    let (ns_a, ns_b) = (NetNs::new(), NetNs::new());
+    let veth = VethPair::new(&ns_a, &ns_b);
+    let daemon = Daemon::start(&ns_a, &config(&[&veth.a], mode));
+    let device = veth.a.clone();
+
+    let before = daemon.scrape_until(Duration::from_secs(5), |s| {
+        s.get(
+            "telemetryd_ebpf_program_attached",
+            &[
+                ("program", "xdp_packet_counter"),
+                ("attach", expected_attach),
+                ("device", &device),
+            ],
+        ) == Some(1.0)
+    });
+    assert_eq!(
+        before.get(
+            "telemetryd_ebpf_program_attached",
+            &[
+                ("program", "xdp_packet_counter"),
+                ("attach", expected_attach),
+                ("device", &device)
+            ]
+        ),
+        Some(1.0),
+        "attached in {expected_attach} mode:\n{}",
+        before.text
+    );
+    // Quiet link: nothing has arrived yet, so no noise to account for.
+    assert_eq!(
+        before.sum("telemetryd_xdp_packets_total", &[("device", &device)]),
+        0.0,
+        "{}",
+        before.text
+    );
+
+    let cases = cases();
+    let frames: Vec<(Vec<u8>, u64)> = cases.iter().map(|c| (c.frame.clone(), c.count)).collect();
+    let sender = veth.b.clone();
+    ns_b.enter(move || {
+        let socket = PacketSocket::open(&sender).expect("AF_PACKET socket");
+        for (frame, count) in frames {
+            for _ in 0..count {
+                socket.send(&frame).expect("sending a raw frame");
+            }
+        }
+    });
+    let target_ip = veth.a_ip.clone();
+    ns_b.enter(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..REAL_UDP {
+            socket
+                .send_to(&[7u8; REAL_UDP_PAYLOAD], (target_ip.as_str(), 9))
+                .unwrap();
+        }
+        for _ in 0..REAL_TCP_CONNECTS {
+            let addr: SocketAddr = format!("{target_ip}:1").parse().unwrap();
+            let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+            assert!(refused.is_err(), "nothing listens on port 1");
+        }
+    });
+
+    let mut want_packets = std::collections::BTreeMap::new();
+    let mut want_bytes = std::collections::BTreeMap::new();
+    let mut want_malformed = 0;
+    for c in &cases {
+        *want_packets.entry((c.family, c.protocol)).or_insert(0) += c.count;
+        *want_bytes.entry((c.family, c.protocol)).or_insert(0) += c.count * c.frame.len() as u64;
+        want_malformed += if c.malformed { c.count } else { 0 };
+    }
+    *want_packets.entry(("ipv4", "udp")).or_insert(0) += REAL_UDP;
+    *want_bytes.entry(("ipv4", "udp")).or_insert(0) +=
+        REAL_UDP * (14 + 20 + 8 + REAL_UDP_PAYLOAD as u64);
+    *want_packets.entry(("ipv4", "tcp")).or_insert(0) += REAL_TCP_CONNECTS;
+    *want_bytes.entry(("ipv4", "tcp")).or_insert(0) += REAL_TCP_CONNECTS * SYN_FRAME_LEN;
+    let total: u64 = want_packets.values().sum();
+
+    let after = daemon.scrape_until(Duration::from_secs(5), |s| {
+        s.sum("telemetryd_xdp_packets_total", &[("device", &device)]) >= total as f64
+    });
+    let mut mismatches = Vec::new();
+    for family in FAMILIES {
+        for protocol in PROTOCOLS {
+            let labels = [
+                ("device", device.as_str()),
+                ("family", family),
+                ("protocol", protocol),
+            ];
+            let packets = after.get("telemetryd_xdp_packets_total", &labels);
+            let bytes = after.get("telemetryd_xdp_bytes_total", &labels);
+            let want_p = *want_packets.get(&(family, protocol)).unwrap_or(&0) as f64;
+            let want_b = *want_bytes.get(&(family, protocol)).unwrap_or(&0) as f64;
+            if packets != Some(want_p) || bytes != Some(want_b) {
+                mismatches.push(format!(
+                    "{family}/{protocol}: packets {packets:?} want {want_p}, bytes {bytes:?} want {want_b}"
+                ));
+            }
+        }
+    }
+    let malformed = after.get(
+        "telemetryd_xdp_malformed_packets_total",
+        &[("device", &device)],
+    );
+    if malformed != Some(want_malformed as f64) {
+        mismatches.push(format!("malformed {malformed:?} want {want_malformed}"));
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{}\n{}",
+        mismatches.join("\n"),
+        after.text
+    );
+    assert_eq!(
+        after.get(
+            "telemetryd_ebpf_program_errors_total",
+            &[
+                ("program", "xdp_packet_counter"),
+                ("reason", "counters_map_full")
+            ]
+        ),
+        Some(0.0)
+    );
+    promtool_accepts(&after);
+}
+
+#[test]
+fn counts_every_frame_exactly_in_native_mode() {
+    counts_every_frame_exactly("native", "xdp-native");
+}
+
+#[test]
+fn counts_every_frame_exactly_in_generic_mode() {
+    counts_every_frame_exactly("generic", "xdp-generic");
+}
+
+/// `promtool check metrics` (Debian package `prometheus`) accepts the scrape.
+fn promtool_accepts(scrape: &Scrape) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by `cargo xtask setup` (Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        scrape.text
+    );
+}
+
+#[test]
+fn missing_interface_is_reported_and_the_others_attach() {
+    require_root();
+    let (ns_a, ns_b) = (NetNs::new(), NetNs::new());
+    let veth = VethPair::new(&ns_a, &ns_b);
+    let daemon = Daemon::start(&ns_a, &config(&[&veth.a, "tdtnosuch0"], "auto"));
+    let scrape = daemon.scrape_until(Duration::from_secs(5), |s| {
+        s.sum("telemetryd_ebpf_program_attached", &[("device", &veth.a)]) == 1.0
+    });
+    assert_eq!(
+        scrape.sum("telemetryd_ebpf_program_attached", &[("device", &veth.a)]),
+        1.0,
+        "{}",
+        scrape.text
+    );
+    assert_eq!(
+        scrape.sum(
+            "telemetryd_ebpf_program_attached",
+            &[("device", "tdtnosuch0")]
+        ),
+        0.0
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains("interface tdtnosuch0 does not exist"),
+        "log does not name the missing interface:\n{log}"
+    );
+    // Said once, not once per poll.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        daemon
+            .log_text()
+            .matches("tdtnosuch0 does not exist")
+            .count(),
+        1
+    );
+}
+
+fn xdp_attached(ns: &NetNs, device: &str) -> bool {
+    ns.ip(&["link", "show", "dev", device]).contains("prog/xdp")
+}
+
+#[test]
+fn sigterm_detaches_and_exits_zero() {
+    require_root();
+    let (ns_a, ns_b) = (NetNs::new(), NetNs::new());
+    let veth = VethPair::new(&ns_a, &ns_b);
+    let mut daemon = Daemon::start(&ns_a, &config(&[&veth.a], "auto"));
+    assert!(xdp_attached(&ns_a, &veth.a));
+    daemon.signal(libc::SIGTERM);
+    let status = daemon
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited within 5 s of SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        !xdp_attached(&ns_a, &veth.a),
+        "an XDP program is left on {}",
+        veth.a
+    );
+}
+
+#[test]
+fn kill_9_leaves_nothing_attached() {
+    require_root();
+    let (ns_a, ns_b) = (NetNs::new(), NetNs::new());
+    let veth = VethPair::new(&ns_a, &ns_b);
+    let mut daemon = Daemon::start(&ns_a, &config(&[&veth.a], "auto"));
+    assert!(xdp_attached(&ns_a, &veth.a));
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(5)).expect("killed");
+    // The bpf_link dies with the process's last reference to it; the
+    // kernel releases it asynchronously, so allow it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while xdp_attached(&ns_a, &veth.a) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !xdp_attached(&ns_a, &veth.a),
+        "an XDP program outlived kill -9 on {}",
+        veth.a
+    );
+}

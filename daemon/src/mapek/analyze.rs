@@ -56,7 +56,13 @@ struct Judgement {
     severity: Severity,
 }
 
-fn judge(signal: &Signal, value: f64, rule: Rule, s: &AnalyzerSettings, now: Duration) -> Judgement {
+fn judge(
+    signal: &Signal,
+    value: f64,
+    rule: Rule,
+    s: &AnalyzerSettings,
+    now: Duration,
+) -> Judgement {
     let b = signal.baseline;
     let ready = b.samples >= MIN_BASELINE_SAMPLES && signal.age(now) >= s.warmup;
     match rule {
@@ -168,7 +174,14 @@ pub fn evaluate(obs: &Observation, k: &mut Knowledge, s: &AnalyzerSettings) -> V
 
     // Node traffic: only learned, for the "did traffic rise" correlation.
     let node_traffic = SignalId::new(Metric::NodePacketRate, NODE);
-    assess(k, s, obs, &node_traffic, obs.node_packets_per_sec(), [spike]);
+    assess(
+        k,
+        s,
+        obs,
+        &node_traffic,
+        obs.node_packets_per_sec(),
+        [spike],
+    );
 
     for (device, rates) in &obs.devices {
         let id = SignalId::new(Metric::DevicePacketRate, device.as_str());
@@ -199,8 +212,10 @@ pub fn evaluate(obs: &Observation, k: &mut Knowledge, s: &AnalyzerSettings) -> V
                 factor: s.rise_factor,
             };
             let [j] = assess(k, s, obs, &id, ratio, [rule]);
+            // Retransmits are the end-to-end symptom: they lead the verdict
+            // unless only the kernel drops are anomalous.
             let retrans = verdict(AnomalyKind::PacketLoss, &id, ratio, j);
-            if worse(&retrans, &node_loss) {
+            if retrans.anomalous || !node_loss.anomalous {
                 node_loss = retrans;
             }
         }
@@ -237,19 +252,6 @@ pub fn evaluate(obs: &Observation, k: &mut Knowledge, s: &AnalyzerSettings) -> V
     verdicts
 }
 
-/// Whether `a` should decide a merged verdict rather than `b`: anomalous
-/// beats normal, then the one further past its threshold.
-fn worse(a: &Verdict, b: &Verdict) -> bool {
-    let excess = |v: &Verdict| {
-        if v.threshold > 0.0 {
-            v.value / v.threshold
-        } else {
-            0.0
-        }
-    };
-    (a.anomalous, excess(a)) > (b.anomalous, excess(b))
-}
-
 /// Correlation inputs of an explanation.
 pub struct Context<'a> {
     pub obs: &'a Observation,
@@ -261,7 +263,12 @@ pub struct Context<'a> {
 
 /// The value of `verdict`'s signal averaged over its newest `span` samples,
 /// and a sentence explaining it (with correlated signals when firing).
-pub fn explain(verdict: &Verdict, state: AnomalyState, span: usize, ctx: &Context<'_>) -> (f64, String) {
+pub fn explain(
+    verdict: &Verdict,
+    state: AnomalyState,
+    span: usize,
+    ctx: &Context<'_>,
+) -> (f64, String) {
     let (value, period) = ctx
         .knowledge
         .signal(&verdict.signal)
@@ -346,7 +353,11 @@ fn correlate(text: &mut String, verdict: &Verdict, ctx: &Context<'_>) {
                 }
             }
             if let Some((reason, rate)) = obs.dominant_drop_reason() {
-                let _ = write!(text, "; kernel drops dominated by {reason} ({}/s)", fmt_rate(rate));
+                let _ = write!(
+                    text,
+                    "; kernel drops dominated by {reason} ({}/s)",
+                    fmt_rate(rate)
+                );
             }
             if verdict.signal.metric != Metric::RetransmitRatio {
                 if let Some(ratio) = obs.tcp.as_ref().and_then(|t| t.retransmit_ratio) {
@@ -378,8 +389,14 @@ fn correlate(text: &mut String, verdict: &Verdict, ctx: &Context<'_>) {
 /// traffic (a device's, or the node's).
 fn traffic_trend(text: &mut String, subject: &str, ctx: &Context<'_>) {
     let (id, now) = match ctx.obs.devices.get(subject) {
-        Some(d) => (SignalId::new(Metric::DevicePacketRate, subject), d.packets_per_sec),
-        None => (SignalId::new(Metric::NodePacketRate, NODE), ctx.obs.node_packets_per_sec()),
+        Some(d) => (
+            SignalId::new(Metric::DevicePacketRate, subject),
+            d.packets_per_sec,
+        ),
+        None => (
+            SignalId::new(Metric::NodePacketRate, NODE),
+            ctx.obs.node_packets_per_sec(),
+        ),
     };
     let Some(base) = ctx.knowledge.signal(&id).map(|s| s.baseline.mean) else {
         return;
@@ -432,7 +449,7 @@ pub fn fmt_rate(x: f64) -> String {
         out.push('-');
     }
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

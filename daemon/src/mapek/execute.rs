@@ -178,8 +178,14 @@ impl AnomalyBoard {
         let s = self.lock();
         let mut active = Vec::with_capacity(s.active.len() + s.inactive.len());
         let live: BTreeSet<&(AnomalyKind, String)> = s.active.keys().collect();
-        let mut series: Vec<(&(AnomalyKind, String), f64)> = live.iter().map(|k| (*k, 1.0)).collect();
-        series.extend(s.inactive.iter().filter(|k| !live.contains(k)).map(|k| (k, 0.0)));
+        let mut series: Vec<(&(AnomalyKind, String), f64)> =
+            live.iter().map(|k| (*k, 1.0)).collect();
+        series.extend(
+            s.inactive
+                .iter()
+                .filter(|k| !live.contains(k))
+                .map(|k| (k, 0.0)),
+        );
         series.sort_by(|a, b| a.0.cmp(b.0));
         for ((kind, subject), v) in series {
             active.push(gauge(&[("kind", kind.as_str()), ("subject", subject)], v));
@@ -349,18 +355,34 @@ mod tests {
         board.apply(&change(AnomalyState::Resolved, "node"));
         let json: serde_json::Value = serde_json::from_str(&board.to_json()).unwrap();
         assert!(json["active"].as_array().unwrap().is_empty());
-        assert_eq!(json["resolved"][0]["resolved_at"], "2023-11-14T22:14:20.000Z");
+        assert_eq!(
+            json["resolved"][0]["resolved_at"],
+            "2023-11-14T22:14:20.000Z"
+        );
 
         let families = board.metric_families();
         let text = {
             use prometheus::Encoder;
             let mut buf = Vec::new();
-            prometheus::TextEncoder::new().encode(&families, &mut buf).unwrap();
+            prometheus::TextEncoder::new()
+                .encode(&families, &mut buf)
+                .unwrap();
             String::from_utf8(buf).unwrap()
         };
-        assert!(text.contains("telemetryd_anomaly_active{kind=\"packet_loss\",subject=\"node\"} 0"), "{text}");
-        assert!(text.contains("telemetryd_anomalies_total{kind=\"packet_loss\",severity=\"critical\"} 1"), "{text}");
-        assert!(text.contains("telemetryd_anomalies_total{kind=\"latency\",severity=\"warning\"} 0"), "{text}");
+        assert!(
+            text.contains("telemetryd_anomaly_active{kind=\"packet_loss\",subject=\"node\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "telemetryd_anomalies_total{kind=\"packet_loss\",severity=\"critical\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("telemetryd_anomalies_total{kind=\"latency\",severity=\"warning\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -374,6 +396,9 @@ mod tests {
         let r = board.report();
         assert_eq!(r.resolved.len(), RESOLVED_KEPT);
         assert_eq!(r.resolved[0].subject, "dev4999");
-        assert_eq!(board.metric_families()[0].get_metric().len(), INACTIVE_SERIES_KEPT);
+        assert_eq!(
+            board.metric_families()[0].get_metric().len(),
+            INACTIVE_SERIES_KEPT
+        );
     }
 }

@@ -313,7 +313,8 @@ impl Knowledge {
         self.observations += 1;
     }
 
-    pub(crate) fn streak_count(&self) -> usize {
+    /// (kind, subject) pairs with hysteresis state (bounded by `max_signals`).
+    pub fn streak_count(&self) -> usize {
         self.streaks.len()
     }
 }

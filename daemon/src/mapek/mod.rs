@@ -54,12 +54,22 @@ impl MapeK {
     /// for the webhook). `top_talkers` are peers with their share (0..1) of
     /// the node's packets, largest first, used to explain traffic spikes;
     /// it may be empty.
-    pub fn observe(&mut self, snapshot: &Snapshot, top_talkers: &[(String, f64)]) -> Vec<StateChange> {
+    pub fn observe(
+        &mut self,
+        snapshot: &Snapshot,
+        top_talkers: &[(String, f64)],
+    ) -> Vec<StateChange> {
         let Some(obs) = self.monitor.observe(snapshot) else {
             return Vec::new();
         };
         let verdicts = analyze::evaluate(&obs, &mut self.knowledge, &self.settings);
-        let changes = plan::plan(&verdicts, &mut self.knowledge, &self.settings, top_talkers, &obs);
+        let changes = plan::plan(
+            &verdicts,
+            &mut self.knowledge,
+            &self.settings,
+            top_talkers,
+            &obs,
+        );
         self.knowledge.evict_excess();
         self.knowledge.count_observation();
         self.executor.execute(&changes);

@@ -25,7 +25,10 @@ pub struct DeviceRates {
 impl DeviceRates {
     /// Dropped and errored packets per second, both directions.
     pub fn loss_per_sec(&self) -> f64 {
-        self.rx_dropped_per_sec + self.rx_errors_per_sec + self.tx_dropped_per_sec + self.tx_errors_per_sec
+        self.rx_dropped_per_sec
+            + self.rx_errors_per_sec
+            + self.tx_dropped_per_sec
+            + self.tx_errors_per_sec
     }
 }
 
@@ -183,7 +186,12 @@ fn device_rates(prev: &InterfaceStats, cur: &InterfaceStats, secs: f64) -> Optio
     let packets = cur.total_packets().checked_sub(prev.total_packets())?;
     let bytes = cur.total_bytes().checked_sub(prev.total_bytes())?;
     // Any single slot going down is a reset too, even if the total grew.
-    for (c, p) in cur.packets.iter().flatten().zip(prev.packets.iter().flatten()) {
+    for (c, p) in cur
+        .packets
+        .iter()
+        .flatten()
+        .zip(prev.packets.iter().flatten())
+    {
         c.checked_sub(*p)?;
     }
     let rate = |c: u64, p: u64| c.checked_sub(p).map(|d| d as f64 / secs);

@@ -13,13 +13,13 @@ use super::knowledge::{ActiveAnomaly, AnomalyKey, Knowledge, Streak};
 use super::settings::AnalyzerSettings;
 
 /// Decides state changes from this observation's verdicts, updates the
-/// active and resolved anomalies in `ctx.knowledge`'s owner, and returns
+/// active and resolved anomalies in `knowledge`, and returns
 /// the changes, explained.
 pub fn plan(
     verdicts: &[Verdict],
     knowledge: &mut Knowledge,
     settings: &AnalyzerSettings,
-    ctx_top_talkers: &[(String, f64)],
+    top_talkers: &[(String, f64)],
     obs: &super::monitor::Observation,
 ) -> Vec<StateChange> {
     if obs.first {
@@ -37,7 +37,10 @@ pub fn plan(
             knowledge.streaks.remove(&key);
             continue;
         }
-        if !knowledge.streaks.contains_key(&key) && knowledge.streaks.len() >= max_streaks && !active {
+        if !knowledge.streaks.contains_key(&key)
+            && knowledge.streaks.len() >= max_streaks
+            && !active
+        {
             continue; // bounded: more anomalous subjects than signals tracked
         }
         let streak = knowledge.streaks.entry(key).or_default();
@@ -61,8 +64,10 @@ pub fn plan(
     // resolve after `resolve_after` observations without a verdict.
     let mut vanished = Vec::new();
     if !knowledge.active.is_empty() {
-        let seen: HashSet<(AnomalyKind, &str)> =
-            verdicts.iter().map(|v| (v.kind, v.subject.as_str())).collect();
+        let seen: HashSet<(AnomalyKind, &str)> = verdicts
+            .iter()
+            .map(|v| (v.kind, v.subject.as_str()))
+            .collect();
         for key in knowledge.active.keys() {
             if !seen.contains(&(key.0, key.1.as_str())) {
                 vanished.push(key.clone());
@@ -74,12 +79,13 @@ pub fn plan(
     let ctx = Context {
         obs,
         knowledge,
-        top_talkers: ctx_top_talkers,
+        top_talkers,
     };
     let mut firing = Vec::with_capacity(fire.len());
     for &i in &fire {
         let v = &verdicts[i];
-        let (value, explanation) = explain(v, AnomalyState::Firing, settings.fire_after as usize, &ctx);
+        let (value, explanation) =
+            explain(v, AnomalyState::Firing, settings.fire_after as usize, &ctx);
         firing.push(StateChange {
             kind: v.kind,
             subject: v.subject.clone(),
@@ -96,9 +102,20 @@ pub fn plan(
     let mut resolving = Vec::with_capacity(resolve.len());
     for &i in &resolve {
         let v = &verdicts[i];
-        let (value, explanation) =
-            explain(v, AnomalyState::Resolved, settings.resolve_after as usize, &ctx);
-        resolving.push((v.kind, v.subject.clone(), value, v.baseline, v.threshold, explanation));
+        let (value, explanation) = explain(
+            v,
+            AnomalyState::Resolved,
+            settings.resolve_after as usize,
+            &ctx,
+        );
+        resolving.push((
+            v.kind,
+            v.subject.clone(),
+            value,
+            v.baseline,
+            v.threshold,
+            explanation,
+        ));
     }
 
     for change in firing {
@@ -128,7 +145,15 @@ pub fn plan(
         let Some(active) = knowledge.active.remove(&key) else {
             continue;
         };
-        changes.push(resolved(key, active, value, baseline, threshold, explanation, obs));
+        changes.push(resolved(
+            key,
+            active,
+            value,
+            baseline,
+            threshold,
+            explanation,
+            obs,
+        ));
     }
     for key in vanished {
         let streak = knowledge.streaks.entry(key.clone()).or_default();
@@ -142,7 +167,15 @@ pub fn plan(
         };
         let explanation = format!("{} on {} resolved: signal no longer observed", key.0, key.1);
         let (value, baseline, threshold) = (active.value, active.baseline, active.threshold);
-        changes.push(resolved(key, active, value, baseline, threshold, explanation, obs));
+        changes.push(resolved(
+            key,
+            active,
+            value,
+            baseline,
+            threshold,
+            explanation,
+            obs,
+        ));
     }
     for change in &changes {
         if change.state == AnomalyState::Resolved {

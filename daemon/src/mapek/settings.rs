@@ -251,7 +251,7 @@ pub mod duration_serde {
     pub fn format(d: Duration) -> String {
         if d.subsec_nanos() == 0 {
             format!("{}s", d.as_secs())
-        } else if d.subsec_nanos() % 1_000_000 == 0 {
+        } else if d.subsec_nanos().is_multiple_of(1_000_000) {
             format!("{}ms", d.as_millis())
         } else {
             format!("{}ns", d.as_nanos())
@@ -279,15 +279,22 @@ mod tests {
 
     #[test]
     fn parses_toml_with_durations_and_defaults() {
-        let s: AnalyzerSettings =
-            toml::from_str("warmup = \"500ms\"\nfire_after = 2\nwebhook = \"http://127.0.0.1:9093\"")
-                .unwrap();
+        let s: AnalyzerSettings = toml::from_str(
+            "warmup = \"500ms\"\nfire_after = 2\nwebhook = \"http://127.0.0.1:9093\"",
+        )
+        .unwrap();
         assert_eq!(s.warmup, Duration::from_millis(500));
         assert_eq!(s.fire_after, 2);
         assert_eq!(s.resolve_after, 5);
         s.validate().unwrap();
-        assert_eq!(duration_serde::parse("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(duration_serde::parse("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            duration_serde::parse("2m").unwrap(),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            duration_serde::parse("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
         assert!(duration_serde::parse("60").is_err());
         assert!(duration_serde::parse("5 parsecs").is_err());
     }

@@ -176,7 +176,9 @@ impl Worker {
             }
             match tokio::time::timeout(self.timeout, self.post(body.clone())).await {
                 Ok(Ok(status)) if status.is_success() => {
-                    self.stats.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .sent
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     return;
                 }
                 Ok(Ok(status)) => last_error = format!("HTTP {status}"),
@@ -184,7 +186,9 @@ impl Worker {
                 Err(_) => last_error = format!("timed out after {:?}", self.timeout),
             }
         }
-        self.stats.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats
+            .failed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         tracing::warn!(
             url = %self.uri,
             alerts = batch.len(),
@@ -202,7 +206,10 @@ impl Worker {
         let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         // Read the body so the connection can be reused.
-        resp.into_body().collect().await.map_err(|e| e.to_string())?;
+        resp.into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(status)
     }
 }
@@ -328,13 +335,23 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(stats.counts(), WebhookCounts { sent: 2, ..Default::default() });
+        assert_eq!(
+            stats.counts(),
+            WebhookCounts {
+                sent: 2,
+                ..Default::default()
+            }
+        );
     }
 
     #[tokio::test]
     async fn failures_are_counted_and_never_block() {
         // A port nobody listens on: bind, note it, close.
-        let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let settings = AnalyzerSettings {
             webhook: format!("http://{addr}"),
             webhook_retries: 1,
@@ -348,7 +365,10 @@ mod tests {
         for _ in 0..10 {
             webhook.notify(&change(AnomalyState::Firing));
         }
-        assert!(started.elapsed() < Duration::from_millis(100), "notify blocked");
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "notify blocked"
+        );
         for _ in 0..100 {
             let c = stats.counts();
             if c.failed + c.dropped == 10 {

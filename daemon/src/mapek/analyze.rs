@@ -140,18 +140,29 @@ fn verdict(kind: AnomalyKind, id: &SignalId, value: f64, j: Judgement) -> Verdic
 }
 
 /// A normal verdict for a signal that does not apply this interval (too few
-/// calls or segments to judge): it counts towards resolution.
-fn not_applicable(kind: AnomalyKind, k: &Knowledge, id: SignalId, value: f64) -> Verdict {
-    let baseline = k.signal(&id).map_or(0.0, |s| s.baseline.mean);
+/// calls to judge): it counts towards resolution, and nothing is learned.
+fn not_applicable(
+    kind: AnomalyKind,
+    k: &Knowledge,
+    s: &AnalyzerSettings,
+    obs: &Observation,
+    id: SignalId,
+    value: f64,
+    rule: Rule,
+) -> Verdict {
+    let threshold_of = |signal: &Signal| judge(signal, value, rule, s, obs.uptime);
+    let j = match k.signal(&id) {
+        Some(signal) => threshold_of(signal),
+        None => threshold_of(&Signal {
+            window: super::knowledge::Ring::new(1),
+            baseline: Default::default(),
+            first_seen: obs.uptime,
+            last_seen_seq: obs.seq,
+        }),
+    };
     Verdict {
-        kind,
-        subject: id.subject.clone(),
         anomalous: false,
-        value,
-        baseline,
-        threshold: f64::NAN,
-        severity: Severity::Warning,
-        signal: id,
+        ..verdict(kind, &id, value, j)
     }
 }
 
@@ -225,27 +236,28 @@ pub fn evaluate(obs: &Observation, k: &mut Knowledge, s: &AnalyzerSettings) -> V
     for (name, rates) in &obs.syscalls {
         let latency_id = SignalId::new(Metric::SyscallP99, name.as_str());
         let errors_id = SignalId::new(Metric::SyscallErrorRatio, name.as_str());
+        let latency = Rule::Rise {
+            floor: 0.0,
+            factor: s.latency_factor,
+        };
+        let errors = Rule::Rise {
+            floor: s.min_error_ratio,
+            factor: s.rise_factor,
+        };
+        let ratio = rates.error_ratio;
         match rates.p99_seconds {
             Some(p99) if rates.calls >= s.min_calls => {
-                let rule = Rule::Rise {
-                    floor: 0.0,
-                    factor: s.latency_factor,
-                };
-                let [j] = assess(k, s, obs, &latency_id, p99, [rule]);
+                let [j] = assess(k, s, obs, &latency_id, p99, [latency]);
                 verdicts.push(verdict(AnomalyKind::Latency, &latency_id, p99, j));
-                let rule = Rule::Rise {
-                    floor: s.min_error_ratio,
-                    factor: s.rise_factor,
-                };
-                let v = rates.error_ratio;
-                let [j] = assess(k, s, obs, &errors_id, v, [rule]);
-                verdicts.push(verdict(AnomalyKind::SyscallErrors, &errors_id, v, j));
+                let [j] = assess(k, s, obs, &errors_id, ratio, [errors]);
+                verdicts.push(verdict(AnomalyKind::SyscallErrors, &errors_id, ratio, j));
             }
             _ => {
                 let p99 = rates.p99_seconds.unwrap_or(0.0);
-                verdicts.push(not_applicable(AnomalyKind::Latency, k, latency_id, p99));
-                let v = rates.error_ratio;
-                verdicts.push(not_applicable(AnomalyKind::SyscallErrors, k, errors_id, v));
+                let kind = AnomalyKind::Latency;
+                verdicts.push(not_applicable(kind, k, s, obs, latency_id, p99, latency));
+                let kind = AnomalyKind::SyscallErrors;
+                verdicts.push(not_applicable(kind, k, s, obs, errors_id, ratio, errors));
             }
         }
     }
@@ -272,6 +284,9 @@ pub fn explain(
     let (value, period) = ctx
         .knowledge
         .signal(&verdict.signal)
+        // A signal without a sample this time (not applicable) has only
+        // stale samples: explain by this interval's value instead.
+        .filter(|s| s.last_seen_seq == ctx.obs.seq)
         .map(|s| s.recent(span))
         .filter(|(_, period)| !period.is_zero())
         .unwrap_or((verdict.value, ctx.obs.interval));

@@ -1,6 +1,7 @@
 //! The loop end to end on synthetic snapshot series built by hand.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::*;
@@ -524,4 +525,172 @@ fn reload_keeps_baselines_and_refuses_invalid_settings() {
     node.tcp(0, 200);
     let changes = mapek.observe(&node.snapshot(), &[]);
     assert_eq!(changes.len(), 1, "{changes:?}");
+}
+
+#[test]
+fn latency_resolves_when_calls_stop_with_a_finite_threshold() {
+    let mut mapek = MapeK::new(settings(), AnomalyBoard::new());
+    let mut node = Node::default();
+    warm_up(&mut mapek, &mut node, 30);
+    for _ in 0..3 {
+        node.packets("eth0", 1000)
+            .tcp(1000, 1)
+            .calls("read", 500, 4000 * 20, 0);
+        mapek.observe(&node.snapshot(), &[]);
+    }
+    assert_eq!(mapek.board().report().active.len(), 1);
+    let mut resolved = Vec::new();
+    for _ in 0..5 {
+        // Too few reads to judge: counts as normal, learns nothing.
+        node.packets("eth0", 1000)
+            .tcp(1000, 1)
+            .calls("read", 3, 4000 * 20, 0);
+        resolved.extend(mapek.observe(&node.snapshot(), &[]));
+    }
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    let c = &resolved[0];
+    assert_eq!(
+        (c.kind, c.state),
+        (AnomalyKind::Latency, AnomalyState::Resolved)
+    );
+    assert!(c.threshold.is_finite() && c.threshold > c.baseline, "{c:?}");
+    assert!(
+        c.explanation.contains("over the last 1 s"),
+        "{}",
+        c.explanation
+    );
+}
+
+mod log_event {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::Layer;
+
+    use super::*;
+
+    type Event = (tracing::Level, BTreeMap<String, String>);
+
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Event>>>);
+
+    #[derive(Default)]
+    struct Fields(BTreeMap<String, String>);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().into(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().into(), value.into());
+        }
+        fn record_f64(&mut self, field: &Field, value: f64) {
+            self.0.insert(field.name().into(), value.to_string());
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Recorder {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            if event.metadata().target() != execute::LOG_TARGET {
+                return;
+            }
+            let mut fields = Fields::default();
+            event.record(&mut fields);
+            self.0
+                .lock()
+                .unwrap()
+                .push((*event.metadata().level(), fields.0));
+        }
+    }
+
+    #[test]
+    fn one_event_per_state_change_with_the_contract_fields() {
+        let recorder = Recorder::default();
+        let subscriber = tracing_subscriber::registry().with(recorder.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let mut mapek = MapeK::new(settings(), AnomalyBoard::new());
+            let mut node = Node::default();
+            warm_up(&mut mapek, &mut node, 30);
+            for _ in 0..3 {
+                normal(&mut node);
+                node.tcp(0, 99).drops("NETFILTER_DROP", 1240);
+                mapek.observe(&node.snapshot(), &[]);
+            }
+            for _ in 0..5 {
+                normal(&mut node);
+                mapek.observe(&node.snapshot(), &[]);
+            }
+        });
+        let events = recorder.0.lock().unwrap().clone();
+        assert_eq!(events.len(), 2, "{events:?}");
+        let keys = [
+            "baseline",
+            "event",
+            "explanation",
+            "kind",
+            "severity",
+            "state",
+            "subject",
+            "threshold",
+            "value",
+        ];
+        for ((level, fields), (want_level, state)) in events.iter().zip([
+            (tracing::Level::WARN, "firing"),
+            (tracing::Level::INFO, "resolved"),
+        ]) {
+            assert_eq!(*level, want_level);
+            assert_eq!(fields.keys().map(String::as_str).collect::<Vec<_>>(), keys);
+            assert_eq!(fields["event"], "anomaly");
+            assert_eq!(fields["kind"], "packet_loss");
+            assert_eq!(fields["subject"], "node");
+            assert_eq!(fields["state"], state);
+            assert_eq!(fields["severity"], "critical");
+            assert!(fields["explanation"].contains("NETFILTER_DROP") || state == "resolved");
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_observes_published_snapshots_and_reloads_settings() {
+    let quick = AnalyzerSettings {
+        warmup: Duration::ZERO,
+        fire_after: 1,
+        resolve_after: 1,
+        ..Default::default()
+    };
+    let board = AnomalyBoard::new();
+    let mapek = MapeK::new(quick.clone(), board.clone());
+    let mut node = Node::default();
+    normal(&mut node);
+    let (snapshots, snapshot_rx) = tokio::sync::watch::channel(Arc::new(node.snapshot()));
+    let (settings_tx, settings_rx) = tokio::sync::watch::channel(quick.clone());
+    let task = tokio::spawn(mapek.run(snapshot_rx, settings_rx, Vec::new));
+
+    // An invalid reload is refused and the loop keeps running.
+    settings_tx
+        .send(AnalyzerSettings {
+            fire_after: 0,
+            ..quick
+        })
+        .unwrap();
+    for t in 0..40 {
+        normal(&mut node);
+        if t >= 20 {
+            node.drops("NETFILTER_DROP", 5000);
+        }
+        snapshots.send(Arc::new(node.snapshot())).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if t >= 20 && !board.report().active.is_empty() {
+            break;
+        }
+    }
+    let report = board.report();
+    assert_eq!(report.active.len(), 1, "{report:?}");
+    assert_eq!(report.active[0].kind, AnomalyKind::PacketLoss);
+    drop(snapshots);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run stops when the snapshot sender is dropped")
+        .unwrap();
 }

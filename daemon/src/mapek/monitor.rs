@@ -1,0 +1,342 @@
+//! Monitor: turns two consecutive cumulative [`Snapshot`]s into one
+//! [`Observation`] of per-second rates over the interval between them.
+//!
+//! A counter that went down was reset (an interface disappeared and came
+//! back): the affected device, drop reason or syscall is left out of this
+//! one observation rather than turned into a huge or negative rate.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use crate::collect::snapshot::{InterfaceStats, SyscallStats, TcpStats, LATENCY_BUCKETS};
+use crate::collect::Snapshot;
+
+/// Rates of one device over the interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeviceRates {
+    pub packets_per_sec: f64,
+    pub bytes_per_sec: f64,
+    pub rx_dropped_per_sec: f64,
+    pub rx_errors_per_sec: f64,
+    pub tx_dropped_per_sec: f64,
+    pub tx_errors_per_sec: f64,
+}
+
+impl DeviceRates {
+    /// Dropped and errored packets per second, both directions.
+    pub fn loss_per_sec(&self) -> f64 {
+        self.rx_dropped_per_sec
+            + self.rx_errors_per_sec
+            + self.tx_dropped_per_sec
+            + self.tx_errors_per_sec
+    }
+}
+
+/// TCP over the interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TcpRates {
+    pub segments_out_per_sec: f64,
+    pub retransmits_per_sec: f64,
+    /// Retransmitted / sent segments; `None` when no segment was sent.
+    pub retransmit_ratio: Option<f64>,
+}
+
+/// One syscall over the interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyscallRates {
+    /// Calls completed in the interval.
+    pub calls: u64,
+    pub calls_per_sec: f64,
+    /// Failed calls / calls; 0 without calls.
+    pub error_ratio: f64,
+    /// Latency quantiles in seconds, interpolated inside the log2 buckets;
+    /// `None` without calls.
+    pub p50_seconds: Option<f64>,
+    pub p99_seconds: Option<f64>,
+}
+
+/// One interval's worth of rates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// Sequence number of the newer snapshot.
+    pub seq: u64,
+    /// Monotonic time of the newer snapshot.
+    pub uptime: Duration,
+    /// Length of the interval.
+    pub interval: Duration,
+    /// Wall-clock time of the newer snapshot (now when the snapshot has none).
+    pub taken_at: SystemTime,
+    /// The first observation since the loop (or the collector) started.
+    pub first: bool,
+    /// Devices present in both snapshots without a counter reset.
+    pub devices: BTreeMap<String, DeviceRates>,
+    /// Devices left out of this observation because a counter went down.
+    pub reset_devices: Vec<String>,
+    /// Kernel drops per second, all reasons.
+    pub kernel_drops_per_sec: f64,
+    /// Kernel drops per second by reason (reasons that moved only).
+    pub kernel_drop_reasons: BTreeMap<String, f64>,
+    /// `None` when the TCP counters went down.
+    pub tcp: Option<TcpRates>,
+    /// Syscalls present in both snapshots without a counter reset.
+    pub syscalls: BTreeMap<String, SyscallRates>,
+}
+
+impl Observation {
+    /// Packets per second over all observed devices.
+    pub fn node_packets_per_sec(&self) -> f64 {
+        self.devices.values().map(|d| d.packets_per_sec).sum()
+    }
+
+    /// The kernel drop reason with the highest rate, if any moved.
+    pub fn dominant_drop_reason(&self) -> Option<(&str, f64)> {
+        self.kernel_drop_reasons
+            .iter()
+            .filter(|(_, r)| **r > 0.0)
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(n, r)| (n.as_str(), *r))
+    }
+}
+
+/// Keeps the previous snapshot and turns each new one into an observation.
+#[derive(Debug, Default)]
+pub struct Monitor {
+    previous: Option<Snapshot>,
+    observed_since_start: bool,
+}
+
+impl Monitor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns `None` for the first snapshot and whenever the collector
+    /// restarted (sequence or uptime did not move forward); the next
+    /// observation after that is marked `first`.
+    pub fn observe(&mut self, current: &Snapshot) -> Option<Observation> {
+        let previous = self.previous.replace(current.clone());
+        let previous = previous?;
+        if current.seq <= previous.seq || current.uptime <= previous.uptime {
+            self.observed_since_start = false;
+            return None;
+        }
+        let first = !self.observed_since_start;
+        self.observed_since_start = true;
+        Some(observe(&previous, current, first))
+    }
+}
+
+/// The rates between `previous` and `current`. `current` must be later.
+pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observation {
+    let interval = current.uptime.saturating_sub(previous.uptime);
+    let secs = interval.as_secs_f64().max(1e-9);
+
+    let mut devices = BTreeMap::new();
+    let mut reset_devices = Vec::new();
+    for (name, cur) in &current.interfaces {
+        let Some(prev) = previous.interfaces.get(name) else {
+            continue;
+        };
+        match device_rates(prev, cur, secs) {
+            Some(rates) => {
+                devices.insert(name.clone(), rates);
+            }
+            None => reset_devices.push(name.clone()),
+        }
+    }
+
+    let mut kernel_drop_reasons = BTreeMap::new();
+    let mut kernel_drops = 0u64;
+    for (reason, &cur) in &current.kernel_drops {
+        // A reason appears with its first drop: a missing entry counts as 0.
+        let prev = previous.kernel_drops.get(reason).copied().unwrap_or(0);
+        if let Some(d) = cur.checked_sub(prev) {
+            kernel_drops += d;
+            if d > 0 {
+                kernel_drop_reasons.insert(reason.clone(), d as f64 / secs);
+            }
+        }
+    }
+
+    let mut syscalls = BTreeMap::new();
+    for (name, cur) in &current.syscalls {
+        let prev = previous.syscalls.get(name);
+        let empty = SyscallStats::default();
+        if let Some(rates) = syscall_rates(prev.unwrap_or(&empty), cur, secs) {
+            syscalls.insert(name.clone(), rates);
+        }
+    }
+
+    Observation {
+        seq: current.seq,
+        uptime: current.uptime,
+        interval,
+        taken_at: current.taken_at.unwrap_or_else(SystemTime::now),
+        first,
+        devices,
+        reset_devices,
+        kernel_drops_per_sec: kernel_drops as f64 / secs,
+        kernel_drop_reasons,
+        tcp: tcp_rates(&previous.tcp, &current.tcp, secs),
+        syscalls,
+    }
+}
+
+fn device_rates(prev: &InterfaceStats, cur: &InterfaceStats, secs: f64) -> Option<DeviceRates> {
+    let packets = cur.total_packets().checked_sub(prev.total_packets())?;
+    let bytes = cur.total_bytes().checked_sub(prev.total_bytes())?;
+    // Any single slot going down is a reset too, even if the total grew.
+    for (c, p) in cur
+        .packets
+        .iter()
+        .flatten()
+        .zip(prev.packets.iter().flatten())
+    {
+        c.checked_sub(*p)?;
+    }
+    let rate = |c: u64, p: u64| c.checked_sub(p).map(|d| d as f64 / secs);
+    Some(DeviceRates {
+        packets_per_sec: packets as f64 / secs,
+        bytes_per_sec: bytes as f64 / secs,
+        rx_dropped_per_sec: rate(cur.rx_dropped, prev.rx_dropped)?,
+        rx_errors_per_sec: rate(cur.rx_errors, prev.rx_errors)?,
+        tx_dropped_per_sec: rate(cur.tx_dropped, prev.tx_dropped)?,
+        tx_errors_per_sec: rate(cur.tx_errors, prev.tx_errors)?,
+    })
+}
+
+fn tcp_rates(prev: &TcpStats, cur: &TcpStats, secs: f64) -> Option<TcpRates> {
+    let segments = cur.segments_out.checked_sub(prev.segments_out)?;
+    // RetransSegs (/proc/net/snmp) counts against OutSegs from the same
+    // source; fall back to the tracepoint when the kernel gave none.
+    let retrans = if cur.retrans_segs > 0 || prev.retrans_segs > 0 {
+        cur.retrans_segs.checked_sub(prev.retrans_segs)?
+    } else {
+        let c = cur.retransmits_ipv4 + cur.retransmits_ipv6;
+        let p = prev.retransmits_ipv4 + prev.retransmits_ipv6;
+        c.checked_sub(p)?
+    };
+    Some(TcpRates {
+        segments_out_per_sec: segments as f64 / secs,
+        retransmits_per_sec: retrans as f64 / secs,
+        retransmit_ratio: (segments > 0).then(|| retrans as f64 / segments as f64),
+    })
+}
+
+fn syscall_rates(prev: &SyscallStats, cur: &SyscallStats, secs: f64) -> Option<SyscallRates> {
+    let calls = cur.count.checked_sub(prev.count)?;
+    let errors = cur.errors.checked_sub(prev.errors)?;
+    let mut delta = [0u64; LATENCY_BUCKETS];
+    for (i, d) in delta.iter_mut().enumerate() {
+        *d = cur.buckets[i].checked_sub(prev.buckets[i])?;
+    }
+    Some(SyscallRates {
+        calls,
+        calls_per_sec: calls as f64 / secs,
+        error_ratio: if calls > 0 {
+            (errors as f64 / calls as f64).min(1.0)
+        } else {
+            0.0
+        },
+        p50_seconds: quantile_ns(&delta, 0.50).map(|ns| ns * 1e-9),
+        p99_seconds: quantile_ns(&delta, 0.99).map(|ns| ns * 1e-9),
+    })
+}
+
+/// The `q` quantile in nanoseconds of a log2 histogram (bucket `i` holds
+/// `[2^i, 2^(i+1))` ns, bucket 0 also 0 ns), interpolating linearly inside
+/// the bucket that holds it. `None` for an empty histogram.
+pub fn quantile_ns(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let target = q.clamp(0.0, 1.0) * total as f64;
+    let mut below = 0u64;
+    for (i, &n) in buckets.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        if (below + n) as f64 >= target {
+            let lo = if i == 0 { 0.0 } else { 2f64.powi(i as i32) };
+            let hi = 2f64.powi(i as i32 + 1);
+            let fraction = ((target - below as f64) / n as f64).clamp(0.0, 1.0);
+            return Some(lo + fraction * (hi - lo));
+        }
+        below += n;
+    }
+    // Rounding: the quantile is in the last non-empty bucket.
+    let last = buckets.iter().rposition(|&n| n > 0)?;
+    Some(2f64.powi(last as i32 + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(seq: u64, packets: u64, rx_dropped: u64) -> Snapshot {
+        let mut s = Snapshot {
+            seq,
+            uptime: Duration::from_secs(seq),
+            ..Default::default()
+        };
+        let mut dev = InterfaceStats::default();
+        dev.packets[0][0] = packets;
+        dev.bytes[0][0] = packets * 100;
+        dev.rx_dropped = rx_dropped;
+        s.interfaces.insert("eth0".into(), dev);
+        s
+    }
+
+    #[test]
+    fn rates_per_second() {
+        let mut a = snap(1, 1000, 0);
+        let mut b = snap(3, 3000, 20);
+        a.tcp.segments_out = 1000;
+        b.tcp.segments_out = 2000;
+        b.tcp.retrans_segs = 50;
+        a.kernel_drops.insert("NETFILTER_DROP".into(), 10);
+        b.kernel_drops.insert("NETFILTER_DROP".into(), 110);
+        b.kernel_drops.insert("NO_SOCKET".into(), 4);
+        let o = observe(&a, &b, false);
+        assert_eq!(o.interval, Duration::from_secs(2));
+        let d = &o.devices["eth0"];
+        assert_eq!(d.packets_per_sec, 1000.0);
+        assert_eq!(d.bytes_per_sec, 100_000.0);
+        assert_eq!(d.loss_per_sec(), 10.0);
+        assert_eq!(o.kernel_drops_per_sec, 52.0);
+        assert_eq!(o.dominant_drop_reason(), Some(("NETFILTER_DROP", 50.0)));
+        let tcp = o.tcp.unwrap();
+        assert_eq!(tcp.retransmit_ratio, Some(0.05));
+    }
+
+    #[test]
+    fn decrease_is_a_reset_not_a_rate() {
+        let a = snap(1, 1_000_000, 500);
+        let b = snap(2, 10, 0);
+        let o = observe(&a, &b, false);
+        assert!(o.devices.is_empty());
+        assert_eq!(o.reset_devices, vec!["eth0".to_string()]);
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_buckets() {
+        let mut b = [0u64; LATENCY_BUCKETS];
+        b[10] = 100; // [1024, 2048)
+        assert_eq!(quantile_ns(&b, 0.5), Some(1536.0));
+        b[20] = 1; // one slow call
+        let p99 = quantile_ns(&b, 0.99).unwrap();
+        assert!((1024.0..2048.0).contains(&p99), "{p99}");
+        assert_eq!(quantile_ns(&[0; LATENCY_BUCKETS], 0.5), None);
+    }
+
+    #[test]
+    fn monitor_skips_first_snapshot_and_restarts() {
+        let mut m = Monitor::new();
+        assert!(m.observe(&snap(1, 0, 0)).is_none());
+        assert!(m.observe(&snap(2, 10, 0)).unwrap().first);
+        assert!(!m.observe(&snap(3, 20, 0)).unwrap().first);
+        assert!(m.observe(&snap(1, 0, 0)).is_none()); // collector restarted
+        assert!(m.observe(&snap(2, 10, 0)).unwrap().first);
+    }
+}

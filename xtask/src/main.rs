@@ -1,1 +1,172 @@
-fn main() {}
+//! `cargo xtask`: set-up, run, test, benchmark.
+//!
+//! Every command says what it does before doing it, installs what is
+//! missing on its own (nightly rust-src, bpf-linker, Debian packages), and
+//! fails with a message that says what to do when it cannot.
+
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "telemetryd development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: the nightly toolchain's
+    /// rust-src, bpf-linker, and the Debian packages the tests use.
+    Setup,
+    /// Build the workspace's default members (the eBPF object is built by
+    /// daemon/build.rs and embedded in the daemon).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build in release mode and run telemetryd as root on the embedded
+    /// default configuration (or the arguments given after `--`).
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite (unit and root integration tests).
+    Test {
+        /// Arguments passed on to `cargo test` (a test name filter, ...).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// cargo fmt --check and cargo clippy with warnings denied.
+    Lint,
+    /// Run the benchmarks (root) and print their figures.
+    Bench {
+        /// Which benchmark: a name of daemon/examples/*_bench.rs without the
+        /// suffix (xdp, syscall, anomaly), or all.
+        #[arg(default_value = "all")]
+        which: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Setup => setup::all(),
+        Task::Build { release } => {
+            setup::build_tools()?;
+            let mut args = vec!["build"];
+            if release {
+                args.push("--release");
+            }
+            cargo(&root, &args)
+        }
+        Task::Run { args } => {
+            setup::build_tools()?;
+            require_root("telemetryd loads eBPF programs")?;
+            cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
+            let bin = root.join("target/release/telemetryd");
+            step(&format!("running {} {}", bin.display(), args.join(" ")));
+            let status = Command::new(&bin).args(&args).status()?;
+            if !status.success() {
+                bail!("telemetryd exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test { args } => {
+            setup::all()?;
+            require_root("the integration tests load eBPF programs and create network namespaces")?;
+            setup::remove_stale_test_namespaces();
+            let mut full = vec!["test"];
+            let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+            full.extend(extra);
+            cargo(&root, &full)
+        }
+        Task::Lint => {
+            setup::build_tools()?;
+            cargo(&root, &["fmt", "--all", "--", "--check"])?;
+            cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])
+        }
+        Task::Bench { which } => {
+            setup::all()?;
+            require_root("the benchmarks load eBPF programs")?;
+            let benches = bench_names(&root)?;
+            let selected: Vec<&String> = benches
+                .iter()
+                .filter(|b| which == "all" || **b == which)
+                .collect();
+            if selected.is_empty() {
+                bail!("no benchmark {which:?}; there are: {}", benches.join(", "));
+            }
+            for bench in selected {
+                let example = format!("{bench}_bench");
+                cargo(
+                    &root,
+                    &[
+                        "run",
+                        "--release",
+                        "--package",
+                        "telemetryd",
+                        "--example",
+                        &example,
+                    ],
+                )?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Names of the benchmarks: daemon/examples/<name>_bench.rs.
+fn bench_names(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join("daemon/examples");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix("_bench.rs") {
+            names.push(stem.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn step(message: &str) {
+    eprintln!("xtask: {message}");
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    step(&format!("cargo {}", args.join(" ")));
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(root)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn require_root(why: &str) -> Result<()> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        bail!("run this as root: {why} (for example: sudo -E cargo xtask ...)");
+    }
+    Ok(())
+}

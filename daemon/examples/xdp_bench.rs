@@ -1,0 +1,320 @@
+//! XDP benchmark (`cargo xtask bench xdp`, root). Prints, measured side by
+//! side in one run:
+//!
+//! 1. xdp_packet_counter's cost per packet against an empty XDP_PASS
+//!    program on the same veth traffic, from the kernel's BPF statistics
+//!    (run_time_ns / run_cnt with kernel.bpf_stats_enabled), rounds
+//!    interleaved so both see the same machine load; native and generic mode.
+//! 2. The same pair through BPF_PROG_TEST_RUN (the kernel's own timed loop).
+//! 3. `/metrics` render time for the default series.
+//! 4. The daemon's resident memory after it has attached and served.
+//!
+//! Traffic stays inside two throwaway namespaces joined by veth.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aya::programs::{Xdp, XdpMode};
+use telemetryd::bpf::LoadedObject;
+use telemetryd::collect::snapshot::{InterfaceStats, SyscallStats};
+use telemetryd::collect::Snapshot;
+
+const NS_RX: &str = "tdtbenchrx";
+const NS_TX: &str = "tdtbenchtx";
+const DEV_RX: &str = "tdtbrx0";
+const DEV_TX: &str = "tdtbtx0";
+const ROUNDS: usize = 5;
+const PACKETS_PER_ROUND: u64 = 200_000;
+
+fn main() {
+    let _namespaces = Namespaces::create();
+    enter(NS_RX);
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let mut object = LoadedObject::load().expect("loading the embedded eBPF object");
+    for name in ["xdp_packet_counter", "xdp_pass_baseline"] {
+        let program: &mut Xdp = object.ebpf.program_mut(name).unwrap().try_into().unwrap();
+        program.load().unwrap();
+    }
+    let frame = udp_frame(64);
+
+    println!("== XDP cost per packet, kernel BPF stats, {ROUNDS} interleaved rounds of {PACKETS_PER_ROUND} frames of {} bytes", frame.len());
+    for (mode, label) in [(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")] {
+        let mut ours = Vec::new();
+        let mut empty = Vec::new();
+        for _ in 0..ROUNDS {
+            for (name, sink) in [
+                ("xdp_packet_counter", &mut ours),
+                ("xdp_pass_baseline", &mut empty),
+            ] {
+                sink.push(measure_attached(&mut object, name, mode, &frame));
+            }
+        }
+        let (o, e) = (median(&mut ours), median(&mut empty));
+        println!(
+            "{label:>8}: xdp_packet_counter {o:.1} ns/pkt, empty program {e:.1} ns/pkt, added {:.1} ns/pkt (target <= 15); per-round ours {:?} empty {:?}",
+            o - e,
+            rounded(&ours),
+            rounded(&empty)
+        );
+    }
+
+    println!("== BPF_PROG_TEST_RUN, 1,000,000 runs each, 5 interleaved rounds");
+    let mut ours = Vec::new();
+    let mut empty = Vec::new();
+    for _ in 0..5 {
+        for (name, sink) in [
+            ("xdp_packet_counter", &mut ours),
+            ("xdp_pass_baseline", &mut empty),
+        ] {
+            let program: &Xdp = object.ebpf.program(name).unwrap().try_into().unwrap();
+            let mut options = aya::programs::TestRunOptions::new();
+            options.data_in = Some(&frame);
+            options.repeat = 1_000_000;
+            let result = aya::programs::TestRun::test_run(program, options).unwrap();
+            sink.push(result.duration.as_nanos() as f64);
+        }
+    }
+    let (o, e) = (median(&mut ours), median(&mut empty));
+    println!(
+        "test_run: xdp_packet_counter {o:.1} ns/run, empty program {e:.1} ns/run, added {:.1} ns",
+        o - e
+    );
+    drop(object);
+
+    println!("== /metrics render time");
+    let snapshot = default_series_snapshot();
+    let families = telemetryd::metrics::render(&snapshot, Vec::new()).unwrap();
+    let series = families.lines().filter(|l| !l.starts_with('#')).count();
+    let runs = 2_000;
+    let start = Instant::now();
+    for _ in 0..runs {
+        std::hint::black_box(telemetryd::metrics::render(&snapshot, Vec::new()).unwrap());
+    }
+    let per = start.elapsed() / runs;
+    println!(
+        "render: {:.1} us per scrape for {series} series, {} bytes (4 interfaces, 7 syscalls; target < 1 ms)",
+        per.as_secs_f64() * 1e6,
+        families.len()
+    );
+
+    println!("== resident memory of the daemon");
+    rss_of_running_daemon(&frame);
+}
+
+/// Attaches `name` in `mode`, sends one round of frames from the other
+/// namespace, detaches; returns run_time / run_count over the round.
+fn measure_attached(object: &mut LoadedObject, name: &str, mode: XdpMode, frame: &[u8]) -> f64 {
+    let program: &mut Xdp = object.ebpf.program_mut(name).unwrap().try_into().unwrap();
+    let ifindex = ifindex(DEV_RX);
+    let link = program.attach_to_if_index(ifindex, mode).expect("attach");
+    let before = program.info().unwrap();
+    send_frames(frame, PACKETS_PER_ROUND);
+    let after = program.info().unwrap();
+    program.detach(link).unwrap();
+    let runs = after.run_count() - before.run_count();
+    assert!(
+        runs >= PACKETS_PER_ROUND,
+        "{name}: {runs} runs for {PACKETS_PER_ROUND} frames"
+    );
+    (after.run_time() - before.run_time()).as_nanos() as f64 / runs as f64
+}
+
+fn send_frames(frame: &[u8], count: u64) {
+    let frame = frame.to_vec();
+    std::thread::spawn(move || {
+        enter(NS_TX);
+        let name = std::ffi::CString::new(DEV_TX).unwrap();
+        // SAFETY: plain socket calls on a socket this thread owns and closes.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0);
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            for _ in 0..count {
+                let sent = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(
+                    sent as usize,
+                    frame.len(),
+                    "{}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            libc::close(fd);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// An IPv4 UDP frame to a MAC nobody has: the receiver never answers.
+fn udp_frame(payload: usize) -> Vec<u8> {
+    let mut f = vec![
+        0x02, 0, 0, 0, 0xde, 0xad, 0x02, 0, 0, 0, 0, 0x0b, 0x08, 0x00,
+    ];
+    let total = (20 + 8 + payload) as u16;
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0, 0, 64, 17, 0, 0, 10, 204, 0, 2, 10, 204, 0, 1]);
+    f.extend_from_slice(&[0x30, 0x39, 0x1f, 0x90]);
+    f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend(std::iter::repeat_n(0xab, payload));
+    f
+}
+
+fn default_series_snapshot() -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    for (i, name) in ["eth0", "eth1", "wg0", "br0"].iter().enumerate() {
+        let mut stats = InterfaceStats {
+            ifindex: i as u32 + 2,
+            ..Default::default()
+        };
+        for f in 0..3 {
+            for p in 0..4 {
+                stats.packets[f][p] = 1_000_000 * (f * 4 + p) as u64;
+                stats.bytes[f][p] = 1_500_000_000 * (f * 4 + p) as u64;
+            }
+        }
+        snapshot.interfaces.insert((*name).into(), stats);
+    }
+    for name in [
+        "read", "write", "sendto", "recvfrom", "connect", "accept", "accept4",
+    ] {
+        let mut stats = SyscallStats::default();
+        for (i, b) in stats.buckets.iter_mut().enumerate().take(30) {
+            *b = (i as u64 + 1) * 1000;
+        }
+        stats.count = stats.buckets.iter().sum();
+        stats.sum_ns = stats.count * 2000;
+        snapshot.syscalls.insert(name.into(), stats);
+    }
+    snapshot
+}
+
+fn rss_of_running_daemon(frame: &[u8]) {
+    let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/telemetryd");
+    let config = std::env::temp_dir().join("tdtbench.toml");
+    std::fs::write(
+        &config,
+        format!("[daemon]\npoll_interval = \"100ms\"\n[http]\nlisten = \"127.0.0.1:19469\"\n[xdp]\ninterfaces = [\"{DEV_RX}\"]\n"),
+    )
+    .unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", NS_RX, bin, "run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting telemetryd (cargo build --release first)");
+    std::thread::sleep(Duration::from_secs(2));
+    send_frames(frame, 100_000);
+    // A few scrapes, as Prometheus would.
+    for _ in 0..5 {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                NS_RX,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "http://127.0.0.1:19469/metrics",
+            ])
+            .status();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: unknown");
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap_or("VmHWM: unknown");
+    println!("daemon (release, attached, after 100,000 packets and 5 scrapes): {rss}, peak {hwm} (target < 20 MiB)");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let _ = std::fs::remove_file(config);
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+fn rounded(values: &[f64]) -> Vec<f64> {
+    values.iter().map(|v| (v * 10.0).round() / 10.0).collect()
+}
+
+fn ifindex(name: &str) -> u32 {
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a NUL-terminated name.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+/// Moves the calling thread into a named namespace.
+fn enter(ns: &str) {
+    let file = File::open(format!("/var/run/netns/{ns}")).expect("namespace exists");
+    // SAFETY: changes only the calling thread's network namespace.
+    let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(ret, 0, "setns {ns}");
+}
+
+/// The benchmark's two namespaces and their veth pair, removed on drop.
+struct Namespaces;
+
+impl Namespaces {
+    fn create() -> Self {
+        for ns in [NS_RX, NS_TX] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            sh(&["ip", "netns", "add", ns]);
+        }
+        let guard = Namespaces;
+        sh(&[
+            "ip", "link", "add", DEV_RX, "netns", NS_RX, "type", "veth", "peer", "name", DEV_TX,
+            "netns", NS_TX,
+        ]);
+        for (ns, dev) in [(NS_RX, DEV_RX), (NS_TX, DEV_TX)] {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        guard
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in [NS_RX, NS_TX] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn sh(args: &[&str]) {
+    let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
+    assert!(status.success(), "{}", args.join(" "));
+}

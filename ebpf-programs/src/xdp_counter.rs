@@ -108,8 +108,54 @@ fn u16_at(ctx: &XdpContext, offset: usize) -> Option<u16> {
     bytes_at::<2>(ctx, offset).map(u16::from_be_bytes)
 }
 
+/// The common case in one bounds check: an untagged IPv4 packet without
+/// options, not a later fragment, whose TCP/UDP/ICMP header is complete.
+/// `None` sends the frame through the full parser, which classifies
+/// everything (this one only saves it the work).
+#[inline(always)]
+fn classify_common_ipv4(ctx: &XdpContext) -> Option<Classification> {
+    const HEADERS: usize = ETH_HLEN + IPV4_MIN_HLEN;
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + HEADERS + UDP_HLEN > end {
+        return None;
+    }
+    // SAFETY: every byte read below lies in `start..start + HEADERS + 8`,
+    // inside the frame per the check above; u8 reads need no alignment.
+    let (ether_hi, ether_lo, version_ihl, fragment_hi, fragment_lo, protocol) = unsafe {
+        let p = start as *const u8;
+        (
+            *p.add(12),
+            *p.add(13),
+            *p.add(ETH_HLEN),
+            *p.add(ETH_HLEN + 6),
+            *p.add(ETH_HLEN + 7),
+            *p.add(ETH_HLEN + 9),
+        )
+    };
+    if ether_hi != 0x08
+        || ether_lo != 0x00
+        || version_ihl != 0x45
+        || fragment_lo != 0
+        || fragment_hi & 0x1f != 0
+    {
+        return None;
+    }
+    match protocol {
+        IPPROTO_UDP => Some(Classification::new(FAMILY_IPV4, PROTOCOL_UDP)),
+        IPPROTO_ICMP => Some(Classification::new(FAMILY_IPV4, PROTOCOL_ICMP)),
+        IPPROTO_TCP if start + HEADERS + TCP_MIN_HLEN <= end => {
+            Some(Classification::new(FAMILY_IPV4, PROTOCOL_TCP))
+        }
+        _ => None,
+    }
+}
+
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> Classification {
+    if let Some(class) = classify_common_ipv4(ctx) {
+        return class;
+    }
     let Some(mut ether_type) = u16_at(ctx, ETH_HLEN - 2) else {
         return Classification::truncated(FAMILY_OTHER);
     };

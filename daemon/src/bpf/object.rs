@@ -47,7 +47,13 @@ impl LoadedObject {
             return Err(LoadError::NotEmbedded);
         }
         raise_memlock_limit();
-        let ebpf = EbpfLoader::new().load(OBJECT).map_err(LoadError::Object)?;
+        // Rust eBPF programs carry no CO-RE relocations, so the kernel BTF
+        // (several MiB parsed) is not needed to load them; programs that do
+        // need it (fentry) load it themselves.
+        let ebpf = EbpfLoader::new()
+            .btf(None)
+            .load(OBJECT)
+            .map_err(LoadError::Object)?;
         Ok(Self { ebpf })
     }
 

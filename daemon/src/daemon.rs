@@ -45,7 +45,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         interfaces.reconcile(xdp, &config.xdp.interfaces, config.xdp.mode);
     }
     let mut clock = SnapshotClock::new();
-    let mut first = clock.next();
+    let mut first = clock.start_poll();
     collector.poll(interfaces.attachments(), &mut first);
     let _ = snapshot_tx.send(Arc::new(first));
     let _ = ready_tx.send(true);
@@ -72,7 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 if let Some(xdp) = xdp.as_mut() {
                     interfaces.reconcile(xdp, &config.xdp.interfaces, config.xdp.mode);
                 }
-                let mut snapshot = clock.next();
+                let mut snapshot = clock.start_poll();
                 collector.poll(interfaces.attachments(), &mut snapshot);
                 let _ = snapshot_tx.send(Arc::new(snapshot));
             }

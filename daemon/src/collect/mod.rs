@@ -119,7 +119,7 @@ impl SnapshotClock {
     }
 
     /// An empty snapshot for the next poll.
-    pub fn next(&mut self) -> Snapshot {
+    pub fn start_poll(&mut self) -> Snapshot {
         self.seq += 1;
         Snapshot {
             seq: self.seq,

@@ -12,10 +12,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::bpf::xdp::{AttachedInterfaces, PacketCounter};
-use crate::bpf::LoadedObject;
+use crate::bpf::{LoadError, LoadedObject};
 use crate::collect::{Snapshot, SnapshotClock, XdpCollector};
 use crate::config::Config;
 use crate::hotplug::LinkWatch;
@@ -68,7 +68,15 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut xdp = if config.xdp.enabled {
-        Some(PacketCounter::load(&mut object).context("loading the XDP packet counter")?)
+        match PacketCounter::load(&mut object) {
+            Ok(xdp) => Some(xdp),
+            // Packet counting is lost, the rest (HTTP, syscalls) keeps running.
+            Err(error @ LoadError::NotPermitted { .. }) => {
+                error!(%error, "xdp unavailable; running without packet counting");
+                None
+            }
+            Err(error) => return Err(error).context("loading the XDP packet counter"),
+        }
     } else {
         info!("xdp disabled by configuration");
         None

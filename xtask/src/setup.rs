@@ -17,6 +17,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "promtool"),
     ("procps", "sysctl"),
     ("bpftool", "bpftool"),
+    ("systemd", "systemd-analyze"),
+    ("util-linux", "setpriv"),
 ];
 
 pub fn all() -> Result<()> {

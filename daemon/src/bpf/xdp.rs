@@ -112,9 +112,27 @@ impl<'a> PacketCounter<'a> {
                 source,
             })?;
         if program.fd().is_err() {
-            program.load().map_err(|source| LoadError::Program {
-                program: PROGRAM_NAME,
-                source,
+            program.load().map_err(|source| {
+                let refused = match &source {
+                    ProgramError::LoadError { io_error, .. } => {
+                        matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+                    }
+                    other => is_permission(other),
+                };
+                if refused {
+                    // The kernel wants CAP_NET_ADMIN for networking programs
+                    // (bpf_net_capable) on top of CAP_BPF.
+                    LoadError::NotPermitted {
+                        program: PROGRAM_NAME,
+                        needs: "CAP_NET_ADMIN and CAP_BPF",
+                        source,
+                    }
+                } else {
+                    LoadError::Program {
+                        program: PROGRAM_NAME,
+                        source,
+                    }
+                }
             })?;
         }
         Ok(Self { program })
@@ -325,7 +343,7 @@ impl AttachedInterfaces {
             .partition(|a| wanted_now.contains(&a.interface.name));
         self.attachments = keep;
         for attachment in unwanted {
-            info!(device = %attachment.interface.name, "interface no longer configured; detaching");
+            info!(device = %attachment.interface.name, "interface is down or no longer configured; detaching");
             counter.detach(attachment);
         }
         self.reported

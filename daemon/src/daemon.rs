@@ -44,12 +44,17 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
         log,
         mut notifier,
     } = ops;
+    // First thing, so an early SIGHUP is queued rather than fatal.
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let reloader = Reloader::new(source, log, &config);
     let stall_after: Option<u64> = std::env::var(TEST_STALL_POLL_AFTER)
         .ok()
         .and_then(|n| n.parse().ok());
     if let Some(n) = stall_after {
-        warn!(polls = n, "TEST HOOK {TEST_STALL_POLL_AFTER} is set: the poll loop will stall");
+        warn!(
+            polls = n,
+            "TEST HOOK {TEST_STALL_POLL_AFTER} is set: the poll loop will stall"
+        );
     }
 
     let listener = http::bind(config.http.listen).await?;
@@ -81,6 +86,14 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
         info!("xdp disabled by configuration");
         None
     };
+    // Subscribed before the first reconcile, so no link change is missed.
+    let links = match LinkWatch::start() {
+        Ok(links) => Some(links),
+        Err(error) => {
+            warn!(%error, "no link notifications; new interfaces are found at the next poll");
+            None
+        }
+    };
     let mut interfaces = AttachedInterfaces::default();
     if let Some(xdp) = xdp.as_mut() {
         interfaces.reconcile(xdp, &config.xdp);
@@ -104,19 +117,18 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     let server = tokio::spawn(http::serve(listener, state, limits, stop_rx));
     notifier.ready();
 
-    let links = match LinkWatch::start() {
-        Ok(links) => Some(links),
-        Err(error) => {
-            warn!(%error, "no link notifications; new interfaces are found at the next poll");
-            None
-        }
-    };
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut ticker = tokio::time::interval(config.daemon.poll_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stop = shutdown::stop_signal();
     tokio::pin!(stop);
     let mut polls: u64 = 0;
+    // Pings go out from this loop, at half the watchdog timeout even when
+    // the poll interval is longer; a stalled loop sends none.
+    let mut watchdog = notifier.watchdog().map(|timeout| {
+        let mut ticker = tokio::time::interval(timeout / 2);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker
+    });
     let reason = loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -133,6 +145,7 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
                 }
                 notifier.poll_alive(std::time::Instant::now());
             }
+            () = watchdog_due(watchdog.as_mut()) => notifier.poll_alive(std::time::Instant::now()),
             () = link_change(links.as_ref()) => {
                 if let Some(xdp) = xdp.as_mut() {
                     interfaces.reconcile(xdp, &config.xdp);
@@ -173,6 +186,16 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Resolves when the next watchdog ping is due; never without a watchdog.
+async fn watchdog_due(ticker: Option<&mut tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves on the next burst of link notifications; never without them.

@@ -176,7 +176,14 @@ mod tests {
         keys.sort_unstable();
         assert_eq!(
             keys,
-            ["device", "level", "message", "suppressed", "target", "timestamp"]
+            [
+                "device",
+                "level",
+                "message",
+                "suppressed",
+                "target",
+                "timestamp"
+            ]
         );
         assert_eq!(object["level"], "WARN");
         assert_eq!(object["message"], "xdp attach failed");

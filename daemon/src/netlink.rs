@@ -312,7 +312,10 @@ mod tests {
         let m = set_xdp_message(5, -1, XDP_FLAGS_SKB_MODE, 1);
         // nlmsghdr 16 + ifinfomsg 16 + IFLA_XDP hdr 4 + 2 * (4 + 4)
         assert_eq!(m.len(), 16 + 16 + 4 + 16);
-        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize, m.len());
+        assert_eq!(
+            u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
+            m.len()
+        );
         assert_eq!(i32::from_ne_bytes(m[20..24].try_into().unwrap()), 5);
         assert_eq!(
             u16::from_ne_bytes(m[34..36].try_into().unwrap()),

@@ -116,21 +116,15 @@ impl TempDir {
     fn new() -> Self {
         let dir = std::env::temp_dir().join(unique_name("t"));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(
-            &dir,
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         Self(dir)
     }
     fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.0.join(name);
         std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(
-            &path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o644),
-        )
-        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
         path
     }
 }
@@ -147,7 +141,10 @@ impl Drop for TempDir {
 fn check_needs_no_privileges_and_bad_files_exit_64() {
     require_root();
     let dir = TempDir::new();
-    let shipped = dir.write("shipped.toml", &std::fs::read_to_string(SHIPPED_CONFIG).unwrap());
+    let shipped = dir.write(
+        "shipped.toml",
+        &std::fs::read_to_string(SHIPPED_CONFIG).unwrap(),
+    );
     // nobody, no capabilities at all, not even in the bounding set.
     let nobody = |args: &[&str]| {
         let output = Command::new("setpriv")
@@ -165,15 +162,24 @@ fn check_needs_no_privileges_and_bad_files_exit_64() {
     let (code, text) = nobody(&["check", "--config", shipped.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("configuration: valid"), "{text}");
-    assert!(!text.contains("kernel:"), "plain check probes nothing:\n{text}");
+    assert!(
+        !text.contains("kernel:"),
+        "plain check probes nothing:\n{text}"
+    );
 
     for (body, key) in [
         ("[xdp]\nbogus = 1\n", "xdp.bogus"),
         ("[daemon]\npoll_interval = \"0s\"\n", "daemon.poll_interval"),
-        ("[daemon]\npoll_interval = \"-1s\"\n", "daemon.poll_interval"),
+        (
+            "[daemon]\npoll_interval = \"-1s\"\n",
+            "daemon.poll_interval",
+        ),
         ("[xdp]\nmode = \"turbo\"\n", "xdp.mode"),
         ("[http]\nlisten = \"localhost\"\n", "http.listen"),
-        ("[xdp]\ninterfaces = [\"eth0\", \"eth0\"]\n", "xdp.interfaces"),
+        (
+            "[xdp]\ninterfaces = [\"eth0\", \"eth0\"]\n",
+            "xdp.interfaces",
+        ),
         ("[syscalls]\ntrack = [\"raed\"]\n", "syscalls.track"),
         ("[analyzer]\nfire_after = \"3\"\n", "analyzer.fire_after"),
     ] {
@@ -193,7 +199,10 @@ fn check_needs_no_privileges_and_bad_files_exit_64() {
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("kernel:") && text.contains("release:"), "{text}");
+    assert!(
+        text.contains("kernel:") && text.contains("release:"),
+        "{text}"
+    );
 }
 
 // ------------------------------------------------------------- sd_notify
@@ -390,7 +399,8 @@ fn the_units_capability_set_is_enough_and_cap_net_admin_is_needed_for_xdp() {
     let mut daemon = spawn_with_caps(&ns, &caps);
     daemon.wait_ready(Duration::from_secs(30));
     assert!(
-        wait_until(Duration::from_secs(5), || devices_with_xdp(&ns) == ["cva", "cvb"]),
+        wait_until(Duration::from_secs(5), || devices_with_xdp(&ns)
+            == ["cva", "cvb"]),
         "{:?}\n{}",
         xdp_programs(&ns),
         daemon.log_text()
@@ -493,8 +503,7 @@ fn sighup_applies_interfaces_and_log_level_and_keeps_the_config_when_invalid() {
             "info",
         ),
     );
-    assert!(wait_until(Duration::from_secs(5), || devices_with_xdp(&ns)
-        == ["hva"]));
+    assert!(wait_until(Duration::from_secs(5), || devices_with_xdp(&ns) == ["hva"]));
     // At info, link notifications (debug) are not logged.
     ns.ip(&["link", "set", "hwb", "down"]);
     ns.ip(&["link", "set", "hwb", "up"]);
@@ -528,7 +537,10 @@ fn sighup_applies_interfaces_and_log_level_and_keeps_the_config_when_invalid() {
     daemon.rewrite_config("[xdp]\ninterfaces = []\nmode = \"turbo\"\n");
     daemon.signal(libc::SIGHUP);
     wait_log(&daemon, "keeping the running one", Duration::from_secs(2));
-    assert!(daemon.log_text().contains("xdp.mode"), "the reason names the key");
+    assert!(
+        daemon.log_text().contains("xdp.mode"),
+        "the reason names the key"
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(devices_with_xdp(&ns), ["hwa", "hwb"]);
     assert_eq!(daemon.get("/readyz").unwrap().0, 200);
@@ -746,7 +758,10 @@ fn the_unit_verifies_and_its_exposure_is_at_most_3() {
         .unwrap();
     let text = String::from_utf8_lossy(&verify.stdout).into_owned()
         + &String::from_utf8_lossy(&verify.stderr);
-    assert!(verify.status.success() && text.trim().is_empty(), "verify: {text}");
+    assert!(
+        verify.status.success() && text.trim().is_empty(),
+        "verify: {text}"
+    );
 
     let security = Command::new(analyze)
         .args(["security", "--offline=yes", path.to_str().unwrap()])

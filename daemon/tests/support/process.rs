@@ -1,8 +1,8 @@
 //! A real `telemetryd` process inside a test namespace.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt as _;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};

@@ -721,6 +721,19 @@ fn a_foreign_xdp_program_is_left_alone_unless_replace_is_set() {
         scrape.sum("telemetryd_ebpf_program_attached", &[("device", "rva")]),
         1.0
     );
+
+    // A program held through someone else's bpf_link (here: the first
+    // daemon's) cannot be removed even with replace = true; a second daemon
+    // says so and leaves it, so there is never a second program.
+    let ours = xdp_programs(&ns);
+    let second = Daemon::spawn(&ns, &xdp(true), &["--listen", "127.0.0.1:9470"]);
+    wait_log(&second, "bpf_link", Duration::from_secs(10));
+    for line in second.log_text().lines().filter(|l| l.contains("bpf_link")) {
+        eprintln!("second daemon: {line}");
+    }
+    assert_eq!(xdp_programs(&ns), ours, "the first daemon's program stays");
+    drop(second);
+
     stop(&mut daemon, libc::SIGTERM);
     assert!(devices_with_xdp(&ns).is_empty(), "nothing left behind");
 }

@@ -795,6 +795,52 @@ fn the_unit_verifies_and_its_exposure_is_at_most_3() {
     assert!(score <= 3.0, "exposure {score} > 3.0:\n{text}");
 }
 
+/// A denied syscall group that happens to contain `bpf` (in @privileged) or
+/// `perf_event_open` (in @debug) would stop the daemon under systemd, and
+/// neither verify nor the score notices: check the groups themselves.
+#[test]
+fn the_units_syscall_filter_keeps_what_the_daemon_needs() {
+    let Some(analyze) = systemd_analyze() else {
+        eprintln!("SKIPPED: systemd-analyze cannot run on this machine");
+        return;
+    };
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let filters: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("SystemCallFilter="))
+        .collect();
+    let needed = ["bpf", "perf_event_open"];
+    let allow = filters
+        .iter()
+        .find(|f| !f.starts_with('~'))
+        .expect("an allow list");
+    for syscall in needed {
+        assert!(
+            allow.split_whitespace().any(|s| s == syscall),
+            "{syscall} allowed"
+        );
+    }
+    for deny in filters.iter().filter_map(|f| f.strip_prefix('~')) {
+        for group in deny.split_whitespace() {
+            let listed = Command::new(analyze)
+                .args(["syscall-filter", group])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&listed.stdout);
+            assert!(
+                listed.status.success() && !text.trim().is_empty(),
+                "{group}"
+            );
+            for syscall in needed {
+                assert!(
+                    !text.split_whitespace().any(|s| s == syscall),
+                    "denying {group} would deny {syscall}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_unit_file_is_what_the_tests_assume() {
     let unit = std::fs::read_to_string(UNIT).unwrap();

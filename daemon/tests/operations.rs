@@ -192,17 +192,38 @@ fn check_needs_no_privileges_and_bad_files_exit_64() {
         assert_eq!(code, Some(64), "run with {body:?}");
     }
 
-    // As root, --probe reports the kernel.
-    let output = Command::new(BIN)
-        .args(["check", "--probe", "--config", shipped.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{text}");
+    // Touching no kernel state, seen from outside: not one bpf() or
+    // perf_event_open() call, not one socket. With --probe (as root) it
+    // does probe.
+    let traced = |args: &[&str]| {
+        let trace = dir.0.join("strace.out");
+        let output = Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=bpf,perf_event_open,socket", "-o"])
+            .arg(&trace)
+            .arg(BIN)
+            .args(args)
+            .args(["--config", shipped.to_str().unwrap()])
+            .output()
+            .expect("running strace (Debian package strace)");
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            std::fs::read_to_string(&trace).unwrap_or_default(),
+        )
+    };
+    let (_, calls) = traced(&["check"]);
+    assert!(
+        !calls.contains("bpf(")
+            && !calls.contains("perf_event_open(")
+            && !calls.contains("socket("),
+        "check without --probe made kernel calls:\n{calls}"
+    );
+    let (text, calls) = traced(&["check", "--probe"]);
     assert!(
         text.contains("kernel:") && text.contains("release:"),
         "{text}"
     );
+    assert!(calls.contains("bpf("), "--probe probes:\n{calls}");
 }
 
 // ------------------------------------------------------------- sd_notify

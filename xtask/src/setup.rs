@@ -19,6 +19,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("systemd", "systemd-analyze"),
     ("util-linux", "setpriv"),
+    ("strace", "strace"),
 ];
 
 pub fn all() -> Result<()> {

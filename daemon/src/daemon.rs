@@ -1,5 +1,7 @@
 //! `telemetryd run`: loads and attaches the programs, polls them, serves
-//! HTTP, and stops cleanly on SIGTERM / SIGINT.
+//! HTTP, re-reads its configuration on SIGHUP, follows interface hotplug,
+//! tells systemd when it is ready and alive, and stops cleanly on SIGTERM /
+//! SIGINT.
 
 use std::sync::Arc;
 
@@ -7,18 +9,54 @@ use anyhow::Context as _;
 use aya::maps::{PerCpuArray, PerCpuHashMap};
 use telemetryd_common::xdp::{COUNTERS_MAP, ERRORS_MAP};
 use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::bpf::xdp::{AttachedInterfaces, PacketCounter};
-use crate::bpf::LoadedObject;
+use crate::bpf::{LoadError, LoadedObject};
 use crate::collect::{Snapshot, SnapshotClock, XdpCollector};
 use crate::config::Config;
+use crate::hotplug::LinkWatch;
 use crate::http::{self, HttpLimits, HttpState};
+use crate::logging::LogControl;
+use crate::notify::{self, Notifier};
+use crate::reload::{ConfigSource, Reloader};
 use crate::shutdown;
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// What the daemon needs besides its configuration: where that came from
+/// (for SIGHUP), the log level control, and the systemd notifier.
+pub struct Operations {
+    pub source: ConfigSource,
+    pub log: Option<LogControl>,
+    pub notifier: Notifier,
+}
+
+/// Test hook, never set in production: `TELEMETRYD_TEST_STALL_POLL_AFTER=N`
+/// makes the poll loop hang after N polls, so a test can see the systemd
+/// watchdog pings stop.
+const TEST_STALL_POLL_AFTER: &str = "TELEMETRYD_TEST_STALL_POLL_AFTER";
+
+pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
+    let Operations {
+        source,
+        log,
+        mut notifier,
+    } = ops;
+    // First thing, so an early SIGHUP is queued rather than fatal.
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let reloader = Reloader::new(source, log, &config);
+    let stall_after: Option<u64> = std::env::var(TEST_STALL_POLL_AFTER)
+        .ok()
+        .and_then(|n| n.parse().ok());
+    if let Some(n) = stall_after {
+        warn!(
+            polls = n,
+            "TEST HOOK {TEST_STALL_POLL_AFTER} is set: the poll loop will stall"
+        );
+    }
+
     let listener = http::bind(config.http.listen).await?;
     info!(listen = %listener.local_addr()?, "http listening");
 
@@ -35,14 +73,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut xdp = if config.xdp.enabled {
-        Some(PacketCounter::load(&mut object).context("loading the XDP packet counter")?)
+        match PacketCounter::load(&mut object) {
+            Ok(xdp) => Some(xdp),
+            // Packet counting is lost, the rest (HTTP, syscalls) keeps running.
+            Err(error @ LoadError::NotPermitted { .. }) => {
+                error!(%error, "xdp unavailable; running without packet counting");
+                None
+            }
+            Err(error) => return Err(error).context("loading the XDP packet counter"),
+        }
     } else {
         info!("xdp disabled by configuration");
         None
     };
+    // Subscribed before the first reconcile, so no link change is missed.
+    let links = match LinkWatch::start() {
+        Ok(links) => Some(links),
+        Err(error) => {
+            warn!(%error, "no link notifications; new interfaces are found at the next poll");
+            None
+        }
+    };
     let mut interfaces = AttachedInterfaces::default();
     if let Some(xdp) = xdp.as_mut() {
-        interfaces.reconcile(xdp, &config.xdp.interfaces, config.xdp.mode);
+        interfaces.reconcile(xdp, &config.xdp);
     }
     let mut clock = SnapshotClock::new();
     let mut first = clock.start_poll();
@@ -61,25 +115,65 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         header_read_timeout: config.http.header_read_timeout,
     };
     let server = tokio::spawn(http::serve(listener, state, limits, stop_rx));
+    notifier.ready();
 
     let mut ticker = tokio::time::interval(config.daemon.poll_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stop = shutdown::stop_signal();
     tokio::pin!(stop);
+    let mut polls: u64 = 0;
+    // Pings go out from this loop, at half the watchdog timeout even when
+    // the poll interval is longer; a stalled loop sends none.
+    let mut watchdog = notifier.watchdog().map(|timeout| {
+        let mut ticker = tokio::time::interval(timeout / 2);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker
+    });
     let reason = loop {
         tokio::select! {
             _ = ticker.tick() => {
                 if let Some(xdp) = xdp.as_mut() {
-                    interfaces.reconcile(xdp, &config.xdp.interfaces, config.xdp.mode);
+                    interfaces.reconcile(xdp, &config.xdp);
                 }
                 let mut snapshot = clock.start_poll();
                 collector.poll(interfaces.attachments(), &mut snapshot);
                 let _ = snapshot_tx.send(Arc::new(snapshot));
+                polls += 1;
+                if stall_after.is_some_and(|n| polls > n) {
+                    warn!("TEST HOOK: stalling the poll loop");
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                }
+                notifier.poll_alive(std::time::Instant::now());
+            }
+            () = watchdog_due(watchdog.as_mut()) => notifier.poll_alive(std::time::Instant::now()),
+            () = link_change(links.as_ref()) => {
+                if let Some(xdp) = xdp.as_mut() {
+                    interfaces.reconcile(xdp, &config.xdp);
+                }
+            }
+            _ = hangup.recv() => {
+                notifier.reloading(notify::monotonic_usec());
+                if let Some(applied) = reloader.reload(&mut config) {
+                    if applied.poll_interval {
+                        ticker = tokio::time::interval(config.daemon.poll_interval);
+                        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    }
+                    if let Some(xdp) = xdp.as_mut() {
+                        if applied.xdp_reattach {
+                            interfaces.detach_all(xdp);
+                        }
+                        if applied.xdp {
+                            interfaces.reconcile(xdp, &config.xdp);
+                        }
+                    }
+                }
+                notifier.ready();
             }
             signal = &mut stop => break signal.context("installing signal handlers")?,
         }
     };
     info!(signal = reason, "stopping");
+    notifier.stopping();
     let _ = stop_tx.send(true);
     if let Some(xdp) = xdp.as_mut() {
         interfaces.detach_all(xdp);
@@ -92,6 +186,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Resolves when the next watchdog ping is due; never without a watchdog.
+async fn watchdog_due(ticker: Option<&mut tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves on the next burst of link notifications; never without them.
+async fn link_change(links: Option<&LinkWatch>) {
+    match links {
+        Some(links) => links.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Forwards `aya-log` records from the kernel as they arrive.

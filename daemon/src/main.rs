@@ -4,15 +4,18 @@
 use std::process::ExitCode;
 
 use telemetryd::cli::{Cli, Command};
-use telemetryd::config::{Config, EX_USAGE};
+use telemetryd::config::EX_USAGE;
+use telemetryd::daemon::Operations;
+use telemetryd::notify::Notifier;
+use telemetryd::reload::ConfigSource;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref()).and_then(|mut config| {
-        config.apply_overrides(&cli.overrides)?;
-        Ok(config)
-    });
-    let config = match config {
+    let source = ConfigSource {
+        path: cli.config.clone(),
+        overrides: cli.overrides.clone(),
+    };
+    let config = match source.load() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("telemetryd: invalid configuration: {error}");
@@ -22,10 +25,20 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { probe } => ExitCode::from(telemetryd::check::run(&config, probe)),
         Command::Run => {
-            if let Err(error) = telemetryd::logging::init(config.log.format, &config.log.level) {
-                eprintln!("telemetryd: {error}");
-                return ExitCode::from(EX_USAGE as u8);
-            }
+            let log = match telemetryd::logging::init(config.log.format, &config.log.level) {
+                Ok(log) => log,
+                Err(error) => {
+                    eprintln!("telemetryd: {error}");
+                    return ExitCode::from(EX_USAGE as u8);
+                }
+            };
+            // Before the runtime starts threads: it edits the environment.
+            let notifier = Notifier::from_env();
+            let ops = Operations {
+                source,
+                log: Some(log),
+                notifier,
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("telemetryd")
@@ -38,7 +51,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(telemetryd::daemon::run(config)) {
+            match runtime.block_on(telemetryd::daemon::run(config, ops)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");

@@ -4,6 +4,7 @@
 //! missing on its own (nightly rust-src, bpf-linker, Debian packages), and
 //! fails with a message that says what to do when it cannot.
 
+mod install;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,15 @@ enum Task {
         /// Arguments passed on to `cargo test` (a test name filter, ...).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Build in release mode and install the binary, the systemd unit and
+    /// the default configuration (kept if present). Without --prefix:
+    /// /usr/local/bin, /etc/systemd/system, /etc/telemetryd (needs root).
+    Install {
+        /// Install under DIR instead (DIR/bin, DIR/etc/systemd/system,
+        /// DIR/etc/telemetryd), with the unit pointing there.
+        #[arg(long, value_name = "DIR")]
+        prefix: Option<PathBuf>,
     },
     /// cargo fmt --check and cargo clippy with warnings denied.
     Lint,
@@ -86,6 +96,19 @@ fn main() -> Result<()> {
             let extra: Vec<&str> = args.iter().map(String::as_str).collect();
             full.extend(extra);
             cargo(&root, &full)
+        }
+        Task::Install { prefix } => {
+            setup::build_tools()?;
+            if prefix.is_none() {
+                require_root("installing into /usr/local and /etc")?;
+            }
+            cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
+            let layout = install::Layout::new(prefix.as_deref());
+            install::install(&root, &layout)?;
+            if prefix.is_none() {
+                step("now: systemctl daemon-reload && systemctl enable --now telemetryd");
+            }
+            Ok(())
         }
         Task::Lint => {
             setup::build_tools()?;

@@ -17,6 +17,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "promtool"),
     ("procps", "sysctl"),
     ("bpftool", "bpftool"),
+    ("systemd", "systemd-analyze"),
+    ("util-linux", "setpriv"),
+    ("strace", "strace"),
 ];
 
 pub fn all() -> Result<()> {

@@ -18,6 +18,14 @@ pub enum LoadError {
     Object(#[source] aya::EbpfError),
     #[error("eBPF program {program} is missing from the embedded object")]
     MissingProgram { program: &'static str },
+    /// The kernel refused the program for lack of a capability.
+    #[error("loading eBPF program {program} was refused ({source}): it needs {needs}")]
+    NotPermitted {
+        program: &'static str,
+        needs: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("eBPF map {map} is missing from the embedded object")]
     MissingMap { map: &'static str },
     /// The kernel refused the program; `source` carries the verifier log.

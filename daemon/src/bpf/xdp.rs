@@ -10,7 +10,8 @@ use tracing::{info, warn};
 
 use super::interfaces::{self, Interface};
 use super::object::{LoadError, LoadedObject};
-use crate::config::XdpMode;
+use crate::config::{XdpConfig, XdpMode};
+use crate::netlink::{RouteSocket, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE};
 
 /// How the program ended up attached to one interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +50,20 @@ pub enum AttachError {
          left alone (set xdp.replace = true to replace it)"
     )]
     Busy(String),
+    #[error(
+        "interface {name} carries an XDP program that telemetryd did not attach and \
+         xdp.replace = true, but it could not be removed: {reason}"
+    )]
+    NotReplaced { name: String, reason: String },
+    #[error(
+        "attaching XDP to {name} was refused ({source}): telemetryd needs CAP_NET_ADMIN \
+         (and CAP_BPF) to attach XDP programs"
+    )]
+    Permission {
+        name: String,
+        #[source]
+        source: ProgramError,
+    },
     #[error("reading interface {name}: {source}")]
     Sysfs {
         name: String,
@@ -69,7 +84,10 @@ impl AttachError {
     pub fn interface(&self) -> &str {
         match self {
             AttachError::Missing(n) | AttachError::Down(n) | AttachError::Busy(n) => n,
-            AttachError::Sysfs { name, .. } | AttachError::Kernel { name, .. } => name,
+            AttachError::Sysfs { name, .. }
+            | AttachError::Kernel { name, .. }
+            | AttachError::NotReplaced { name, .. }
+            | AttachError::Permission { name, .. } => name,
         }
     }
 }
@@ -94,17 +112,56 @@ impl<'a> PacketCounter<'a> {
                 source,
             })?;
         if program.fd().is_err() {
-            program.load().map_err(|source| LoadError::Program {
-                program: PROGRAM_NAME,
-                source,
+            program.load().map_err(|source| {
+                let refused = match &source {
+                    ProgramError::LoadError { io_error, .. } => {
+                        matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+                    }
+                    other => is_permission(other),
+                };
+                if refused {
+                    // The kernel wants CAP_NET_ADMIN for networking programs
+                    // (bpf_net_capable) on top of CAP_BPF.
+                    LoadError::NotPermitted {
+                        program: PROGRAM_NAME,
+                        needs: "CAP_NET_ADMIN and CAP_BPF",
+                        source,
+                    }
+                } else {
+                    LoadError::Program {
+                        program: PROGRAM_NAME,
+                        source,
+                    }
+                }
             })?;
         }
         Ok(Self { program })
     }
 
     /// Attaches to the named interface. `auto` tries native (driver) mode
-    /// and falls back to generic for this interface alone.
-    pub fn attach(&mut self, name: &str, mode: XdpMode) -> Result<Attachment, AttachError> {
+    /// and falls back to generic for this interface alone. An XDP program
+    /// someone else attached is left alone ([`AttachError::Busy`]) unless
+    /// `replace`: then it is removed (loudly) and ours attached instead.
+    pub fn attach(
+        &mut self,
+        name: &str,
+        mode: XdpMode,
+        replace: bool,
+    ) -> Result<Attachment, AttachError> {
+        match self.attach_once(name, mode) {
+            Err(AttachError::Busy(_)) if replace => {
+                let interface = interfaces::lookup(name)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| AttachError::Missing(name.to_owned()))?;
+                remove_foreign_program(&interface)?;
+                self.attach_once(name, mode)
+            }
+            other => other,
+        }
+    }
+
+    fn attach_once(&mut self, name: &str, mode: XdpMode) -> Result<Attachment, AttachError> {
         let interface = interfaces::lookup(name)
             .map_err(|source| AttachError::Sysfs {
                 name: name.to_owned(),
@@ -143,6 +200,12 @@ impl<'a> PacketCounter<'a> {
                     });
                 }
                 Err(error) if is_busy(&error) => return Err(AttachError::Busy(name.to_owned())),
+                Err(error) if is_permission(&error) => {
+                    return Err(AttachError::Permission {
+                        name: name.to_owned(),
+                        source: error,
+                    })
+                }
                 Err(error) => {
                     if attempts.len() > 1 && attempt == AttachMode::Native {
                         info!(
@@ -187,11 +250,52 @@ impl<'a> PacketCounter<'a> {
 
 /// EBUSY / EEXIST from the attach: another program holds the interface.
 fn is_busy(error: &ProgramError) -> bool {
-    let code = match error {
+    matches!(os_error(error), Some(libc::EBUSY) | Some(libc::EEXIST))
+}
+
+/// EPERM / EACCES from the attach: a missing capability.
+fn is_permission(error: &ProgramError) -> bool {
+    matches!(os_error(error), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+fn os_error(error: &ProgramError) -> Option<i32> {
+    match error {
         ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
         _ => None,
+    }
+}
+
+/// Removes the XDP program(s) another tool attached to `interface` through
+/// netlink, in both generic and native mode. A program held by someone
+/// else's bpf_link cannot be removed this way (the kernel answers EBUSY);
+/// that is reported, and the interface stays unavailable.
+fn remove_foreign_program(interface: &Interface) -> Result<(), AttachError> {
+    let not_replaced = |reason: String| AttachError::NotReplaced {
+        name: interface.name.clone(),
+        reason,
     };
-    matches!(code, Some(libc::EBUSY) | Some(libc::EEXIST))
+    let socket = RouteSocket::open(0).map_err(|e| not_replaced(format!("netlink socket: {e}")))?;
+    for (flags, mode) in [
+        (XDP_FLAGS_SKB_MODE, "generic"),
+        (XDP_FLAGS_DRV_MODE, "native"),
+    ] {
+        match socket.set_xdp(interface.ifindex, -1, flags) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                return Err(not_replaced(format!(
+                    "it is held by another process's bpf_link ({mode} mode): {e}"
+                )))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+            Err(e) => return Err(not_replaced(format!("removing it ({mode} mode): {e}"))),
+        }
+    }
+    warn!(
+        device = %interface.name,
+        ifindex = interface.ifindex,
+        "xdp.replace = true: REMOVED an XDP program that telemetryd did not attach"
+    );
+    Ok(())
 }
 
 /// The interfaces the program is attached to, kept in line with what the
@@ -209,14 +313,10 @@ impl AttachedInterfaces {
         &self.attachments
     }
 
-    /// One pass of attach/detach. `configured` empty means every interface
-    /// that is up, except loopback.
-    pub fn reconcile(
-        &mut self,
-        counter: &mut PacketCounter<'_>,
-        configured: &[String],
-        mode: XdpMode,
-    ) {
+    /// One pass of attach/detach. `xdp.interfaces` empty means every
+    /// interface that is up, except loopback.
+    pub fn reconcile(&mut self, counter: &mut PacketCounter<'_>, xdp: &XdpConfig) {
+        let (configured, mode) = (&xdp.interfaces, xdp.mode);
         let present = match interfaces::list() {
             Ok(present) => present,
             Err(error) => {
@@ -235,11 +335,24 @@ impl AttachedInterfaces {
             info!(device = %attachment.interface.name, "interface vanished or was renamed; dropping it");
             counter.detach(attachment);
         }
-        for name in wanted(configured, &present) {
+        // Drop attachments no longer wanted (SIGHUP changed the list).
+        let wanted_now = wanted(configured, &present);
+        let (keep, unwanted): (Vec<_>, Vec<_>) = self
+            .attachments
+            .drain(..)
+            .partition(|a| wanted_now.contains(&a.interface.name));
+        self.attachments = keep;
+        for attachment in unwanted {
+            info!(device = %attachment.interface.name, "interface is down or no longer configured; detaching");
+            counter.detach(attachment);
+        }
+        self.reported
+            .retain(|device, _| device == "*" || wanted_now.contains(device));
+        for name in wanted_now {
             if self.attachments.iter().any(|a| a.interface.name == name) {
                 continue;
             }
-            match counter.attach(&name, mode) {
+            match counter.attach(&name, mode, xdp.replace) {
                 Ok(attachment) => {
                     self.reported.remove(&name);
                     self.attachments.push(attachment);

@@ -12,7 +12,7 @@ pub mod netns;
 pub mod process;
 
 pub use netns::{NetNs, VethPair};
-pub use process::Daemon;
+pub use process::{Daemon, Spawn};
 
 /// Fails the test run with a clear message unless we are root: these tests
 /// need CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, which CI has.

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +14,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_telemetryd");
 
 /// The daemon listens here inside its namespace.
 pub const LISTEN: &str = "127.0.0.1:9469";
+
+/// How to start the daemon: see [`Daemon::spawn_with`].
+#[derive(Default)]
+pub struct Spawn<'a> {
+    pub args: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+    pub wrapper: &'a [&'a str],
+}
 
 pub struct Daemon {
     child: Option<Child>,
@@ -33,16 +42,34 @@ impl Daemon {
 
     /// Starts the daemon without waiting, with extra command-line arguments.
     pub fn spawn(ns: &NetNs, config: &str, args: &[&str]) -> Self {
+        Self::spawn_with(
+            ns,
+            config,
+            &Spawn {
+                args,
+                ..Spawn::default()
+            },
+        )
+    }
+
+    /// Starts the daemon without waiting: extra arguments, environment
+    /// variables, and a wrapper command (`setpriv ...`) that execs it.
+    pub fn spawn_with(ns: &NetNs, config: &str, spawn: &Spawn<'_>) -> Self {
         let dir = std::env::temp_dir();
         let tag = unique_name("d");
         let config_path = dir.join(format!("{tag}.toml"));
         let log = dir.join(format!("{tag}.log"));
         fs::write(&config_path, config).expect("writing the test config");
         let log_file = fs::File::create(&log).expect("creating the daemon log");
+        // The config must be readable by a non-root daemon (setpriv).
+        let _ = fs::set_permissions(&config_path, fs::Permissions::from_mode(0o644));
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, BIN, "run", "--config"])
+            .args(["netns", "exec", &ns.name])
+            .args(spawn.wrapper)
+            .args([BIN, "run", "--config"])
             .arg(&config_path)
-            .args(args)
+            .args(spawn.args)
+            .envs(spawn.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -55,6 +82,18 @@ impl Daemon {
             config: config_path,
             addr: LISTEN.parse().unwrap(),
         }
+    }
+
+    /// Replaces the configuration file (for SIGHUP).
+    pub fn rewrite_config(&self, config: &str) {
+        fs::write(&self.config, config).expect("rewriting the test config");
+    }
+
+    /// Open file descriptors of the daemon.
+    pub fn fd_count(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("reading /proc/PID/fd")
+            .count()
     }
 
     pub fn log_text(&self) -> String {

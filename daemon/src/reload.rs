@@ -1,0 +1,255 @@
+//! SIGHUP: re-read the configuration file, apply what can change while
+//! running, keep the running configuration when the new file is invalid.
+//!
+//! Applied live: `log.level`, `[analyzer]` (published on a watch channel the
+//! MAPE-K loop reads), `xdp.interfaces`/`xdp.mode`/`xdp.replace` (the daemon
+//! reconciles its attachments), `daemon.poll_interval`. Everything else
+//! (listen address, log format, enabling or disabling programs, syscall
+//! tracing settings) needs a restart: a changed value is logged and the
+//! running one kept.
+
+use std::path::PathBuf;
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::cli::Overrides;
+use crate::config::{AnalyzerConfig, Config, ConfigError};
+use crate::logging::LogControl;
+
+/// Where the configuration comes from: the file (or the default path, or
+/// the embedded default) and the command-line flags that override it.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = Config::load(self.path.as_deref())?;
+        config.apply_overrides(&self.overrides)?;
+        Ok(config)
+    }
+}
+
+/// What a reload changed that the daemon's loop must act on.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The interface list, mode or replace policy changed: reconcile.
+    pub xdp: bool,
+    /// `xdp.mode` or `xdp.replace` changed: existing attachments must be
+    /// redone, not only new ones added.
+    pub xdp_reattach: bool,
+    pub poll_interval: bool,
+    pub log_level: bool,
+    pub analyzer: bool,
+    /// Keys whose new value was ignored until the next restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Compares `running` with `new`, moves the live-changeable parts of `new`
+/// into `running` and says what moved.
+pub fn merge(running: &mut Config, new: &Config) -> Applied {
+    let mut applied = Applied::default();
+    if running.log.level != new.log.level {
+        running.log.level = new.log.level.clone();
+        applied.log_level = true;
+    }
+    if running.analyzer != new.analyzer {
+        running.analyzer = new.analyzer.clone();
+        applied.analyzer = true;
+    }
+    if running.daemon.poll_interval != new.daemon.poll_interval {
+        running.daemon.poll_interval = new.daemon.poll_interval;
+        applied.poll_interval = true;
+    }
+    if running.xdp.mode != new.xdp.mode || running.xdp.replace != new.xdp.replace {
+        applied.xdp_reattach = true;
+    }
+    if applied.xdp_reattach || running.xdp.interfaces != new.xdp.interfaces {
+        running.xdp.interfaces = new.xdp.interfaces.clone();
+        running.xdp.mode = new.xdp.mode;
+        running.xdp.replace = new.xdp.replace;
+        applied.xdp = true;
+    }
+    let restart_keys: [(&'static str, bool); 5] = [
+        ("http", running.http != new.http),
+        ("log.format", running.log.format != new.log.format),
+        ("xdp.enabled", running.xdp.enabled != new.xdp.enabled),
+        (
+            "xdp (sampling and top talkers)",
+            running.xdp.sample_rate != new.xdp.sample_rate
+                || running.xdp.ring_buffer_size != new.xdp.ring_buffer_size
+                || running.xdp.top_talkers != new.xdp.top_talkers
+                || running.xdp.top_talkers_window != new.xdp.top_talkers_window,
+        ),
+        ("syscalls", running.syscalls != new.syscalls),
+    ];
+    applied.needs_restart = restart_keys
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(key, _)| key)
+        .collect();
+    applied
+}
+
+/// Everything SIGHUP touches outside the daemon's loop.
+pub struct Reloader {
+    source: ConfigSource,
+    log: Option<LogControl>,
+    analyzer: watch::Sender<AnalyzerConfig>,
+}
+
+impl Reloader {
+    pub fn new(source: ConfigSource, log: Option<LogControl>, running: &Config) -> Self {
+        let (analyzer, _) = watch::channel(running.analyzer.clone());
+        Self {
+            source,
+            log,
+            analyzer,
+        }
+    }
+
+    /// The analyzer settings as they change on SIGHUP (for the MAPE-K loop).
+    pub fn analyzer_settings(&self) -> watch::Receiver<AnalyzerConfig> {
+        self.analyzer.subscribe()
+    }
+
+    /// The hook itself, for whoever needs to send as well.
+    pub fn analyzer_sender(&self) -> &watch::Sender<AnalyzerConfig> {
+        &self.analyzer
+    }
+
+    /// Re-reads the file and applies it to `running`. An invalid file
+    /// changes nothing: the reason is logged and `None` returned.
+    pub fn reload(&self, running: &mut Config) -> Option<Applied> {
+        let new = match self.source.load() {
+            Ok(new) => new,
+            Err(reason) => {
+                error!(
+                    error = %reason,
+                    "SIGHUP: the new configuration is invalid; keeping the running one"
+                );
+                return None;
+            }
+        };
+        let previous_level = running.log.level.clone();
+        let mut applied = merge(running, &new);
+        if applied.log_level {
+            if let Some(log) = &self.log {
+                if let Err(reason) = log.set_level(&running.log.level) {
+                    warn!(%reason, "SIGHUP: keeping the previous log level");
+                    running.log.level = previous_level;
+                    applied.log_level = false;
+                }
+            }
+        }
+        if applied.analyzer {
+            self.analyzer.send_replace(running.analyzer.clone());
+        }
+        for key in &applied.needs_restart {
+            warn!(
+                key,
+                "SIGHUP: this setting changed but only takes effect after a restart"
+            );
+        }
+        info!(
+            log_level = applied.log_level,
+            analyzer = applied.analyzer,
+            xdp = applied.xdp,
+            poll_interval = applied.poll_interval,
+            "configuration reloaded"
+        );
+        Some(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::XdpMode;
+    use std::time::Duration;
+
+    #[test]
+    fn nothing_changed_applies_nothing() {
+        let mut running = Config::default();
+        assert_eq!(merge(&mut running, &Config::default()), Applied::default());
+    }
+
+    #[test]
+    fn live_settings_move_into_the_running_config() {
+        let mut running = Config::default();
+        let mut new = Config::default();
+        new.log.level = "debug".into();
+        new.analyzer.fire_after = 9;
+        new.xdp.interfaces = vec!["eth1".into()];
+        new.daemon.poll_interval = Duration::from_millis(250);
+        let applied = merge(&mut running, &new);
+        assert!(applied.log_level && applied.analyzer && applied.xdp && applied.poll_interval);
+        assert!(!applied.xdp_reattach);
+        assert!(applied.needs_restart.is_empty());
+        assert_eq!(running, new);
+    }
+
+    #[test]
+    fn mode_change_reattaches_and_restart_keys_are_kept() {
+        let mut running = Config::default();
+        let mut new = Config::default();
+        new.xdp.mode = XdpMode::Generic;
+        new.http.listen = "127.0.0.1:1".parse().unwrap();
+        new.syscalls.enabled = !running.syscalls.enabled;
+        let applied = merge(&mut running, &new);
+        assert!(applied.xdp && applied.xdp_reattach);
+        assert_eq!(applied.needs_restart, ["http", "syscalls"]);
+        assert_eq!(running.xdp.mode, XdpMode::Generic);
+        assert_eq!(running.http, Config::default().http, "listen kept");
+        assert_eq!(running.syscalls, Config::default().syscalls);
+    }
+
+    #[test]
+    fn invalid_file_keeps_the_running_config() {
+        let path = std::env::temp_dir().join(format!("reload-test-{}.toml", std::process::id()));
+        std::fs::write(&path, "[log]\nlevel = \"debug\"\n").unwrap();
+        let source = ConfigSource {
+            path: Some(path.clone()),
+            overrides: Overrides::default(),
+        };
+        let mut running = source.load().unwrap();
+        let reloader = Reloader::new(source, None, &running);
+        let mut analyzer = reloader.analyzer_settings();
+
+        std::fs::write(&path, "[log]\nlevel = \"loud\"\n").unwrap();
+        let before = running.clone();
+        assert_eq!(reloader.reload(&mut running), None);
+        assert_eq!(running, before);
+
+        std::fs::write(&path, "[analyzer]\nfire_after = 7\n").unwrap();
+        let applied = reloader.reload(&mut running).expect("valid");
+        assert!(applied.analyzer && applied.log_level);
+        assert!(analyzer.has_changed().unwrap());
+        assert_eq!(analyzer.borrow_and_update().fire_after, 7);
+        assert_eq!(running.log.level, "info");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn command_line_flags_still_win_after_a_reload() {
+        let path = std::env::temp_dir().join(format!("reload-flags-{}.toml", std::process::id()));
+        std::fs::write(&path, "[log]\nlevel = \"warn\"\n").unwrap();
+        let source = ConfigSource {
+            path: Some(path.clone()),
+            overrides: Overrides {
+                log_level: Some("trace".into()),
+                ..Overrides::default()
+            },
+        };
+        let mut running = source.load().unwrap();
+        let reloader = Reloader::new(source, None, &running);
+        std::fs::write(&path, "[log]\nlevel = \"error\"\n").unwrap();
+        let applied = reloader.reload(&mut running).unwrap();
+        assert!(!applied.log_level);
+        assert_eq!(running.log.level, "trace");
+        let _ = std::fs::remove_file(&path);
+    }
+}

@@ -12,7 +12,8 @@ use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
 use crate::bpf::xdp::{AttachedInterfaces, PacketCounter};
-use crate::bpf::LoadedObject;
+use crate::bpf::{LoadOptions, LoadedObject};
+use crate::collect::events::PacketEvents;
 use crate::collect::{Snapshot, SnapshotClock, XdpCollector};
 use crate::config::Config;
 use crate::http::{self, HttpLimits, HttpState};
@@ -22,7 +23,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = http::bind(config.http.listen).await?;
     info!(listen = %listener.local_addr()?, "http listening");
 
-    let mut object = LoadedObject::load().context("loading the eBPF object")?;
+    let mut object = LoadedObject::load_with(&LoadOptions::from_config(&config.xdp))
+        .context("loading the eBPF object")?;
     if let Some(logger) = object.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
     }
@@ -34,6 +36,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let events = if config.xdp.enabled {
+        Some(PacketEvents::start(&mut object, &config.xdp)?)
+    } else {
+        None
+    };
     let mut xdp = if config.xdp.enabled {
         Some(PacketCounter::load(&mut object).context("loading the XDP packet counter")?)
     } else {
@@ -47,6 +54,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut clock = SnapshotClock::new();
     let mut first = clock.next();
     collector.poll(interfaces.attachments(), &mut first);
+    if let Some(events) = &events {
+        events.fill(&mut first);
+    }
     let _ = snapshot_tx.send(Arc::new(first));
     let _ = ready_tx.send(true);
 
@@ -74,6 +84,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 let mut snapshot = clock.next();
                 collector.poll(interfaces.attachments(), &mut snapshot);
+                if let Some(events) = &events {
+                    events.fill(&mut snapshot);
+                }
                 let _ = snapshot_tx.send(Arc::new(snapshot));
             }
             signal = &mut stop => break signal.context("installing signal handlers")?,

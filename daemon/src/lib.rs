@@ -18,3 +18,4 @@ pub mod mapek;
 pub mod metrics;
 pub mod shutdown;
 pub mod syscall_table;
+pub mod top_talkers;

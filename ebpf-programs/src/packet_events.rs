@@ -29,6 +29,24 @@ static PACKET_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BUFFER_SIZE
 static PACKET_EVENT_COUNTS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(EVENT_COUNTER_SLOTS, 0);
 
+/// What the parser found, handed to [`publish`] through map memory. The
+/// verifier tracks every parser path's constants (family, offsets) exactly;
+/// passing them as values would make it verify `publish` once per path and
+/// exceed its 1M-instruction budget. Read back from a map they are plain
+/// bounded scalars, so `publish` is verified once.
+#[repr(C)]
+struct Parsed {
+    family: u32,
+    protocol: u32,
+    malformed: u32,
+    l3: u32,
+    l4: u32,
+    len: u32,
+}
+
+#[map(name = "PACKET_EVENT_PARSED")]
+static PACKET_EVENT_PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
+
 /// With sampling off this is one load and one branch.
 #[inline(always)]
 pub fn sample(ctx: &XdpContext, class: &Classification, len: u64) {
@@ -42,21 +60,57 @@ pub fn sample(ctx: &XdpContext, class: &Classification, len: u64) {
     if rate != 1 && unsafe { bpf_get_prandom_u32() } % rate != 0 {
         return;
     }
-    publish(ctx, class, len);
+    bump(EventCounter::Sampled);
+    let Some(parsed) = PACKET_EVENT_PARSED.get_ptr_mut(0) else {
+        bump(EventCounter::Lost);
+        return;
+    };
+    // SAFETY: this CPU's slot from a successful lookup; only this program
+    // on this CPU uses it, between this write and `publish` reading it.
+    unsafe {
+        *parsed = Parsed {
+            family: class.family as u32,
+            protocol: class.protocol as u32,
+            malformed: class.malformed as u32,
+            l3: class.l3 as u32,
+            l4: class.l4 as u32,
+            len: len as u32,
+        };
+    }
+    publish(ctx);
 }
 
-#[inline(always)]
-fn publish(ctx: &XdpContext, class: &Classification, len: u64) {
-    bump(EventCounter::Sampled);
-    let mut event = PacketEvent {
+/// Builds the event of the frame `sample` picked and submits it.
+#[inline(never)]
+fn publish(ctx: &XdpContext) {
+    let Some(parsed) = PACKET_EVENT_PARSED.get_ptr(0) else {
+        bump(EventCounter::Lost);
+        return;
+    };
+    // SAFETY: this CPU's slot from a successful lookup, written by `sample`.
+    let parsed = unsafe { &*parsed };
+    let class = Classification {
+        family: parsed.family as usize,
+        protocol: parsed.protocol as usize,
+        malformed: parsed.malformed != 0,
+        l3: parsed.l3 as usize,
+        l4: parsed.l4 as usize,
+    };
+    // Reserve first: a full ring buffer costs only this check, and the
+    // event is written in place (the stack of two BPF frames is 512 bytes).
+    let Some(mut entry) = PACKET_EVENTS.reserve::<PacketEvent>(0) else {
+        bump(EventCounter::Lost);
+        return;
+    };
+    let event = entry.write(PacketEvent {
         // SAFETY: a helper without arguments or preconditions.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         ifindex: ctx.ingress_ifindex() as u32,
-        frame_len: len as u32,
+        frame_len: parsed.len,
         family: class.family as u8,
         protocol: class.protocol as u8,
         ..PacketEvent::default()
-    };
+    });
     if class.malformed {
         event.flags |= EVENT_MALFORMED;
     }
@@ -68,13 +122,12 @@ fn publish(ctx: &XdpContext, class: &Classification, len: u64) {
                 event.flags |= EVENT_HAS_ADDRESSES;
             }
         } else if class.family == FAMILY_IPV6 {
-            if let (Some(src), Some(dst)) = (
-                bytes_at::<16>(ctx, class.l3 + 8),
-                bytes_at::<16>(ctx, class.l3 + 24),
-            ) {
-                event.src = src;
-                event.dst = dst;
-                event.flags |= EVENT_HAS_ADDRESSES;
+            if let Some(src) = bytes_at::<16>(ctx, class.l3 + 8) {
+                if let Some(dst) = bytes_at::<16>(ctx, class.l3 + 24) {
+                    event.src = src;
+                    event.dst = dst;
+                    event.flags |= EVENT_HAS_ADDRESSES;
+                }
             }
         }
     }
@@ -91,13 +144,7 @@ fn publish(ctx: &XdpContext, class: &Classification, len: u64) {
             }
         }
     }
-    match PACKET_EVENTS.reserve::<PacketEvent>(0) {
-        Some(mut entry) => {
-            entry.write(event);
-            entry.submit(0);
-        }
-        None => bump(EventCounter::Lost),
-    }
+    entry.submit(0);
 }
 
 #[inline(always)]

@@ -120,6 +120,7 @@ impl SnapshotClock {
     }
 
     /// An empty snapshot for the next poll.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Snapshot {
         self.seq += 1;
         Snapshot {

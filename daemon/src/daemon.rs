@@ -15,7 +15,8 @@ use tokio::time::MissedTickBehavior;
 use tracing::{error, info, warn};
 
 use crate::bpf::xdp::{AttachedInterfaces, PacketCounter};
-use crate::bpf::{LoadError, LoadedObject};
+use crate::bpf::{LoadError, LoadOptions, LoadedObject};
+use crate::collect::events::PacketEvents;
 use crate::collect::{Snapshot, SnapshotClock, XdpCollector};
 use crate::config::Config;
 use crate::hotplug::LinkWatch;
@@ -60,7 +61,8 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     let listener = http::bind(config.http.listen).await?;
     info!(listen = %listener.local_addr()?, "http listening");
 
-    let mut object = LoadedObject::load().context("loading the eBPF object")?;
+    let mut object = LoadedObject::load_with(&LoadOptions::from_config(&config.xdp))
+        .context("loading the eBPF object")?;
     if let Some(logger) = object.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
     }
@@ -72,6 +74,11 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let events = if config.xdp.enabled {
+        Some(PacketEvents::start(&mut object, &config.xdp)?)
+    } else {
+        None
+    };
     let mut xdp = if config.xdp.enabled {
         match PacketCounter::load(&mut object) {
             Ok(xdp) => Some(xdp),
@@ -101,6 +108,9 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     let mut clock = SnapshotClock::new();
     let mut first = clock.start_poll();
     collector.poll(interfaces.attachments(), &mut first);
+    if let Some(events) = &events {
+        events.fill(&mut first);
+    }
     let _ = snapshot_tx.send(Arc::new(first));
     let _ = ready_tx.send(true);
 
@@ -137,6 +147,9 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
                 }
                 let mut snapshot = clock.start_poll();
                 collector.poll(interfaces.attachments(), &mut snapshot);
+                if let Some(events) = &events {
+                    events.fill(&mut snapshot);
+                }
                 let _ = snapshot_tx.send(Arc::new(snapshot));
                 polls += 1;
                 if stall_after.is_some_and(|n| polls > n) {

@@ -1,4 +1,5 @@
-//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/api/v1/anomalies`.
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/api/v1/anomalies`,
+//! `/api/v1/top-talkers`.
 //!
 //! Routing is a plain function of the request and [`HttpState`], tested
 //! without a socket; [`serve`] adds the listener with a header-read timeout
@@ -53,7 +54,7 @@ pub fn handle<B>(request: &Request<B>, state: &HttpState) -> Response<Body> {
     let allowed = matches!(*request.method(), Method::GET | Method::HEAD);
     let known = matches!(
         path,
-        "/metrics" | "/healthz" | "/readyz" | "/api/v1/anomalies"
+        "/metrics" | "/healthz" | "/readyz" | "/api/v1/anomalies" | "/api/v1/top-talkers"
     );
     if !known {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -90,12 +91,27 @@ pub fn handle<B>(request: &Request<B>, state: &HttpState) -> Response<Body> {
                 )
             }
         }
+        "/api/v1/top-talkers" => {
+            let snapshot = state.snapshot.borrow().clone();
+            with_type(
+                StatusCode::OK,
+                top_talkers_json(&snapshot),
+                "application/json",
+            )
+        }
         _ => with_type(StatusCode::OK, (state.anomalies)(), "application/json"),
     };
     if request.method() == Method::HEAD {
         *response.body_mut() = Body::default();
     }
     response
+}
+
+/// The latest poll's top talkers; an empty report while packet events
+/// are off or XDP is not loaded.
+fn top_talkers_json(snapshot: &Snapshot) -> String {
+    let report = snapshot.top_talkers.clone().unwrap_or_default();
+    serde_json::to_string(&report).unwrap_or_else(|_| "{}".to_owned())
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -222,6 +238,56 @@ mod tests {
             get(Method::DELETE, "/nope", &s).status(),
             StatusCode::NOT_FOUND
         );
+    }
+
+    #[test]
+    fn top_talkers_are_served_as_json() {
+        use crate::top_talkers::TopTalkers;
+        let mut top = TopTalkers::new(2, Duration::from_secs(60), 100);
+        for _ in 0..3 {
+            top.record(1, "10.0.0.7".parse().unwrap(), 100);
+        }
+        top.record(1, "fd00::1".parse().unwrap(), 1000);
+        let snapshot = Snapshot {
+            top_talkers: Some(top.report(1)),
+            ..Default::default()
+        };
+        let (_, snapshot) = watch::channel(Arc::new(snapshot));
+        let s = HttpState {
+            snapshot,
+            ..state(true)
+        };
+        let response = get(Method::GET, "/api/v1/top-talkers", &s);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let body = futures_body(response);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["window_seconds"], 60.0);
+        assert_eq!(json["sample_rate"], 100);
+        assert_eq!(json["sampled_packets"], 4);
+        assert_eq!(json["peers"][0]["peer"], "10.0.0.7");
+        assert_eq!(json["peers"][0]["direction"], "rx");
+        assert_eq!(json["peers"][0]["packets"], 300.0);
+        assert_eq!(json["peers"][0]["bytes"], 30000.0);
+        assert_eq!(json["peers"][0]["share"], 0.75);
+        assert_eq!(json["peers"][1]["peer"], "fd00::1");
+
+        // Without packet events: an empty report, still valid JSON.
+        let body = futures_body(get(Method::GET, "/api/v1/top-talkers", &state(true)));
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["peers"].as_array().unwrap().len(), 0);
+    }
+
+    fn futures_body(response: Response<Body>) -> String {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = rt
+            .block_on(response.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
     }
 
     #[test]

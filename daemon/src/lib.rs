@@ -22,3 +22,4 @@ pub mod notify;
 pub mod reload;
 pub mod shutdown;
 pub mod syscall_table;
+pub mod top_talkers;

@@ -5,6 +5,7 @@
 #![no_main]
 
 mod baselines;
+mod packet_events;
 mod xdp_counter;
 
 /// The programs never panic (every index is checked); this only satisfies

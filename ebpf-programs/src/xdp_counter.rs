@@ -11,6 +11,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::error;
+
+use crate::packet_events;
 use telemetryd_common::xdp::{
     InterfaceCounters, ProgramError, FAMILY_IPV4, FAMILY_IPV6, FAMILY_OTHER, MAX_INTERFACES,
     MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROGRAM_ERROR_SLOTS, PROTOCOL_ICMP, PROTOCOL_OTHER,
@@ -55,10 +57,15 @@ const ICMP_MIN_HLEN: usize = 4;
 const MAX_HEADER_OFFSET: usize = 512;
 
 /// What the parser found out about one frame.
-struct Classification {
-    family: usize,
-    protocol: usize,
-    malformed: bool,
+pub(crate) struct Classification {
+    pub(crate) family: usize,
+    pub(crate) protocol: usize,
+    pub(crate) malformed: bool,
+    /// Offset of the IP header when it is complete, else 0.
+    pub(crate) l3: usize,
+    /// Offset of the transport header when it is present and complete
+    /// (not in later fragments), else 0.
+    pub(crate) l4: usize,
 }
 
 impl Classification {
@@ -67,6 +74,19 @@ impl Classification {
             family,
             protocol,
             malformed: false,
+            l3: 0,
+            l4: 0,
+        }
+    }
+
+    /// The fast path's frame: untagged IPv4 without options.
+    const fn common_ipv4(protocol: usize) -> Self {
+        Self {
+            family: FAMILY_IPV4,
+            protocol,
+            malformed: false,
+            l3: ETH_HLEN,
+            l4: ETH_HLEN + IPV4_MIN_HLEN,
         }
     }
 
@@ -75,6 +95,8 @@ impl Classification {
             family,
             protocol: PROTOCOL_OTHER,
             malformed: true,
+            l3: 0,
+            l4: 0,
         }
     }
 }
@@ -84,12 +106,13 @@ pub fn xdp_packet_counter(ctx: XdpContext) -> u32 {
     let class = classify(&ctx);
     let len = (ctx.data_end() - ctx.data()) as u64;
     count(&ctx, &class, len);
+    packet_events::sample(&ctx, &class, len);
     xdp_action::XDP_PASS
 }
 
 /// Reads `N` bytes at `offset`, or `None` when the frame is shorter.
 #[inline(always)]
-fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
+pub(crate) fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
     if offset > MAX_HEADER_OFFSET {
         return None;
     }
@@ -142,10 +165,10 @@ fn classify_common_ipv4(ctx: &XdpContext) -> Option<Classification> {
         return None;
     }
     match protocol {
-        IPPROTO_UDP => Some(Classification::new(FAMILY_IPV4, PROTOCOL_UDP)),
-        IPPROTO_ICMP => Some(Classification::new(FAMILY_IPV4, PROTOCOL_ICMP)),
+        IPPROTO_UDP => Some(Classification::common_ipv4(PROTOCOL_UDP)),
+        IPPROTO_ICMP => Some(Classification::common_ipv4(PROTOCOL_ICMP)),
         IPPROTO_TCP if start + HEADERS + TCP_MIN_HLEN <= end => {
-            Some(Classification::new(FAMILY_IPV4, PROTOCOL_TCP))
+            Some(Classification::common_ipv4(PROTOCOL_TCP))
         }
         _ => None,
     }
@@ -203,6 +226,7 @@ fn classify_ipv4(ctx: &XdpContext, offset: usize) -> Classification {
         ctx,
         FAMILY_IPV4,
         protocol,
+        offset,
         offset + header_len,
         fragment_offset == 0,
     )
@@ -217,6 +241,7 @@ fn classify_ipv6(ctx: &XdpContext, offset: usize) -> Classification {
         return Classification::truncated(FAMILY_IPV6);
     }
     let mut next_header = header[6];
+    let l3 = offset;
     let mut offset = offset + IPV6_HLEN;
     let mut first_fragment = true;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -258,7 +283,7 @@ fn classify_ipv6(ctx: &XdpContext, offset: usize) -> Classification {
         // Includes a chain longer than the parser walks.
         _ => PROTOCOL_OTHER,
     };
-    transport(ctx, FAMILY_IPV6, protocol, offset, first_fragment)
+    transport(ctx, FAMILY_IPV6, protocol, l3, offset, first_fragment)
 }
 
 /// Checks that the transport header is complete where it must be present.
@@ -267,6 +292,7 @@ fn transport(
     ctx: &XdpContext,
     family: usize,
     protocol: usize,
+    l3: usize,
     offset: usize,
     has_transport_header: bool,
 ) -> Classification {
@@ -282,6 +308,12 @@ fn transport(
         family,
         protocol,
         malformed: !complete,
+        l3,
+        l4: if has_transport_header && complete && min_len != 0 {
+            offset
+        } else {
+            0
+        },
     }
 }
 

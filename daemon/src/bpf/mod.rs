@@ -6,4 +6,4 @@ pub mod object;
 pub mod probe;
 pub mod xdp;
 
-pub use object::{LoadError, LoadedObject};
+pub use object::{LoadError, LoadOptions, LoadedObject};

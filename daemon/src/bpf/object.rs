@@ -1,6 +1,7 @@
 //! The embedded eBPF object and loading it.
 
 use aya::{Ebpf, EbpfLoader};
+use telemetryd_common::events::{DEFAULT_RING_BUFFER_SIZE, EVENTS_MAP, SAMPLE_RATE_GLOBAL};
 use tracing::debug;
 
 /// The object built from `ebpf-programs/` by `build.rs`, embedded so the
@@ -35,6 +36,11 @@ pub enum LoadError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "ring buffer size {size} bytes: the kernel needs a power-of-two multiple of the \
+         page size ({page_size} bytes here)"
+    )]
+    RingBufferSize { size: u32, page_size: u64 },
     #[error("eBPF map {map}: {source}")]
     Map {
         map: &'static str,
@@ -49,17 +55,52 @@ pub struct LoadedObject {
     pub ebpf: Ebpf,
 }
 
+/// What the configuration sets in the object before it is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Publish 1 frame in N to the packet events ring buffer; 0 = off.
+    pub sample_rate: u32,
+    /// Bytes of the packet events ring buffer.
+    pub ring_buffer_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            sample_rate: 0,
+            ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
+        }
+    }
+}
+
+impl LoadOptions {
+    pub fn from_config(xdp: &crate::config::XdpConfig) -> Self {
+        Self {
+            sample_rate: xdp.sample_rate,
+            ring_buffer_size: xdp.ring_buffer_size,
+        }
+    }
+}
+
 impl LoadedObject {
+    /// Loads with the defaults: packet events off.
     pub fn load() -> Result<Self, LoadError> {
+        Self::load_with(&LoadOptions::default())
+    }
+
+    pub fn load_with(options: &LoadOptions) -> Result<Self, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NotEmbedded);
         }
+        check_ring_buffer_size(options.ring_buffer_size, page_size())?;
         raise_memlock_limit();
         // Rust eBPF programs carry no CO-RE relocations, so the kernel BTF
         // (several MiB parsed) is not needed to load them; programs that do
         // need it (fentry) load it themselves.
         let ebpf = EbpfLoader::new()
             .btf(None)
+            .override_global(SAMPLE_RATE_GLOBAL, &options.sample_rate, true)
+            .map_max_entries(EVENTS_MAP, options.ring_buffer_size)
             .load(OBJECT)
             .map_err(LoadError::Object)?;
         Ok(Self { ebpf })
@@ -90,6 +131,24 @@ impl LoadedObject {
     }
 }
 
+/// The kernel takes a ring buffer of a power-of-two number of pages; the
+/// configuration checks the power of two against 4 KiB pages, this against
+/// the real page size (larger on some arm64 and ppc64 kernels).
+fn check_ring_buffer_size(size: u32, page_size: u64) -> Result<(), LoadError> {
+    if size.is_power_of_two() && u64::from(size) >= page_size && u64::from(size) % page_size == 0 {
+        Ok(())
+    } else {
+        Err(LoadError::RingBufferSize { size, page_size })
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads its integer argument.
+    #[allow(unsafe_code)]
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use
 /// memory cgroups and ignore it. Raising it is harmless either way.
 fn raise_memlock_limit() {
@@ -106,5 +165,20 @@ fn raise_memlock_limit() {
             error = %std::io::Error::last_os_error(),
             "could not raise RLIMIT_MEMLOCK; loading may fail on kernels before 5.11"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_buffer_size_must_be_whole_pages() {
+        assert!(check_ring_buffer_size(4096, 4096).is_ok());
+        assert!(check_ring_buffer_size(1 << 20, 4096).is_ok());
+        assert!(check_ring_buffer_size(4096, 16384).is_err());
+        assert!(check_ring_buffer_size(16384, 16384).is_ok());
+        assert!(check_ring_buffer_size(3 * 4096, 4096).is_err());
+        assert!(page_size() >= 4096);
     }
 }

@@ -33,6 +33,10 @@ pub struct Snapshot {
     pub program_errors: BTreeMap<(String, String), u64>,
     /// Where each program is attached at the time of the poll.
     pub attachments: Vec<ProgramAttachment>,
+    /// Sampled packet events; `None` when the XDP program is not loaded.
+    pub packet_events: Option<PacketEventStats>,
+    /// Top talkers over their window, from packet events.
+    pub top_talkers: Option<crate::top_talkers::TopTalkersReport>,
 }
 
 /// One attachment of one eBPF program.
@@ -107,4 +111,62 @@ pub struct TcpStats {
     pub segments_out: u64,
     /// `Tcp: RetransSegs` from /proc/net/snmp.
     pub retrans_segs: u64,
+}
+
+/// Upper bounds (seconds) of the `telemetryd_event_delivery_seconds` buckets;
+/// a last, implicit bucket holds everything slower (`+Inf`).
+pub const DELIVERY_BUCKETS: [f64; 16] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Packet events from the XDP program's ring buffer, cumulative.
+///
+/// Every frame the sampler picked is in exactly one of: `delivered`,
+/// `lost_kernel` (ring buffer full), `lost_user` (received but undecodable),
+/// or still in the ring buffer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PacketEventStats {
+    /// The `source` label: the ring buffer, by what it carries.
+    pub source: String,
+    /// Frames the kernel sampler picked.
+    pub sampled: u64,
+    pub delivered: u64,
+    pub lost_kernel: u64,
+    pub lost_user: u64,
+    /// Kernel timestamp to user-space receipt.
+    pub delivery: DeliveryLatency,
+    /// Peers the top-talkers structure tracks now, and its bound.
+    pub top_talkers_tracked: u64,
+    pub top_talkers_bound: u64,
+}
+
+/// Non-cumulative counts over [`DELIVERY_BUCKETS`] plus `+Inf`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeliveryLatency {
+    pub counts: [u64; DELIVERY_BUCKETS.len() + 1],
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl Default for DeliveryLatency {
+    fn default() -> Self {
+        Self {
+            counts: [0; DELIVERY_BUCKETS.len() + 1],
+            sum_seconds: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl DeliveryLatency {
+    pub fn record(&mut self, seconds: f64) {
+        let bucket = DELIVERY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(DELIVERY_BUCKETS.len());
+        self.counts[bucket] += 1;
+        self.sum_seconds += seconds;
+        self.count += 1;
+    }
 }

@@ -64,6 +64,7 @@ impl Node {
             tcp: self.tcp.clone(),
             program_errors: BTreeMap::new(),
             attachments: Vec::new(),
+            ..Default::default()
         }
     }
 }

@@ -22,6 +22,11 @@ impl Sample {
         labels.sort_by(|a, b| a.name().cmp(b.name()));
         Self { labels, value }
     }
+
+    /// The sorted label pairs, for metric types built by hand.
+    pub fn into_labels(self) -> Vec<LabelPair> {
+        self.labels
+    }
 }
 
 pub fn counter(name: &str, help: &str, samples: Vec<Sample>) -> MetricFamily {

@@ -4,6 +4,7 @@
 //! `prometheus` crate's data model and text encoder: the kernel counters are
 //! already cumulative, so nothing here keeps state of its own.
 
+pub mod events;
 pub mod family;
 
 use prometheus::proto::MetricFamily;
@@ -22,6 +23,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// "no series yet"; the encoder refuses them).
 pub fn render(snapshot: &Snapshot, extra: Vec<MetricFamily>) -> Result<String, prometheus::Error> {
     let mut families = snapshot_families(snapshot);
+    families.extend(events::families(snapshot));
     families.extend(extra);
     families.retain(|f| !f.get_metric().is_empty());
     families.sort_by(|a, b| a.name().cmp(b.name()));

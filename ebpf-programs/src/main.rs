@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod syscall_latency;
 mod xdp_counter;
 
 /// The programs never panic (every index is checked); this only satisfies

@@ -1,6 +1,7 @@
 //! The embedded eBPF object and loading it.
 
 use aya::{Ebpf, EbpfLoader};
+use telemetryd_common::syscalls as sc;
 use tracing::debug;
 
 /// The object built from `ebpf-programs/` by `build.rs`, embedded so the
@@ -41,13 +42,64 @@ pub struct LoadedObject {
     pub ebpf: Ebpf,
 }
 
+/// Load-time settings of the object: map sizes and the read-only globals
+/// of the syscall tracer (they cannot change once the object is loaded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectOptions {
+    /// Entries of the syscall tracer's in-flight map.
+    pub max_in_flight: u32,
+    /// tgid the syscall tracer never traces (the daemon itself).
+    pub self_tgid: u32,
+    /// Trace only the tgids written into the pid map.
+    pub filter_pids: bool,
+    /// cgroup v2 id to trace; 0 = every cgroup.
+    pub cgroup_id: u64,
+    /// Offset of the syscall number in `struct pt_regs`.
+    pub nr_offset: u32,
+}
+
+impl Default for ObjectOptions {
+    fn default() -> Self {
+        Self {
+            max_in_flight: sc::DEFAULT_MAX_IN_FLIGHT,
+            self_tgid: std::process::id(),
+            filter_pids: false,
+            cgroup_id: 0,
+            nr_offset: PT_REGS_NR_OFFSET,
+        }
+    }
+}
+
+/// `offsetof(struct pt_regs, orig_ax)`: fifteen `unsigned long` before it
+/// (arch/x86/include/asm/ptrace.h).
+#[cfg(target_arch = "x86_64")]
+pub const PT_REGS_NR_OFFSET: u32 = 15 * 8;
+/// `offsetof(struct pt_regs, syscallno)`: `regs[31], sp, pc, pstate,
+/// orig_x0` before it (arch/arm64/include/asm/ptrace.h).
+#[cfg(target_arch = "aarch64")]
+pub const PT_REGS_NR_OFFSET: u32 = 35 * 8;
+
 impl LoadedObject {
+    /// Loads with [`ObjectOptions::default`] (the daemon's own tgid
+    /// excluded, no filters).
     pub fn load() -> Result<Self, LoadError> {
+        Self::load_with(&ObjectOptions::default())
+    }
+
+    pub fn load_with(options: &ObjectOptions) -> Result<Self, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NotEmbedded);
         }
         raise_memlock_limit();
-        let ebpf = EbpfLoader::new().load(OBJECT).map_err(LoadError::Object)?;
+        let filter_pids = u32::from(options.filter_pids);
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(sc::IN_FLIGHT_MAP, options.max_in_flight)
+            .override_global(sc::SELF_TGID_GLOBAL, &options.self_tgid, true)
+            .override_global(sc::FILTER_PIDS_GLOBAL, &filter_pids, true)
+            .override_global(sc::FILTER_CGROUP_GLOBAL, &options.cgroup_id, true)
+            .override_global(sc::NR_OFFSET_GLOBAL, &options.nr_offset, true)
+            .load(OBJECT)
+            .map_err(LoadError::Object)?;
         Ok(Self { ebpf })
     }
 

@@ -1,6 +1,7 @@
 //! Polls the kernel maps once per interval into an immutable [`Snapshot`].
 
 pub mod snapshot;
+pub mod syscalls;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Instant, SystemTime};
@@ -10,6 +11,7 @@ use telemetryd_common::xdp::{InterfaceCounters, PROGRAM_ERROR_LABELS, PROGRAM_NA
 use tracing::debug;
 
 pub use snapshot::{InterfaceStats, ProgramAttachment, Snapshot};
+pub use syscalls::SyscallCollector;
 
 use crate::bpf::xdp::Attachment;
 

@@ -418,7 +418,15 @@ where
 /// The kernel's answer to a load, verifier log included (aya's error text
 /// carries it).
 fn load_reason(program: &str, error: ProgramError) -> String {
-    format!("loading {program}: {}", error_chain(&error))
+    let text = error_chain(&error);
+    let trimmed = text.trim_end();
+    if trimmed.ends_with("Verifier output:") {
+        // The kernel refused before the verifier ran (EPERM under lockdown
+        // or without BPF trampolines, for example): say so.
+        format!("loading {program}: {trimmed} (empty: refused before verification)")
+    } else {
+        format!("loading {program}: {text}")
+    }
 }
 
 fn attach_reason(program: &str, target: &str, error: ProgramError) -> String {

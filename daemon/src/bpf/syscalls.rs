@@ -68,12 +68,8 @@ pub enum TracerError {
     NumberTooLarge { name: String, nr: u32, max: u32 },
     #[error("syscalls.pids: {0} pids listed; the kernel side keeps at most {max}", max = sc::MAX_PIDS)]
     TooManyPids(usize),
-    #[error("syscalls.cgroup = {path:?}: {source}")]
-    Cgroup {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("syscalls.cgroup = {path:?}: {error}")]
+    Cgroup { path: String, error: std::io::Error },
     #[error(transparent)]
     Load(#[from] LoadError),
 }
@@ -115,9 +111,9 @@ pub fn object_options(config: &SyscallsConfig) -> Result<ObjectOptions, TracerEr
         0
     } else {
         std::fs::metadata(&config.cgroup)
-            .map_err(|source| TracerError::Cgroup {
+            .map_err(|error| TracerError::Cgroup {
                 path: config.cgroup.clone(),
-                source,
+                error,
             })?
             .ino()
     };

@@ -12,6 +12,8 @@ use core::mem::size_of;
 /// The tracer's programs, one pair per attach strategy.
 pub const TRACEPOINT_ENTER: &str = "syscall_enter_tracepoint";
 pub const TRACEPOINT_EXIT: &str = "syscall_exit_tracepoint";
+/// BTF-typed variant of [`TRACEPOINT_EXIT`], preferred when BTF is there.
+pub const TP_BTF_EXIT: &str = "syscall_exit_tp_btf";
 pub const KPROBE_ENTER: &str = "syscall_enter_kprobe";
 pub const KPROBE_EXIT: &str = "syscall_exit_kretprobe";
 pub const FENTRY_ENTER: &str = "syscall_enter_fentry";
@@ -163,8 +165,17 @@ mod tests {
         for i in 1..63 {
             let upper = bucket_upper_ns(i);
             assert_eq!(bucket_index(upper), i, "2^{i} is the top of bucket {i}");
-            assert_eq!(bucket_index(upper + 1), i + 1, "2^{i}+1 starts bucket {}", i + 1);
-            assert_eq!(bucket_index(upper / 2 + 1), i, "2^({i}-1)+1 is in bucket {i}");
+            assert_eq!(
+                bucket_index(upper + 1),
+                i + 1,
+                "2^{i}+1 starts bucket {}",
+                i + 1
+            );
+            assert_eq!(
+                bucket_index(upper / 2 + 1),
+                i,
+                "2^({i}-1)+1 is in bucket {i}"
+            );
         }
         assert_eq!(bucket_index(u64::MAX), BUCKETS - 1);
         assert_eq!(bucket_index(1 << 63), BUCKETS - 1);

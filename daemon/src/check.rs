@@ -60,21 +60,19 @@ fn syscall_attach_report(config: &Config, support: &KernelSupport) -> String {
                 tracer.strategy.label()
             ));
         }
-        Err(error) => {
-            match syscalls::plan(config.syscalls.attach, support) {
-                Ok((attempts, skipped)) => {
-                    for (strategy, reason) in &skipped {
-                        out.push_str(&format!("  {:<11} no   {reason}\n", strategy.label()));
-                    }
-                    let order: Vec<&str> = attempts.iter().map(|s| s.label()).collect();
-                    out.push_str(&format!(
-                        "  would try, in order: {} (the trial failed: {error})\n",
-                        order.join(", ")
-                    ));
+        Err(error) => match syscalls::plan(config.syscalls.attach, support) {
+            Ok((attempts, skipped)) => {
+                for (strategy, reason) in &skipped {
+                    out.push_str(&format!("  {:<11} no   {reason}\n", strategy.label()));
                 }
-                Err(plan_error) => out.push_str(&format!("  none: {plan_error}\n")),
+                let order: Vec<&str> = attempts.iter().map(|s| s.label()).collect();
+                out.push_str(&format!(
+                    "  would try, in order: {} (the trial failed: {error})\n",
+                    order.join(", ")
+                ));
             }
-        }
+            Err(plan_error) => out.push_str(&format!("  none: {plan_error}\n")),
+        },
     }
     out
 }

@@ -113,7 +113,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         interfaces.detach_all(xdp);
     }
     if let Some((tracer, _)) = syscall_tracer {
-        info!(mode = tracer.strategy.label(), "syscall latency tracer detached");
+        info!(
+            mode = tracer.strategy.label(),
+            "syscall latency tracer detached"
+        );
         drop(tracer);
     }
     if tokio::time::timeout(std::time::Duration::from_secs(2), server)

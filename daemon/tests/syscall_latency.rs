@@ -114,7 +114,11 @@ fn child_bad_fd(fifo: &str, n: u64) -> u64 {
     // Far above anything open here, so `park` cannot reuse it.
     let fd = 987;
     // SAFETY: F_GETFD only queries the descriptor table.
-    assert_eq!(unsafe { libc::fcntl(fd, libc::F_GETFD) }, -1, "fd {fd} is open");
+    assert_eq!(
+        unsafe { libc::fcntl(fd, libc::F_GETFD) },
+        -1,
+        "fd {fd} is open"
+    );
     park(fifo);
     for _ in 0..n {
         assert_eq!(read_one(fd), -1);
@@ -164,7 +168,12 @@ impl TestChild {
         // SAFETY: valid C string.
         assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["child_process_entry", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "child_process_entry",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, mode)
             .env(FIFO_ENV, &fifo)
             .stdin(Stdio::null())
@@ -336,7 +345,9 @@ fn reads_with_known_latency_land_in_their_bucket() {
     std::thread::sleep(Duration::from_millis(300));
     let before = daemon.scrape();
     let measured_ns = child.run();
-    let after = settled(&daemon, count(&before, "read") + N as f64, |s| count(s, "read"));
+    let after = settled(&daemon, count(&before, "read") + N as f64, |s| {
+        count(s, "read")
+    });
 
     assert_eq!(count(&after, "read") - count(&before, "read"), N as f64);
     // 3 ms is in (2^21, 2^22] ns.
@@ -388,10 +399,7 @@ impl TestCgroup {
     fn new() -> Self {
         let mount = std::env::temp_dir().join(unique_name("m"));
         fs::create_dir(&mount).unwrap();
-        support::netns::run(
-            "mount",
-            &["-t", "cgroup2", "none", mount.to_str().unwrap()],
-        );
+        support::netns::run("mount", &["-t", "cgroup2", "none", mount.to_str().unwrap()]);
         let path = mount.join(unique_name("c"));
         fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
         Self { mount, path }
@@ -470,7 +478,12 @@ fn a_missing_cgroup_is_a_startup_error() {
     let ns = NetNs::new();
     let mut daemon = Daemon::spawn(
         &ns,
-        &config("tracepoint", &["read"], &[], "/sys/fs/cgroup/tdt-no-such-cgroup"),
+        &config(
+            "tracepoint",
+            &["read"],
+            &[],
+            "/sys/fs/cgroup/tdt-no-such-cgroup",
+        ),
         &[],
     );
     let status = daemon
@@ -546,7 +559,11 @@ fn explicit_mode(mode: &str, reason: &str) {
 fn explicit_kprobe_works_or_fails_at_startup_with_the_reason() {
     explicit_mode(
         "kprobe",
-        if kprobes_available() { "" } else { "CONFIG_KPROBES" },
+        if kprobes_available() {
+            ""
+        } else {
+            "CONFIG_KPROBES"
+        },
     );
 }
 

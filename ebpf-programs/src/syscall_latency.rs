@@ -17,9 +17,12 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
     },
-    macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray},
-    programs::{FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
+        RetProbeContext,
+    },
     Global,
 };
 use telemetryd_common::syscalls::{
@@ -97,6 +100,34 @@ pub fn syscall_exit_tracepoint(ctx: RawTracePointContext) -> i32 {
     let Some(nr) = syscall_nr(regs) else {
         return 0;
     };
+    if slot_of(nr).is_none() {
+        return 0;
+    }
+    let ret: i64 = ctx.arg(1);
+    exit(ret);
+    0
+}
+
+/// `offsetof(struct pt_regs, <syscall number>)` for this build's target
+/// architecture, as a constant: a BTF pointer may only be read at constant
+/// offsets the verifier checks against the struct.
+#[cfg(bpf_target_arch = "aarch64")]
+const PT_REGS_NR_INDEX: usize = 35;
+#[cfg(not(bpf_target_arch = "aarch64"))]
+const PT_REGS_NR_INDEX: usize = 15;
+
+/// The same exit as [`syscall_exit_tracepoint`], as a BTF tracepoint: the
+/// kernel types `regs`, so the syscall number is a plain load (turned into
+/// a fault-safe one by the verifier) instead of a `bpf_probe_read_kernel`
+/// call, which matters because every syscall of the node comes through
+/// here. Preferred when the kernel has BTF; the raw one is the fallback.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn syscall_exit_tp_btf(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u64 = ctx.arg(0);
+    // SAFETY: `regs` is the kernel's `struct pt_regs *` (BTF-typed); the
+    // verifier checks the field at this constant offset and makes the load
+    // fault-safe.
+    let nr = unsafe { *regs.wrapping_add(PT_REGS_NR_INDEX) };
     if slot_of(nr).is_none() {
         return 0;
     }

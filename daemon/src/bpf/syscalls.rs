@@ -16,7 +16,8 @@ use aya::programs::fentry::FEntryLink;
 use aya::programs::fexit::FExitLink;
 use aya::programs::kprobe::KProbeLink;
 use aya::programs::raw_trace_point::RawTracePointLink;
-use aya::programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint};
+use aya::programs::tp_btf::BtfTracePointLink;
+use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint};
 use aya::Btf;
 use telemetryd_common::syscalls as sc;
 use tracing::{info, warn};
@@ -78,6 +79,7 @@ pub enum TracerError {
 #[allow(dead_code)] // held for its Drop
 enum TracerLink {
     RawTracePoint(RawTracePointLink),
+    BtfTracePoint(BtfTracePointLink),
     Kprobe(KProbeLink),
     Fentry(FEntryLink),
     Fexit(FExitLink),
@@ -324,15 +326,24 @@ fn attach(
     match strategy {
         Strategy::Tracepoint => {
             // Exit first: an entry recorded before its exit program exists
-            // would only wait in the in-flight map.
-            for (program, tracepoint) in [
-                (sc::TRACEPOINT_EXIT, "sys_exit"),
-                (sc::TRACEPOINT_ENTER, "sys_enter"),
-            ] {
-                links.push(TracerLink::RawTracePoint(attach_raw_tracepoint(
-                    object, program, tracepoint,
-                )?));
+            // would only wait in the in-flight map. The BTF-typed exit is
+            // cheaper; without BTF the raw one does the same work.
+            match attach_tp_btf(object, sc::TP_BTF_EXIT, "sys_exit") {
+                Ok(link) => links.push(TracerLink::BtfTracePoint(link)),
+                Err(reason) => {
+                    info!(%reason, "BTF tracepoint sys_exit unavailable, using the raw one");
+                    links.push(TracerLink::RawTracePoint(attach_raw_tracepoint(
+                        object,
+                        sc::TRACEPOINT_EXIT,
+                        "sys_exit",
+                    )?));
+                }
             }
+            links.push(TracerLink::RawTracePoint(attach_raw_tracepoint(
+                object,
+                sc::TRACEPOINT_ENTER,
+                "sys_enter",
+            )?));
         }
         Strategy::Kprobe => {
             for program in [sc::KPROBE_EXIT, sc::KPROBE_ENTER] {
@@ -394,6 +405,24 @@ fn attach_raw_tracepoint(
     }
     let id = tp
         .attach(tracepoint)
+        .map_err(|e| attach_reason(program, tracepoint, e))?;
+    tp.take_link(id)
+        .map_err(|e| attach_reason(program, tracepoint, e))
+}
+
+fn attach_tp_btf(
+    object: &mut LoadedObject,
+    program: &'static str,
+    tracepoint: &str,
+) -> Result<BtfTracePointLink, String> {
+    let tp: &mut BtfTracePoint = program_mut(object, program)?;
+    if tp.fd().is_err() {
+        let btf = Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
+        tp.load(tracepoint, &btf)
+            .map_err(|e| load_reason(program, e))?;
+    }
+    let id = tp
+        .attach()
         .map_err(|e| attach_reason(program, tracepoint, e))?;
     tp.take_link(id)
         .map_err(|e| attach_reason(program, tracepoint, e))
@@ -516,7 +545,10 @@ mod tests {
     fn explicit_mode_the_kernel_lacks_is_an_error_with_the_reason() {
         let err = plan(SyscallAttach::Kprobe, &support(true, false, true)).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("kprobe") && text.contains("CONFIG_KPROBES"), "{text}");
+        assert!(
+            text.contains("kprobe") && text.contains("CONFIG_KPROBES"),
+            "{text}"
+        );
     }
 
     #[test]

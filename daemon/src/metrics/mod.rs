@@ -228,7 +228,11 @@ mod tests {
         let buckets = latency_buckets(&read_stats());
         let bounds: Vec<f64> = buckets.iter().map(|b| b.0).collect();
         let counts: Vec<u64> = buckets.iter().map(|b| b.1).collect();
-        assert_eq!(bounds.len(), 22 - 8 + 1, "lowest to highest non-empty bucket");
+        assert_eq!(
+            bounds.len(),
+            22 - 8 + 1,
+            "lowest to highest non-empty bucket"
+        );
         assert_eq!(bounds[0], 256e-9);
         assert_eq!(bounds[2], 1024e-9);
         assert_eq!(*bounds.last().unwrap(), 4_194_304e-9);
@@ -270,12 +274,16 @@ mod tests {
         }
         let read_buckets = text
             .lines()
-            .filter(|l| l.starts_with(r#"telemetryd_syscall_latency_seconds_bucket{syscall="read""#))
+            .filter(|l| {
+                l.starts_with(r#"telemetryd_syscall_latency_seconds_bucket{syscall="read""#)
+            })
             .count();
         assert_eq!(read_buckets, 15 + 1, "2^8..2^22 ns and +Inf");
         let write_buckets = text
             .lines()
-            .filter(|l| l.starts_with(r#"telemetryd_syscall_latency_seconds_bucket{syscall="write""#))
+            .filter(|l| {
+                l.starts_with(r#"telemetryd_syscall_latency_seconds_bucket{syscall="write""#)
+            })
             .count();
         assert_eq!(write_buckets, 1, "an idle syscall has only +Inf");
     }

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use support::frames::{cases, PacketSocket};
-use support::metrics::{promtool_accepts, Scrape};
+use support::metrics::promtool_accepts;
 use support::{require_root, Daemon, NetNs, VethPair};
 
 fn config(interfaces: &[&str], mode: &str) -> String {

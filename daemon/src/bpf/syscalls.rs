@@ -47,6 +47,9 @@ impl Strategy {
     }
 }
 
+/// Modes passed over, each with the reason.
+pub type Skipped = Vec<(Strategy, String)>;
+
 /// One tracked syscall: its name, number and slot in the histogram map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackedSyscall {
@@ -90,7 +93,7 @@ pub struct SyscallTracer {
     pub strategy: Strategy,
     pub tracked: Vec<TrackedSyscall>,
     /// Modes tried or skipped before `strategy`, with the reason.
-    pub skipped: Vec<(Strategy, String)>,
+    pub skipped: Skipped,
     links: Vec<TracerLink>,
 }
 
@@ -157,7 +160,7 @@ pub fn tracked(config: &SyscallsConfig) -> Result<Vec<TrackedSyscall>, TracerErr
 pub fn plan(
     attach: SyscallAttach,
     support: &KernelSupport,
-) -> Result<(Vec<Strategy>, Vec<(Strategy, String)>), TracerError> {
+) -> Result<(Vec<Strategy>, Skipped), TracerError> {
     let wanted: &[Strategy] = match attach {
         SyscallAttach::Auto => &[Strategy::Fentry, Strategy::Kprobe, Strategy::Tracepoint],
         SyscallAttach::Fentry => &[Strategy::Fentry],

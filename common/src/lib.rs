@@ -7,4 +7,5 @@
 #![no_std]
 
 pub mod events;
+pub mod syscalls;
 pub mod xdp;

@@ -54,6 +54,7 @@ fn throughput_and_latency(frame: &[u8], ifindex: u32) {
     let options = LoadOptions {
         sample_rate: 1,
         ring_buffer_size: RING,
+        ..LoadOptions::default()
     };
     let mut object = LoadedObject::load_with(&options).expect("loading the eBPF object");
     let (ring, counts) = events::take(&mut object).expect("event maps");
@@ -183,6 +184,7 @@ fn cost_per_packet(frame: &[u8], ifindex: u32) {
             let options = LoadOptions {
                 sample_rate: rate,
                 ring_buffer_size: 64 << 20,
+                ..LoadOptions::default()
             };
             let mut object = LoadedObject::load_with(&options).expect("loading the eBPF object");
             // Both maps stay open: the program refers to them.

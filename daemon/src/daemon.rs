@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use aya::maps::{PerCpuArray, PerCpuHashMap};
+use telemetryd_common::syscalls::{ERRORS_MAP as SYSCALL_ERRORS_MAP, HISTOGRAMS_MAP};
 use telemetryd_common::xdp::{COUNTERS_MAP, ERRORS_MAP};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
@@ -14,10 +15,11 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tracing::{error, info, warn};
 
+use crate::bpf::syscalls::{self, SyscallTracer};
 use crate::bpf::xdp::{AttachedInterfaces, PacketCounter};
-use crate::bpf::{LoadError, LoadOptions, LoadedObject};
+use crate::bpf::{probe, LoadError, LoadOptions, LoadedObject};
 use crate::collect::events::PacketEvents;
-use crate::collect::{Snapshot, SnapshotClock, XdpCollector};
+use crate::collect::{Snapshot, SnapshotClock, SyscallCollector, XdpCollector};
 use crate::config::Config;
 use crate::hotplug::LinkWatch;
 use crate::http::{self, HttpLimits, HttpState};
@@ -61,14 +63,33 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     let listener = http::bind(config.http.listen).await?;
     info!(listen = %listener.local_addr()?, "http listening");
 
-    let mut object = LoadedObject::load_with(&LoadOptions::from_config(&config.xdp))
-        .context("loading the eBPF object")?;
+    let options = if config.syscalls.enabled {
+        syscalls::object_options(&config.syscalls)?
+    } else {
+        LoadOptions::default()
+    };
+    let options = options.with_xdp(&config.xdp);
+    let mut object = LoadedObject::load_with(&options).context("loading the eBPF object")?;
     if let Some(logger) = object.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
     }
     let counters: PerCpuHashMap<_, _, _> = object.take_map(COUNTERS_MAP)?;
     let errors: PerCpuArray<_, _> = object.take_map(ERRORS_MAP)?;
     let mut collector = XdpCollector::new(counters, errors);
+
+    // The syscall tracer first: it only needs the object while attaching
+    // (it owns its links), the packet counter keeps borrowing it.
+    let syscall_tracer = if config.syscalls.enabled {
+        let support = probe::probe();
+        let tracer = SyscallTracer::start(&mut object, &config.syscalls, &support)
+            .context("starting the syscall latency tracer")?;
+        let histograms: PerCpuArray<_, _> = object.take_map(HISTOGRAMS_MAP)?;
+        let errors: PerCpuArray<_, _> = object.take_map(SYSCALL_ERRORS_MAP)?;
+        Some((tracer, SyscallCollector::new(histograms, errors)))
+    } else {
+        info!("syscall tracing disabled by configuration");
+        None
+    };
 
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -111,6 +132,9 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     if let Some(events) = &events {
         events.fill(&mut first);
     }
+    if let Some((tracer, syscall_collector)) = &syscall_tracer {
+        syscall_collector.poll(tracer, &mut first);
+    }
     let _ = snapshot_tx.send(Arc::new(first));
     let _ = ready_tx.send(true);
 
@@ -149,6 +173,9 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
                 collector.poll(interfaces.attachments(), &mut snapshot);
                 if let Some(events) = &events {
                     events.fill(&mut snapshot);
+                }
+                if let Some((tracer, syscall_collector)) = &syscall_tracer {
+                    syscall_collector.poll(tracer, &mut snapshot);
                 }
                 let _ = snapshot_tx.send(Arc::new(snapshot));
                 polls += 1;
@@ -190,6 +217,13 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     if let Some(xdp) = xdp.as_mut() {
         interfaces.detach_all(xdp);
+    }
+    if let Some((tracer, _)) = syscall_tracer {
+        info!(
+            mode = tracer.strategy.label(),
+            "syscall latency tracer detached"
+        );
+        drop(tracer);
     }
     if tokio::time::timeout(std::time::Duration::from_secs(2), server)
         .await

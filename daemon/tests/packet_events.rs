@@ -288,6 +288,7 @@ fn every_frame_gives_one_exact_event() {
         let options = LoadOptions {
             sample_rate: 1,
             ring_buffer_size: 1 << 20,
+            ..LoadOptions::default()
         };
         let (_object, mut ring, counts) = attach(options, ifindex, XdpMode::Default);
         let before = events::monotonic_ns();
@@ -335,6 +336,7 @@ fn full_ring_buffer_with_paused_consumer_adds_up() {
         let options = LoadOptions {
             sample_rate: 1,
             ring_buffer_size: 4096,
+            ..LoadOptions::default()
         };
         let (_object, mut ring, counts) = attach(options, ifindex, XdpMode::Skb);
         // The consumer is paused: nothing reads while the frames arrive.

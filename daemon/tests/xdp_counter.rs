@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use support::frames::{cases, PacketSocket};
-use support::metrics::Scrape;
+use support::metrics::promtool_accepts;
 use support::{require_root, Daemon, NetNs, VethPair};
 
 fn config(interfaces: &[&str], mode: &str) -> String {
@@ -177,33 +177,6 @@ fn counts_every_frame_exactly_in_native_mode() {
 #[test]
 fn counts_every_frame_exactly_in_generic_mode() {
     counts_every_frame_exactly("generic", "xdp-generic");
-}
-
-/// `promtool check metrics` (Debian package `prometheus`) accepts the scrape.
-fn promtool_accepts(scrape: &Scrape) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed by `cargo xtask setup` (Debian package prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(scrape.text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics failed:\n{}{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        scrape.text
-    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 mod baselines;
 mod packet_events;
+mod syscall_latency;
 mod xdp_counter;
 
 /// The programs never panic (every index is checked); this only satisfies

@@ -4,6 +4,7 @@
 pub mod interfaces;
 pub mod object;
 pub mod probe;
+pub mod syscalls;
 pub mod xdp;
 
 pub use object::{LoadError, LoadOptions, LoadedObject};

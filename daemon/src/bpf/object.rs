@@ -2,6 +2,7 @@
 
 use aya::{Ebpf, EbpfLoader};
 use telemetryd_common::events::{DEFAULT_RING_BUFFER_SIZE, EVENTS_MAP, SAMPLE_RATE_GLOBAL};
+use telemetryd_common::syscalls as sc;
 use tracing::debug;
 
 /// The object built from `ebpf-programs/` by `build.rs`, embedded so the
@@ -55,13 +56,24 @@ pub struct LoadedObject {
     pub ebpf: Ebpf,
 }
 
-/// What the configuration sets in the object before it is loaded.
+/// Load-time settings of the object: map sizes and read-only globals, which
+/// cannot change once the object is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Publish 1 frame in N to the packet events ring buffer; 0 = off.
     pub sample_rate: u32,
     /// Bytes of the packet events ring buffer.
     pub ring_buffer_size: u32,
+    /// Entries of the syscall tracer's in-flight map.
+    pub max_in_flight: u32,
+    /// tgid the syscall tracer never traces (the daemon itself).
+    pub self_tgid: u32,
+    /// Trace only the tgids written into the pid map.
+    pub filter_pids: bool,
+    /// cgroup v2 id to trace; 0 = every cgroup.
+    pub cgroup_id: u64,
+    /// Offset of the syscall number in `struct pt_regs`.
+    pub nr_offset: u32,
 }
 
 impl Default for LoadOptions {
@@ -69,21 +81,38 @@ impl Default for LoadOptions {
         Self {
             sample_rate: 0,
             ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
+            max_in_flight: sc::DEFAULT_MAX_IN_FLIGHT,
+            self_tgid: std::process::id(),
+            filter_pids: false,
+            cgroup_id: 0,
+            nr_offset: PT_REGS_NR_OFFSET,
         }
     }
 }
 
 impl LoadOptions {
-    pub fn from_config(xdp: &crate::config::XdpConfig) -> Self {
+    /// Sets what `[xdp]` decides at load time (sampling, ring buffer size).
+    pub fn with_xdp(self, xdp: &crate::config::XdpConfig) -> Self {
         Self {
             sample_rate: xdp.sample_rate,
             ring_buffer_size: xdp.ring_buffer_size,
+            ..self
         }
     }
 }
 
+/// `offsetof(struct pt_regs, orig_ax)`: fifteen `unsigned long` before it
+/// (arch/x86/include/asm/ptrace.h).
+#[cfg(target_arch = "x86_64")]
+pub const PT_REGS_NR_OFFSET: u32 = 15 * 8;
+/// `offsetof(struct pt_regs, syscallno)`: `regs[31], sp, pc, pstate,
+/// orig_x0` before it (arch/arm64/include/asm/ptrace.h).
+#[cfg(target_arch = "aarch64")]
+pub const PT_REGS_NR_OFFSET: u32 = 35 * 8;
+
 impl LoadedObject {
-    /// Loads with the defaults: packet events off.
+    /// Loads with [`LoadOptions::default`]: packet events off, the daemon's
+    /// own tgid excluded from syscall tracing, no filters.
     pub fn load() -> Result<Self, LoadError> {
         Self::load_with(&LoadOptions::default())
     }
@@ -94,13 +123,19 @@ impl LoadedObject {
         }
         check_ring_buffer_size(options.ring_buffer_size, page_size())?;
         raise_memlock_limit();
+        let filter_pids = u32::from(options.filter_pids);
         // Rust eBPF programs carry no CO-RE relocations, so the kernel BTF
-        // (several MiB parsed) is not needed to load them; programs that do
-        // need it (fentry) load it themselves.
+        // is not needed as a relocation target; programs that need it
+        // (fentry) load it themselves.
         let ebpf = EbpfLoader::new()
             .btf(None)
             .override_global(SAMPLE_RATE_GLOBAL, &options.sample_rate, true)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_size)
+            .map_max_entries(sc::IN_FLIGHT_MAP, options.max_in_flight)
+            .override_global(sc::SELF_TGID_GLOBAL, &options.self_tgid, true)
+            .override_global(sc::FILTER_PIDS_GLOBAL, &filter_pids, true)
+            .override_global(sc::FILTER_CGROUP_GLOBAL, &options.cgroup_id, true)
+            .override_global(sc::NR_OFFSET_GLOBAL, &options.nr_offset, true)
             .load(OBJECT)
             .map_err(LoadError::Object)?;
         Ok(Self { ebpf })

@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod snapshot;
+pub mod syscalls;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Instant, SystemTime};
@@ -11,6 +12,7 @@ use telemetryd_common::xdp::{InterfaceCounters, PROGRAM_ERROR_LABELS, PROGRAM_NA
 use tracing::debug;
 
 pub use snapshot::{InterfaceStats, ProgramAttachment, Snapshot};
+pub use syscalls::SyscallCollector;
 
 use crate::bpf::xdp::Attachment;
 

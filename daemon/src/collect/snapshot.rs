@@ -10,8 +10,10 @@ use std::time::{Duration, SystemTime};
 use telemetryd_common::xdp::{FAMILIES, PROTOCOLS};
 
 /// Number of log2 latency buckets: bucket `i` holds calls that took
-/// `[2^i, 2^(i+1))` nanoseconds (bucket 0 also holds 0 ns).
-pub const LATENCY_BUCKETS: usize = 64;
+/// `(2^(i-1), 2^i]` nanoseconds (bucket 0: 0 and 1 ns), so `2^i` ns is
+/// exactly its Prometheus `le` bound; see
+/// `telemetryd_common::syscalls::bucket_index`.
+pub const LATENCY_BUCKETS: usize = telemetryd_common::syscalls::BUCKETS;
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -29,6 +31,9 @@ pub struct Snapshot {
     pub kernel_drops: BTreeMap<String, u64>,
     /// TCP counters of the node.
     pub tcp: TcpStats,
+    /// Tracked syscalls whose start the tracer could not record because its
+    /// in-flight map was full; `None` when the tracer is not running.
+    pub syscall_in_flight_overflows: Option<u64>,
     /// eBPF programs' own errors, keyed by (program, reason).
     pub program_errors: BTreeMap<(String, String), u64>,
     /// Where each program is attached at the time of the poll.

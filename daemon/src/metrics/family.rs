@@ -1,6 +1,8 @@
 //! Small builders over the `prometheus` crate's data model.
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
 
 /// One sample: its labels and value.
 pub struct Sample {
@@ -43,6 +45,64 @@ pub fn gauge(name: &str, help: &str, samples: Vec<Sample>) -> MetricFamily {
         g.set_value(value);
         metric.set_gauge(g);
     })
+}
+
+/// One histogram series: its labels, finite buckets as (upper bound,
+/// cumulative count) in increasing order, sum and count. The encoder adds
+/// the `+Inf` bucket (= count).
+pub struct HistogramSample {
+    labels: Vec<LabelPair>,
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+impl HistogramSample {
+    pub fn new<K: AsRef<str>, V: AsRef<str>>(
+        labels: &[(K, V)],
+        buckets: Vec<(f64, u64)>,
+        sum: f64,
+        count: u64,
+    ) -> Self {
+        Self {
+            labels: Sample::new(labels, 0.0).labels,
+            buckets,
+            sum,
+            count,
+        }
+    }
+}
+
+pub fn histogram(name: &str, help: &str, samples: Vec<HistogramSample>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_owned());
+    family.set_help(help.to_owned());
+    family.set_field_type(MetricType::HISTOGRAM);
+    let metrics = samples
+        .into_iter()
+        .map(|sample| {
+            let mut metric = Metric::from_label(sample.labels);
+            let mut h = Histogram::default();
+            h.set_sample_count(sample.count);
+            h.set_sample_sum(sample.sum);
+            h.set_bucket(
+                sample
+                    .buckets
+                    .into_iter()
+                    .map(|(upper, cumulative)| {
+                        let mut b = Bucket::default();
+                        b.set_upper_bound(upper);
+                        b.set_cumulative_count(cumulative);
+                        b
+                    })
+                    .collect(),
+            );
+            metric.set_histogram(h);
+            metric
+        })
+        .collect();
+    family.set_metric(metrics);
+    family
 }
 
 fn family(

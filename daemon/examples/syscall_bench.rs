@@ -1,0 +1,194 @@
+//! Overhead of the syscall-latency tracer, measured side by side in one run
+//! (root): `cargo run --release --example syscall_bench [-- ROUNDS CALLS]`.
+//!
+//! Modes, interleaved round by round so drift hits them all alike:
+//! (a) nothing attached; (b) empty programs on the raw tracepoints
+//! `sys_enter` / `sys_exit` (the physical floor of the tracepoint method);
+//! (c) telemetryd's tracer (attach = tracepoint, default `track` list,
+//! this process not excluded). Each mode times a tight loop of 1-byte
+//! `read`s from /dev/zero (tracked) and of `getppid` (untracked); the
+//! median over rounds is printed. Then, in a separate pass with BPF run-time
+//! statistics on (`BPF_ENABLE_STATS`, which the kernel turns off again when
+//! its fd closes, so nothing needs restoring), the kernel's own run time of
+//! each program per run.
+//!
+//! Targets (issue 3): (c-a) <= 1.25 x (b-a) for read; for getppid,
+//! (c-a) <= (b-a).
+
+use std::ffi::CString;
+use std::time::Instant;
+
+use telemetryd::bpf::probe;
+use telemetryd::bpf::syscalls::{program_stats, EmptyTracepoints, SyscallTracer};
+use telemetryd::bpf::LoadOptions;
+use telemetryd::bpf::LoadedObject;
+use telemetryd::config::{SyscallAttach, SyscallsConfig};
+use telemetryd_common::syscalls as sc;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Nothing,
+    Empty,
+    Tracer,
+}
+
+const MODES: [Mode; 3] = [Mode::Nothing, Mode::Empty, Mode::Tracer];
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Nothing => "(a) nothing attached",
+            Mode::Empty => "(b) empty raw tracepoints",
+            Mode::Tracer => "(c) telemetryd tracer",
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let rounds: usize = args.next().map_or(Ok(7), |a| a.parse())?;
+    let calls: u64 = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
+
+    let config = SyscallsConfig {
+        attach: SyscallAttach::Tracepoint,
+        ..SyscallsConfig::default()
+    };
+    // tgid 0 never makes syscalls: nothing is excluded, this process is traced.
+    let options = LoadOptions {
+        max_in_flight: config.max_in_flight,
+        self_tgid: 0,
+        ..LoadOptions::default()
+    };
+    let mut object = LoadedObject::load_with(&options)?;
+    let support = probe::probe();
+
+    let zero = CString::new("/dev/zero")?;
+    // SAFETY: valid C string.
+    let fd = unsafe { libc::open(zero.as_ptr(), libc::O_RDONLY) };
+    anyhow::ensure!(
+        fd >= 0,
+        "open /dev/zero: {}",
+        std::io::Error::last_os_error()
+    );
+
+    println!(
+        "syscall_bench: {rounds} rounds x {calls} calls per loop, kernel {}, tracked: {}",
+        support.release,
+        config.track.join(",")
+    );
+    let mut read_ns: [Vec<f64>; 3] = Default::default();
+    let mut getppid_ns: [Vec<f64>; 3] = Default::default();
+    for _ in 0..rounds {
+        for (i, &mode) in MODES.iter().enumerate() {
+            let guard = attach(&mut object, mode, &config, &support)?;
+            read_ns[i].push(time_reads(fd, calls));
+            getppid_ns[i].push(time_getppid(calls));
+            drop(guard);
+        }
+    }
+    let read: Vec<f64> = read_ns.iter_mut().map(|v| median(v)).collect();
+    let getppid: Vec<f64> = getppid_ns.iter_mut().map(|v| median(v)).collect();
+    println!("\nns per call (median of {rounds} rounds):");
+    println!("  {:<28} {:>10} {:>10}", "mode", "read", "getppid");
+    for (i, mode) in MODES.iter().enumerate() {
+        println!(
+            "  {:<28} {:>10.1} {:>10.1}",
+            mode.label(),
+            read[i],
+            getppid[i]
+        );
+    }
+    let ratio = |v: &[f64]| (v[2] - v[0]) / (v[1] - v[0]);
+    println!("\nadded cost (c-a)/(b-a):");
+    println!(
+        "  read    {:.2}  (added: tracer {:.1} ns, empty {:.1} ns; target <= 1.25)",
+        ratio(&read),
+        read[2] - read[0],
+        read[1] - read[0]
+    );
+    println!(
+        "  getppid {:.2}  (added: tracer {:.1} ns, empty {:.1} ns; target <= 1.00)",
+        ratio(&getppid),
+        getppid[2] - getppid[0],
+        getppid[1] - getppid[0]
+    );
+
+    // Kernel-side run time per program, with stats on for this pass only.
+    let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+    println!("\nBPF run-time statistics (BPF_ENABLE_STATS, one more round of each loop):");
+    for mode in [Mode::Empty, Mode::Tracer] {
+        let (programs, before) = match mode {
+            Mode::Empty => {
+                let names = [sc::EMPTY_ENTER, sc::EMPTY_EXIT];
+                (names, program_stats(&object, &names))
+            }
+            _ => {
+                let names = [sc::TRACEPOINT_ENTER, sc::TP_BTF_EXIT];
+                (names, program_stats(&object, &names))
+            }
+        };
+        let guard = attach(&mut object, mode, &config, &support)?;
+        time_reads(fd, calls);
+        time_getppid(calls);
+        drop(guard);
+        let after = program_stats(&object, &programs);
+        for (b, a) in before.iter().zip(after.iter()) {
+            let runs = a.run_count - b.run_count;
+            let time = a.run_time_ns - b.run_time_ns;
+            println!(
+                "  {:<26} run_cnt {:>9}  run_time {:>11} ns  {:>6.1} ns/run",
+                a.program,
+                runs,
+                time,
+                time as f64 / runs.max(1) as f64
+            );
+        }
+    }
+    drop(stats_fd);
+    Ok(())
+}
+
+enum Attached {
+    Nothing,
+    Empty(#[allow(dead_code)] EmptyTracepoints),
+    Tracer(#[allow(dead_code)] SyscallTracer),
+}
+
+fn attach(
+    object: &mut LoadedObject,
+    mode: Mode,
+    config: &SyscallsConfig,
+    support: &probe::KernelSupport,
+) -> anyhow::Result<Attached> {
+    Ok(match mode {
+        Mode::Nothing => Attached::Nothing,
+        Mode::Empty => {
+            Attached::Empty(EmptyTracepoints::attach(object).map_err(anyhow::Error::msg)?)
+        }
+        Mode::Tracer => Attached::Tracer(SyscallTracer::start(object, config, support)?),
+    })
+}
+
+fn time_reads(fd: i32, calls: u64) -> f64 {
+    let mut byte = 0u8;
+    let start = Instant::now();
+    for _ in 0..calls {
+        // SAFETY: reads one byte into a local.
+        unsafe { libc::read(fd, (&raw mut byte).cast(), 1) };
+    }
+    start.elapsed().as_nanos() as f64 / calls as f64
+}
+
+fn time_getppid(calls: u64) -> f64 {
+    let start = Instant::now();
+    for _ in 0..calls {
+        // SAFETY: no arguments, cannot fail.
+        std::hint::black_box(unsafe { libc::getppid() });
+    }
+    start.elapsed().as_nanos() as f64 / calls as f64
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}

@@ -1,0 +1,287 @@
+//! The syscall-latency tracer: per tracked syscall, a log2 histogram of
+//! latencies, the exact nanosecond sum and the error count, per CPU.
+//!
+//! Three attach strategies share one entry and one exit routine:
+//! - raw tracepoints `sys_enter` / `sys_exit` (every syscall of the node
+//!   fires them; untracked ones leave after one array lookup);
+//! - kprobe + kretprobe on the syscall's entry symbol (`__x64_sys_read`);
+//! - fentry + fexit on the same symbols.
+//!
+//! Observe only: every program returns 0 on every path, also on its own
+//! errors, which it counts in `SYSCALL_ERRORS`. Nothing here can fail or
+//! delay the traced call beyond the program's own run time.
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
+        RetProbeContext,
+    },
+    Global,
+};
+use telemetryd_common::syscalls::{
+    bucket_index, InFlight, ProgramError, SyscallHistogram, DEFAULT_MAX_IN_FLIGHT, MAX_PIDS,
+    MAX_SLOTS, MAX_SYSCALL_NR, PROGRAM_ERROR_SLOTS,
+};
+
+/// syscall number -> slot + 1 (0: untracked). Written once by user space.
+#[map(name = "SYSCALL_SLOTS")]
+static SYSCALL_SLOTS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+
+/// thread (pid_tgid) -> start of its tracked syscall in flight. The loader
+/// sizes it from `syscalls.max_in_flight`.
+#[map(name = "SYSCALL_IN_FLIGHT")]
+static SYSCALL_IN_FLIGHT: HashMap<u64, InFlight> =
+    HashMap::with_max_entries(DEFAULT_MAX_IN_FLIGHT, 0);
+
+#[map(name = "SYSCALL_HISTOGRAMS")]
+static SYSCALL_HISTOGRAMS: PerCpuArray<SyscallHistogram> =
+    PerCpuArray::with_max_entries(MAX_SLOTS, 0);
+
+/// tgids to trace when `SYSCALL_FILTER_PIDS` is 1.
+#[map(name = "SYSCALL_PIDS")]
+static SYSCALL_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PIDS, 0);
+
+#[map(name = "SYSCALL_ERRORS")]
+static SYSCALL_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAM_ERROR_SLOTS, 0);
+
+// Read-only globals set by the loader (`EbpfLoader::override_global`). They
+// live in .rodata, which the kernel freezes, so the verifier prunes the
+// filters that are off.
+#[unsafe(no_mangle)]
+static SYSCALL_SELF_TGID: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYSCALL_FILTER_PIDS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SYSCALL_FILTER_CGROUP: Global<u64> = Global::new(0);
+/// x86_64 default: `offsetof(struct pt_regs, orig_ax)`, see below.
+#[unsafe(no_mangle)]
+static SYSCALL_NR_OFFSET: Global<u32> = Global::new(120);
+
+// include/trace/events/syscalls.h (raw tracepoint arguments = TP_PROTO):
+//
+//   TRACE_EVENT_FN(sys_enter,
+//       TP_PROTO(struct pt_regs *regs, long id), ...
+//   TRACE_EVENT_FN(sys_exit,
+//       TP_PROTO(struct pt_regs *regs, long ret), ...
+//
+// so `ctx.arg(0)` is `regs` and `ctx.arg(1)` the syscall number at entry,
+// its return value at exit. The exit side does not get the number: it reads
+// it from `regs` (arch/x86/include/asm/ptrace.h):
+//
+//   struct pt_regs {
+//       unsigned long r15, r14, r13, r12, bp, bx;      /* 0..40 */
+//       unsigned long r11, r10, r9, r8, ax, cx, dx;    /* 48..96 */
+//       unsigned long si, di;                          /* 104, 112 */
+//       unsigned long orig_ax;                         /* 120: syscall nr */
+//       unsigned long ip, cs, flags, sp, ss;
+//   };
+//
+// (arm64: `u64 regs[31], sp, pc, pstate, orig_x0; s32 syscallno;` at 280;
+// user space passes the right offset in SYSCALL_NR_OFFSET.)
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn syscall_enter_tracepoint(ctx: RawTracePointContext) -> i32 {
+    let nr: u64 = ctx.arg(1);
+    enter(nr);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn syscall_exit_tracepoint(ctx: RawTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    // Only calls whose number is tracked pay for the in-flight lookup.
+    let Some(nr) = syscall_nr(regs) else {
+        return 0;
+    };
+    if slot_of(nr).is_none() {
+        return 0;
+    }
+    let ret: i64 = ctx.arg(1);
+    exit(ret);
+    0
+}
+
+/// `offsetof(struct pt_regs, <syscall number>)` for this build's target
+/// architecture, as a constant: a BTF pointer may only be read at constant
+/// offsets the verifier checks against the struct.
+#[cfg(bpf_target_arch = "aarch64")]
+const PT_REGS_NR_INDEX: usize = 35;
+#[cfg(not(bpf_target_arch = "aarch64"))]
+const PT_REGS_NR_INDEX: usize = 15;
+
+/// The same exit as [`syscall_exit_tracepoint`], as a BTF tracepoint: the
+/// kernel types `regs`, so the syscall number is a plain load (turned into
+/// a fault-safe one by the verifier) instead of a `bpf_probe_read_kernel`
+/// call, which matters because every syscall of the node comes through
+/// here. Preferred when the kernel has BTF; the raw one is the fallback.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn syscall_exit_tp_btf(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u64 = ctx.arg(0);
+    // SAFETY: `regs` is the kernel's `struct pt_regs *` (BTF-typed); the
+    // verifier checks the field at this constant offset and makes the load
+    // fault-safe.
+    let nr = unsafe { *regs.wrapping_add(PT_REGS_NR_INDEX) };
+    if slot_of(nr).is_none() {
+        return 0;
+    }
+    let ret: i64 = ctx.arg(1);
+    exit(ret);
+    0
+}
+
+// Syscall entry symbols with CONFIG_ARCH_HAS_SYSCALL_WRAPPER (x86_64 since
+// 4.17, arm64 since 4.19) take the user registers:
+//
+//   long __x64_sys_read(const struct pt_regs *regs);
+//
+// so the kprobe's first argument (and the fentry's) is `regs`, and the
+// syscall number is at SYSCALL_NR_OFFSET in it.
+
+#[kprobe]
+pub fn syscall_enter_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(regs) = ctx.arg::<*const u8>(0) {
+        if let Some(nr) = syscall_nr(regs) {
+            enter(nr);
+        }
+    }
+    0
+}
+
+#[kretprobe]
+pub fn syscall_exit_kretprobe(ctx: RetProbeContext) -> u32 {
+    let ret: i64 = ctx.ret();
+    exit(ret);
+    0
+}
+
+#[fentry(function = "__x64_sys_read")]
+pub fn syscall_enter_fentry(ctx: FEntryContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    if let Some(nr) = syscall_nr(regs) {
+        enter(nr);
+    }
+    0
+}
+
+/// fexit context: the function's arguments, then its return value. Every
+/// syscall wrapper has exactly one argument (`regs`), so the return value
+/// is argument 1 (no need for `bpf_get_func_ret`, 5.17+).
+#[fexit(function = "__x64_sys_read")]
+pub fn syscall_exit_fexit(ctx: FExitContext) -> i32 {
+    let ret: i64 = ctx.arg(1);
+    exit(ret);
+    0
+}
+
+/// Benchmark floor: programs that do nothing, on the same raw tracepoints.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_empty(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_empty(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// Slot of syscall `nr`, or `None` when it is not tracked.
+#[inline(always)]
+fn slot_of(nr: u64) -> Option<u32> {
+    if nr >= MAX_SYSCALL_NR as u64 {
+        return None;
+    }
+    match SYSCALL_SLOTS.get(nr as u32) {
+        Some(&slot) if slot != 0 => Some(slot - 1),
+        _ => None,
+    }
+}
+
+/// The syscall number in the user registers `regs`.
+#[inline(always)]
+fn syscall_nr(regs: *const u8) -> Option<u64> {
+    let offset = SYSCALL_NR_OFFSET.load() as usize;
+    // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-safe
+    // path; a bad pointer yields an error, never a fault.
+    match unsafe { bpf_probe_read_kernel(regs.wrapping_add(offset) as *const u64) } {
+        Ok(nr) => Some(nr),
+        Err(_) => {
+            count_error(ProgramError::ReadRegs);
+            None
+        }
+    }
+}
+
+#[inline(always)]
+fn enter(nr: u64) {
+    let Some(slot) = slot_of(nr) else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == SYSCALL_SELF_TGID.load() {
+        return;
+    }
+    if SYSCALL_FILTER_PIDS.load() != 0 && SYSCALL_PIDS.get_ptr(tgid).is_none() {
+        return;
+    }
+    let cgroup = SYSCALL_FILTER_CGROUP.load();
+    // SAFETY: these helpers take no pointers and cannot fail.
+    if cgroup != 0 && unsafe { bpf_get_current_cgroup_id() } != cgroup {
+        return;
+    }
+    let record = InFlight {
+        // SAFETY: as above.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        slot,
+        _pad: 0,
+    };
+    if SYSCALL_IN_FLIGHT
+        .insert(pid_tgid, record, BPF_ANY as u64)
+        .is_err()
+    {
+        count_error(ProgramError::InFlightFull);
+    }
+}
+
+#[inline(always)]
+fn exit(ret: i64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(record) = SYSCALL_IN_FLIGHT.get_ptr(pid_tgid) else {
+        return;
+    };
+    // SAFETY: a value pointer from a successful lookup; only this thread
+    // writes its own key, and it is running here.
+    let InFlight { start_ns, slot, .. } = unsafe { *record };
+    let _ = SYSCALL_IN_FLIGHT.remove(pid_tgid);
+    // SAFETY: takes no pointers, cannot fail.
+    let delta = unsafe { bpf_ktime_get_ns() }.saturating_sub(start_ns);
+    let Some(histogram) = SYSCALL_HISTOGRAMS.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: this CPU's value of a per-CPU array slot; tracing programs do
+    // not migrate while they run.
+    let histogram = unsafe { &mut *histogram };
+    if let Some(bucket) = histogram.buckets.get_mut(bucket_index(delta)) {
+        *bucket += 1;
+    }
+    histogram.sum_ns += delta;
+    histogram.count += 1;
+    if ret < 0 {
+        histogram.errors += 1;
+    }
+}
+
+#[inline(always)]
+fn count_error(error: ProgramError) {
+    if let Some(slot) = SYSCALL_ERRORS.get_ptr_mut(error as u32) {
+        // SAFETY: per-CPU slot from a successful lookup, see `exit`.
+        unsafe { *slot += 1 };
+    }
+}

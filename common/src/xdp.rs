@@ -5,13 +5,26 @@ use core::mem::size_of;
 /// Name of the XDP program in the eBPF object.
 pub const PROGRAM_NAME: &str = "xdp_packet_counter";
 
-/// Per-CPU hash map: interface index (`u32`) -> [`InterfaceCounters`].
+/// Array: interface index (`u32`, below [`DIRECT_IFINDEX_LIMIT`]) -> its
+/// counter slot + 1 (0: no slot). Written by user space at attach.
+pub const SLOTS_MAP: &str = "XDP_SLOTS";
+/// Per-CPU array: counter slot -> [`InterfaceCounters`]. The fast path:
+/// two inlined array lookups per frame, no hashing.
+pub const SLOT_COUNTERS_MAP: &str = "XDP_SLOT_COUNTERS";
+/// Per-CPU hash map: interface index (`u32`) -> [`InterfaceCounters`], for
+/// frames on interfaces without a slot (an ifindex beyond
+/// [`DIRECT_IFINDEX_LIMIT`], every slot taken, or a frame that raced the
+/// attach). User space adds both sources up.
 pub const COUNTERS_MAP: &str = "XDP_COUNTERS";
 /// Per-CPU array: [`ProgramError`] slot -> number of times it happened (`u64`).
 pub const ERRORS_MAP: &str = "XDP_ERRORS";
 
 /// Upper bound of interfaces tracked at once by [`COUNTERS_MAP`].
 pub const MAX_INTERFACES: u32 = 1024;
+/// Interfaces with an ifindex below this get a slot in [`SLOTS_MAP`].
+pub const DIRECT_IFINDEX_LIMIT: u32 = 16384;
+/// Number of counter slots in [`SLOT_COUNTERS_MAP`].
+pub const COUNTER_SLOTS: u32 = 256;
 
 /// Address family slot, first index of the counter tables.
 pub const FAMILY_IPV4: usize = 0;

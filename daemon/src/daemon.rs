@@ -128,7 +128,7 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     }
     let mut clock = SnapshotClock::new();
     let mut first = clock.start_poll();
-    collector.poll(interfaces.attachments(), &mut first);
+    collector.poll(xdp.as_ref(), interfaces.attachments(), &mut first);
     if let Some(events) = &events {
         events.fill(&mut first);
     }
@@ -170,7 +170,7 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
                     interfaces.reconcile(xdp, &config.xdp);
                 }
                 let mut snapshot = clock.start_poll();
-                collector.poll(interfaces.attachments(), &mut snapshot);
+                collector.poll(xdp.as_ref(), interfaces.attachments(), &mut snapshot);
                 if let Some(events) = &events {
                     events.fill(&mut snapshot);
                 }

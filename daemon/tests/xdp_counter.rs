@@ -167,6 +167,9 @@ fn counts_every_frame_exactly(mode: &str, expected_attach: &str) {
         Some(0.0)
     );
     promtool_accepts(&after);
+    // Counted through the slot fast path, not the fallback hash.
+    let log = daemon.log_text();
+    assert!(!log.contains("counted through the hash"), "{log}");
 }
 
 #[test]

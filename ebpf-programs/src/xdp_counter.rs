@@ -7,17 +7,24 @@ use core::mem::size_of;
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
     macros::{map, xdp},
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray, PerCpuHashMap},
     programs::XdpContext,
 };
 use aya_log_ebpf::error;
 
 use crate::packet_events;
 use telemetryd_common::xdp::{
-    InterfaceCounters, ProgramError, FAMILY_IPV4, FAMILY_IPV6, FAMILY_OTHER, MAX_INTERFACES,
-    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROGRAM_ERROR_SLOTS, PROTOCOL_ICMP, PROTOCOL_OTHER,
-    PROTOCOL_TCP, PROTOCOL_UDP,
+    InterfaceCounters, ProgramError, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT, FAMILY_IPV4, FAMILY_IPV6,
+    FAMILY_OTHER, MAX_INTERFACES, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROGRAM_ERROR_SLOTS,
+    PROTOCOL_ICMP, PROTOCOL_OTHER, PROTOCOL_TCP, PROTOCOL_UDP,
 };
+
+#[map(name = "XDP_SLOTS")]
+static XDP_SLOTS: Array<u32> = Array::with_max_entries(DIRECT_IFINDEX_LIMIT, 0);
+
+#[map(name = "XDP_SLOT_COUNTERS")]
+static XDP_SLOT_COUNTERS: PerCpuArray<InterfaceCounters> =
+    PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
 #[map(name = "XDP_COUNTERS")]
 static XDP_COUNTERS: PerCpuHashMap<u32, InterfaceCounters> =
@@ -317,10 +324,24 @@ fn transport(
     }
 }
 
+/// This interface's counters on this CPU: its slot when user space gave it
+/// one (two array lookups, both inlined by the verifier), else the hash.
+#[inline(always)]
+fn counters_of(ifindex: u32) -> Option<*mut InterfaceCounters> {
+    if let Some(&slot) = XDP_SLOTS.get(ifindex) {
+        if slot != 0 {
+            if let Some(counters) = XDP_SLOT_COUNTERS.get_ptr_mut(slot - 1) {
+                return Some(counters);
+            }
+        }
+    }
+    XDP_COUNTERS.get_ptr_mut(ifindex)
+}
+
 #[inline(always)]
 fn count(ctx: &XdpContext, class: &Classification, len: u64) {
     let ifindex = ctx.ingress_ifindex() as u32;
-    let counters = match XDP_COUNTERS.get_ptr_mut(ifindex) {
+    let counters = match counters_of(ifindex) {
         Some(counters) => counters,
         None => {
             // First frame on an interface user space did not pre-register.

@@ -1,12 +1,16 @@
 //! Attaching `xdp_packet_counter` to interfaces.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as KernelXdpMode};
-use telemetryd_common::xdp::PROGRAM_NAME;
-use tracing::{info, warn};
+use telemetryd_common::xdp::{
+    InterfaceCounters, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT, PROGRAM_NAME, SLOTS_MAP,
+    SLOT_COUNTERS_MAP,
+};
+use tracing::{debug, info, warn};
 
 use super::interfaces::{self, Interface};
 use super::object::{LoadError, LoadedObject};
@@ -35,6 +39,8 @@ impl AttachMode {
 pub struct Attachment {
     pub interface: Interface,
     pub mode: AttachMode,
+    /// Its counter slot; `None`: counted through the fallback hash.
+    pub slot: Option<u32>,
     link: XdpLinkId,
 }
 
@@ -95,11 +101,30 @@ impl AttachError {
 /// The loaded packet counter program.
 pub struct PacketCounter<'a> {
     program: &'a mut Xdp,
+    slots: CounterSlots,
+}
+
+/// The fast path's bookkeeping: which interface has which counter slot.
+///
+/// A freed slot goes to the back of the free queue, so it is reused as late
+/// as possible: long after any frame still in flight on the old interface
+/// (XDP runs under RCU, a grace period is microseconds) could touch it.
+/// A slot's counters are zeroed when it is given out, after which its
+/// ifindex mapping is written; only then is the program attached.
+struct CounterSlots {
+    by_ifindex: Array<MapData, u32>,
+    counters: PerCpuArray<MapData, InterfaceCounters>,
+    free: VecDeque<u32>,
 }
 
 impl<'a> PacketCounter<'a> {
     /// Loads the program through the verifier (once; later calls reuse it).
     pub fn load(object: &'a mut LoadedObject) -> Result<Self, LoadError> {
+        let slots = CounterSlots {
+            by_ifindex: object.take_map(SLOTS_MAP)?,
+            counters: object.take_map(SLOT_COUNTERS_MAP)?,
+            free: (0..COUNTER_SLOTS).collect(),
+        };
         let program: &mut Xdp = object
             .ebpf
             .program_mut(PROGRAM_NAME)
@@ -135,7 +160,7 @@ impl<'a> PacketCounter<'a> {
                 }
             })?;
         }
-        Ok(Self { program })
+        Ok(Self { program, slots })
     }
 
     /// Attaches to the named interface. `auto` tries native (driver) mode
@@ -176,6 +201,7 @@ impl<'a> PacketCounter<'a> {
             XdpMode::Native => &[AttachMode::Native],
             XdpMode::Generic => &[AttachMode::Generic],
         };
+        let slot = self.slots.assign(interface.ifindex);
         let mut last_error = None;
         for &attempt in attempts {
             let kernel_mode = match attempt {
@@ -196,15 +222,20 @@ impl<'a> PacketCounter<'a> {
                     return Ok(Attachment {
                         interface,
                         mode: attempt,
+                        slot,
                         link,
                     });
                 }
-                Err(error) if is_busy(&error) => return Err(AttachError::Busy(name.to_owned())),
+                Err(error) if is_busy(&error) => {
+                    self.slots.release(interface.ifindex, slot);
+                    return Err(AttachError::Busy(name.to_owned()));
+                }
                 Err(error) if is_permission(&error) => {
+                    self.slots.release(interface.ifindex, slot);
                     return Err(AttachError::Permission {
                         name: name.to_owned(),
                         source: error,
-                    })
+                    });
                 }
                 Err(error) => {
                     if attempts.len() > 1 && attempt == AttachMode::Native {
@@ -222,7 +253,18 @@ impl<'a> PacketCounter<'a> {
                 }
             }
         }
+        self.slots.release(interface.ifindex, slot);
         Err(last_error.expect("at least one attach mode was tried"))
+    }
+
+    /// This interface's counters from its slot, summed over CPUs (zero
+    /// without a slot). The fallback hash is the collector's to add.
+    pub fn slot_counters(
+        &self,
+        attachment: &Attachment,
+    ) -> Option<PerCpuValues<InterfaceCounters>> {
+        let slot = attachment.slot?;
+        self.slots.counters.get(&slot, 0).ok()
     }
 
     /// Runs the program `repeat` times on `frame` through BPF_PROG_TEST_RUN,
@@ -245,7 +287,64 @@ impl<'a> PacketCounter<'a> {
         } else {
             info!(device = %attachment.interface.name, "xdp detached");
         }
+        self.slots
+            .release(attachment.interface.ifindex, attachment.slot);
     }
+}
+
+impl CounterSlots {
+    /// Gives `ifindex` a zeroed slot, or `None` (the hash then counts it):
+    /// its ifindex is beyond the direct table, every slot is taken, or a
+    /// map write failed (logged).
+    fn assign(&mut self, ifindex: u32) -> Option<u32> {
+        if ifindex >= DIRECT_IFINDEX_LIMIT {
+            debug!(
+                ifindex,
+                "ifindex beyond the slot table; counted through the hash"
+            );
+            return None;
+        }
+        let Some(slot) = self.free.pop_front() else {
+            debug!(
+                ifindex,
+                "every counter slot is taken; counted through the hash"
+            );
+            return None;
+        };
+        let zeroed = PerCpuValues::try_from(vec![InterfaceCounters::default(); nr_cpus()])
+            .map_err(|e| e.to_string())
+            .and_then(|zero| self.counters.set(slot, zero, 0).map_err(|e| e.to_string()))
+            .and_then(|()| {
+                self.by_ifindex
+                    .set(ifindex, slot + 1, 0)
+                    .map_err(|e| e.to_string())
+            });
+        match zeroed {
+            Ok(()) => Some(slot),
+            Err(error) => {
+                warn!(ifindex, slot, %error, "assigning a counter slot; counted through the hash");
+                let _ = self.by_ifindex.set(ifindex, 0, 0);
+                self.free.push_back(slot);
+                None
+            }
+        }
+    }
+
+    /// Unmaps `ifindex` and queues its slot for reuse, last.
+    fn release(&mut self, ifindex: u32, slot: Option<u32>) {
+        let Some(slot) = slot else { return };
+        if let Err(error) = self.by_ifindex.set(ifindex, 0, 0) {
+            // The slot stays mapped; never hand it to another interface.
+            warn!(ifindex, slot, %error, "unmapping a counter slot; it is not reused");
+            return;
+        }
+        self.free.push_back(slot);
+    }
+}
+
+/// Possible CPUs, the length of a per-CPU map value.
+fn nr_cpus() -> usize {
+    aya::util::nr_cpus().unwrap_or(1)
 }
 
 /// EBUSY / EEXIST from the attach: another program holds the interface.

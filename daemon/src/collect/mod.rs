@@ -14,7 +14,7 @@ use tracing::debug;
 pub use snapshot::{InterfaceStats, ProgramAttachment, Snapshot};
 pub use syscalls::SyscallCollector;
 
-use crate::bpf::xdp::Attachment;
+use crate::bpf::xdp::{Attachment, PacketCounter};
 
 /// Owns the XDP maps and turns them into snapshots.
 pub struct XdpCollector {
@@ -33,7 +33,14 @@ impl XdpCollector {
     /// Fills the interface counters and the program's error counts of
     /// `snapshot` for the attached interfaces, and forgets map entries of
     /// interfaces no longer attached.
-    pub fn poll(&mut self, attachments: &[Attachment], snapshot: &mut Snapshot) {
+    /// `counter` is the loaded program, which owns the counter slots;
+    /// `None` when XDP is off (then `attachments` is empty too).
+    pub fn poll(
+        &mut self,
+        counter: Option<&PacketCounter<'_>>,
+        attachments: &[Attachment],
+        snapshot: &mut Snapshot,
+    ) {
         let attached: HashSet<u32> = attachments.iter().map(|a| a.interface.ifindex).collect();
         for attachment in attachments {
             let iface = &attachment.interface;
@@ -41,6 +48,10 @@ impl XdpCollector {
                 ifindex: iface.ifindex,
                 ..Default::default()
             };
+            if let Some(per_cpu) = counter.and_then(|c| c.slot_counters(attachment)) {
+                add_counters(&mut stats, &per_cpu);
+            }
+            // Frames that took the fallback hash (no slot, or raced the attach).
             if let Ok(per_cpu) = self.counters.get(&iface.ifindex, 0) {
                 add_counters(&mut stats, &per_cpu);
             }

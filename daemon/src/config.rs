@@ -30,7 +30,7 @@ pub const EX_USAGE: i32 = 64;
 const COMMAND_LINE: &str = "command line";
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub daemon: DaemonConfig,
@@ -192,50 +192,32 @@ impl Default for SyscallsConfig {
     }
 }
 
-/// `[analyzer]`: MAPE-K Analyze/Plan settings.
+/// `[analyzer]`: the MAPE-K loop's settings. One type, owned by the loop
+/// ([`crate::mapek::AnalyzerSettings`]); every threshold is a key here.
 ///
-/// To add a key: a field here, its default in `Default`, its check in `validate`, and its
-/// documentation in `config/telemetryd.toml` (the `shipped_file_equals_default` test keeps the
-/// file and `Default` in step).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AnalyzerConfig {
-    /// No anomaly fires before a signal has this much history.
-    #[serde(with = "duration_str")]
-    pub warmup: Duration,
-    /// Consecutive anomalous polls before an anomaly fires.
-    pub fire_after: u32,
-    /// Consecutive normal polls before it resolves.
-    pub resolve_after: u32,
-    /// Alertmanager base URL (`http://host:port[/path]`); empty: off.
-    pub webhook: String,
-}
+/// To add a key: a field there, its default in its `Default`, its check in its `validate`,
+/// and its documentation in `config/telemetryd.toml` (the `shipped_file_equals_default` test
+/// keeps the file and `Default` in step).
+pub use crate::mapek::AnalyzerSettings as AnalyzerConfig;
 
-impl Default for AnalyzerConfig {
-    fn default() -> Self {
-        AnalyzerConfig {
-            warmup: Duration::from_secs(60),
-            fire_after: 3,
-            resolve_after: 5,
-            webhook: String::new(),
-        }
+/// Checks `[analyzer]`: the file-level limits first (their messages say what is allowed),
+/// then the loop's own checks, whose error names the key (`analyzer.<key> why`).
+fn validate_analyzer(a: &AnalyzerConfig) -> Result<(), Invalid> {
+    at_most("analyzer.warmup", a.warmup, Duration::from_secs(24 * 3600))?;
+    in_range("analyzer.fire_after", a.fire_after, 1, 10_000)?;
+    in_range("analyzer.resolve_after", a.resolve_after, 1, 10_000)?;
+    if !a.webhook.is_empty() {
+        check_webhook(&a.webhook).map_err(|m| Invalid::new("analyzer.webhook", m))?;
     }
-}
-
-impl AnalyzerConfig {
-    fn validate(&self) -> Result<(), Invalid> {
-        at_most(
-            "analyzer.warmup",
-            self.warmup,
-            Duration::from_secs(24 * 3600),
-        )?;
-        in_range("analyzer.fire_after", self.fire_after, 1, 10_000)?;
-        in_range("analyzer.resolve_after", self.resolve_after, 1, 10_000)?;
-        if !self.webhook.is_empty() {
-            check_webhook(&self.webhook).map_err(|m| Invalid::new("analyzer.webhook", m))?;
-        }
-        Ok(())
-    }
+    positive_at_most(
+        "analyzer.webhook_timeout",
+        a.webhook_timeout,
+        Duration::from_secs(300),
+    )?;
+    a.validate().map_err(|e| {
+        let (key, why) = e.split_once(' ').unwrap_or((e.as_str(), ""));
+        Invalid::new(key, why.to_owned())
+    })
 }
 
 /// A configuration error. Its `Display` is one line meant for the operator, e.g.
@@ -356,10 +338,10 @@ impl Config {
             }
         })?;
         config.validate().map_err(|inv| {
-            let span = span_of(doc.as_table(), inv.key, inv.index);
+            let span = span_of(doc.as_table(), &inv.key, inv.index);
             ConfigError::Invalid {
                 origin: origin.to_owned(),
-                key: inv.key.to_owned(),
+                key: inv.key,
                 line_col: span.map(|s| line_col(text, s.start)),
                 message: inv.message,
             }
@@ -443,23 +425,23 @@ impl Config {
         }
         in_range("syscalls.max_in_flight", sys.max_in_flight, 1, 1 << 20)?;
 
-        self.analyzer.validate()
+        validate_analyzer(&self.analyzer)
     }
 }
 
 /// A validation failure before it is located in the document.
 #[derive(Debug)]
 struct Invalid {
-    key: &'static str,
+    key: String,
     /// Element of an array value, when the failure is about one element.
     index: Option<usize>,
     message: String,
 }
 
 impl Invalid {
-    fn new(key: &'static str, message: String) -> Self {
+    fn new(key: impl Into<String>, message: String) -> Self {
         Invalid {
-            key,
+            key: key.into(),
             index: None,
             message,
         }
@@ -744,7 +726,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// Serde adapter for `Duration` as a string with a unit.
-mod duration_str {
+pub(crate) mod duration_str {
     use super::*;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -1067,6 +1049,7 @@ mod tests {
             warmup = "0s"
             fire_after = 1
             resolve_after = 10000
+            window = 10000
             webhook = "http://[::1]:9093/alertmanager"
         "#;
         let c = Config::from_toml(text, "t.toml").unwrap();

@@ -6,4 +6,5 @@
 //! impls so user space can read the types out of maps.
 #![no_std]
 
+pub mod drops;
 pub mod xdp;

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod packet_drops;
 mod xdp_counter;
 
 /// The programs never panic (every index is checked); this only satisfies

@@ -43,11 +43,22 @@ pub struct LoadedObject {
 
 impl LoadedObject {
     pub fn load() -> Result<Self, LoadError> {
+        Self::load_with_globals(&[])
+    }
+
+    /// Like [`LoadedObject::load`], first setting global variables of the
+    /// programs (name, bytes of the value), e.g. kernel struct offsets read
+    /// from BTF. Every name must exist in the object.
+    pub fn load_with_globals(globals: &[(&str, &[u8])]) -> Result<Self, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NotEmbedded);
         }
         raise_memlock_limit();
-        let ebpf = EbpfLoader::new().load(OBJECT).map_err(LoadError::Object)?;
+        let mut loader = EbpfLoader::new();
+        for (name, value) in globals {
+            loader.override_global(name, *value, true);
+        }
+        let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         Ok(Self { ebpf })
     }
 

@@ -16,7 +16,7 @@ pub const DROP_REASONS_MAP: &str = "DROP_REASONS";
 /// Per-CPU hash map: [`DeviceDropKey`] -> drops (`u64`), for drops whose skb
 /// names a device of the daemon's network namespace.
 pub const DEVICE_DROPS_MAP: &str = "DEVICE_DROPS";
-/// Per-CPU array: [`FAMILY_SLOT_IPV4`].. -> retransmitted segments (`u64`).
+/// Per-CPU array: [`FAMILY_SLOT_IPV4`], [`FAMILY_SLOT_IPV6`] -> retransmitted segments (`u64`).
 pub const RETRANSMITS_MAP: &str = "TCP_RETRANSMITS";
 /// Per-CPU array: [`DropsError`] slot -> times it happened (`u64`).
 pub const DROPS_ERRORS_MAP: &str = "DROPS_ERRORS";
@@ -36,9 +36,7 @@ pub const MAX_DEVICE_DROP_KEYS: u32 = 4096;
 
 pub const FAMILY_SLOT_IPV4: u32 = 0;
 pub const FAMILY_SLOT_IPV6: u32 = 1;
-pub const FAMILY_SLOT_OTHER: u32 = 2;
-pub const FAMILY_SLOTS: u32 = 3;
-pub const FAMILY_SLOT_LABELS: [&str; FAMILY_SLOTS as usize] = ["ipv4", "ipv6", "other"];
+pub const FAMILY_SLOTS: u32 = 2;
 
 /// `AF_INET`, `AF_INET6` as `tcp:tcp_retransmit_skb` reports them.
 pub const AF_INET: u16 = 2;
@@ -89,13 +87,22 @@ const _: () = assert!(size_of::<KernelLayout>() == 32);
 pub enum DropsError {
     /// [`DEVICE_DROPS_MAP`] was full: the drop was counted by reason only.
     DeviceMapFull = 0,
-    /// Reading the tracepoint record or a kernel struct failed.
-    ReadFailed = 1,
+    /// `kfree_skb_drops` could not read its record or a kernel struct.
+    DropReadFailed = 1,
+    /// `tcp_retransmits` could not read its record or a kernel struct.
+    RetransmitReadFailed = 2,
+    /// `tcp_retransmits` saw a family other than AF_INET and AF_INET6.
+    RetransmitUnknownFamily = 3,
 }
 
-pub const DROPS_ERROR_SLOTS: u32 = 2;
-pub const DROPS_ERROR_LABELS: [&str; DROPS_ERROR_SLOTS as usize] =
-    ["device_map_full", "read_failed"];
+pub const DROPS_ERROR_SLOTS: u32 = 4;
+/// (program, reason) of each [`DropsError`] slot.
+pub const DROPS_ERROR_LABELS: [(&str, &str); DROPS_ERROR_SLOTS as usize] = [
+    (DROPS_PROGRAM, "device_map_full"),
+    (DROPS_PROGRAM, "read_failed"),
+    (RETRANSMITS_PROGRAM, "read_failed"),
+    (RETRANSMITS_PROGRAM, "unknown_family"),
+];
 
 #[cfg(feature = "user")]
 // SAFETY: `#[repr(C)]`, two `u32`s, no padding: every bit pattern is valid.

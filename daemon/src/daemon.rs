@@ -13,7 +13,9 @@ use tracing::{info, warn};
 
 use crate::bpf::xdp::{AttachedInterfaces, PacketCounter};
 use crate::bpf::LoadedObject;
+use crate::collect::drops::DropsCollector;
 use crate::collect::{Snapshot, SnapshotClock, XdpCollector};
+use crate::mapek::{AnomalyBoard, MapeK};
 use crate::config::Config;
 use crate::http::{self, HttpLimits, HttpState};
 use crate::shutdown;
@@ -22,13 +24,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = http::bind(config.http.listen).await?;
     info!(listen = %listener.local_addr()?, "http listening");
 
-    let mut object = LoadedObject::load().context("loading the eBPF object")?;
+    let drops_setup = crate::bpf::drops::prepare();
+    let (layout_name, layout) = drops_setup.global();
+    let mut object = LoadedObject::load_with_globals(&[(layout_name, &layout)])
+        .context("loading the eBPF object")?;
     if let Some(logger) = object.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
     }
     let counters: PerCpuHashMap<_, _, _> = object.take_map(COUNTERS_MAP)?;
     let errors: PerCpuArray<_, _> = object.take_map(ERRORS_MAP)?;
     let mut collector = XdpCollector::new(counters, errors);
+    let attached = crate::bpf::drops::attach(&mut object);
+    let mut drops = DropsCollector::new(&mut object, drops_setup.names, attached)
+        .inspect_err(|error| warn!(%error, "kernel drops and TCP retransmits are not collected"))
+        .ok();
 
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -47,14 +56,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut clock = SnapshotClock::new();
     let mut first = clock.next();
     collector.poll(interfaces.attachments(), &mut first);
+    if let Some(drops) = drops.as_mut() {
+        drops.poll(&mut first);
+    }
     let _ = snapshot_tx.send(Arc::new(first));
     let _ = ready_tx.send(true);
 
+    // The anomaly loop runs on its own task, fed through the snapshot
+    // channel: a slow analysis never delays a poll.
+    let board = AnomalyBoard::new();
+    let (_analyzer_tx, analyzer_rx) = watch::channel(config.analyzer.clone());
+    let mapek = MapeK::new(config.analyzer.clone(), board.clone());
+    tokio::spawn(mapek.run(snapshot_rx.clone(), analyzer_rx, Vec::new));
+
+    let families_board = board.clone();
     let state = HttpState {
         snapshot: snapshot_rx,
         ready: ready_rx,
-        extra_families: Arc::new(Vec::new),
-        anomalies: Arc::new(|| "{\"active\":[],\"resolved\":[]}".to_owned()),
+        extra_families: Arc::new(move || families_board.metric_families()),
+        anomalies: Arc::new(move || board.to_json()),
     };
     let limits = HttpLimits {
         max_connections: config.http.max_connections as usize,
@@ -74,6 +94,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 let mut snapshot = clock.next();
                 collector.poll(interfaces.attachments(), &mut snapshot);
+                if let Some(drops) = drops.as_mut() {
+                    drops.poll(&mut snapshot);
+                }
                 let _ = snapshot_tx.send(Arc::new(snapshot));
             }
             signal = &mut stop => break signal.context("installing signal handlers")?,

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use telemetryd_common::drops::{
     DeviceDropKey, DropsError, KernelLayout, AF_INET, AF_INET6, DROPS_ERROR_SLOTS,
-    DROP_REASON_SLOTS, FAMILY_SLOTS, FAMILY_SLOT_IPV4, FAMILY_SLOT_IPV6, FAMILY_SLOT_OTHER,
+    DROP_REASON_SLOTS, FAMILY_SLOTS, FAMILY_SLOT_IPV4, FAMILY_SLOT_IPV6,
     MAX_DEVICE_DROP_KEYS, MAX_DROP_REASONS, OVERFLOW_REASON_SLOT,
 };
 
@@ -106,7 +106,7 @@ const _: () = assert!(core::mem::offset_of!(TcpRetransmitSkb, family) == 32);
 #[tracepoint]
 pub fn kfree_skb_drops(ctx: TracePointContext) -> u32 {
     if count_drop(&ctx).is_err() {
-        count_error(DropsError::ReadFailed);
+        count_error(DropsError::DropReadFailed);
     }
     0
 }
@@ -114,7 +114,7 @@ pub fn kfree_skb_drops(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_retransmits(ctx: TracePointContext) -> u32 {
     if count_retransmit(&ctx).is_err() {
-        count_error(DropsError::ReadFailed);
+        count_error(DropsError::RetransmitReadFailed);
     }
     0
 }
@@ -201,12 +201,11 @@ fn count_retransmit(ctx: &TracePointContext) -> Result<(), i32> {
             return Ok(());
         }
     }
-    let slot = match family {
-        AF_INET => FAMILY_SLOT_IPV4,
-        AF_INET6 => FAMILY_SLOT_IPV6,
-        _ => FAMILY_SLOT_OTHER,
-    };
-    increment(&TCP_RETRANSMITS, slot);
+    match family {
+        AF_INET => increment(&TCP_RETRANSMITS, FAMILY_SLOT_IPV4),
+        AF_INET6 => increment(&TCP_RETRANSMITS, FAMILY_SLOT_IPV6),
+        _ => count_error(DropsError::RetransmitUnknownFamily),
+    }
     Ok(())
 }
 

@@ -323,7 +323,7 @@ fn device_drops_are_attributed_to_the_device() {
     );
     assert!(
         fired[0].explanation.starts_with(
-            "packet loss on eth0: 800 packets/s dropped or errored at the interface over the last 3 s \
+            "packet loss on eth0: 800 packets/s dropped or errored on the device over the last 3 s \
              (baseline 0/s); rx_dropped 800/s"
         ),
         "{}",

@@ -4,6 +4,7 @@
 //! `prometheus` crate's data model and text encoder: the kernel counters are
 //! already cumulative, so nothing here keeps state of its own.
 
+pub mod drops;
 pub mod family;
 
 use prometheus::proto::MetricFamily;
@@ -81,7 +82,7 @@ fn snapshot_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
         })
         .collect();
 
-    vec![
+    let mut families = vec![
         counter(
             "telemetryd_xdp_packets_total",
             "Packets seen by XDP on arrival, by device, address family and transport protocol.",
@@ -122,7 +123,9 @@ fn snapshot_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
             "Always 1; the labels describe this build.",
             vec![Sample::new(&[("version", VERSION)], 1.0)],
         ),
-    ]
+    ];
+    families.extend(drops::families(snapshot));
+    families
 }
 
 #[cfg(test)]

@@ -439,3 +439,107 @@ fn webhook_receives_firing_and_resolved_alerts() {
         scrape.text
     );
 }
+
+/// Feeds `cat` (reading a pipe) one byte every `period`: each of its reads
+/// blocks about that long, so the writer sets the read latency.
+fn feed(stdin: &mut std::process::ChildStdin, period: Duration, run_for: Duration) {
+    let end = Instant::now() + run_for;
+    let mut next = Instant::now();
+    while Instant::now() < end {
+        stdin.write_all(b"x").expect("writing to cat");
+        next += period;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the syscall tracer branch"]
+fn reads_twenty_times_slower_fire_latency_for_read() {
+    require_root();
+    let ns = NetNs::new();
+    let mut cat = std::process::Command::new("cat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning cat");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stdin = cat.stdin.take().unwrap();
+    let pid = cat.id();
+    let cat = Kill(cat);
+    let daemon = Daemon::start(
+        &ns,
+        &format!(
+            r#"
+[daemon]
+poll_interval = "{POLL}"
+[http]
+listen = "{listen}"
+[log]
+format = "json"
+[xdp]
+enabled = false
+[syscalls]
+enabled = true
+track = ["read"]
+pids = [{pid}]
+[analyzer]
+warmup = "{WARMUP}"
+fire_after = {FIRE_AFTER}
+resolve_after = {RESOLVE_AFTER}
+min_calls = 20
+"#,
+            listen = support::process::LISTEN,
+        ),
+    );
+    // ~1 ms reads (1,000/s) through warm-up, then ~20 ms reads (50/s).
+    feed(&mut stdin, Duration::from_millis(1), Duration::from_secs(6));
+    let doc = anomalies(&daemon);
+    assert_eq!(doc["active"].as_array().map(Vec::len), Some(0), "{doc:#}");
+    let slow = std::thread::spawn(move || {
+        feed(&mut stdin, Duration::from_millis(20), Duration::from_secs(12));
+    });
+    let (doc, after) = wait_for(&daemon, Duration::from_secs(10), "latency firing for read", |doc| {
+        records(doc, "active", "latency")
+            .iter()
+            .any(|a| a["subject"] == "read")
+    });
+    let a = records(&doc, "active", "latency")
+        .into_iter()
+        .find(|a| a["subject"] == "read")
+        .unwrap();
+    let explanation = a["explanation"].as_str().unwrap();
+    assert!(explanation.starts_with("latency of read: p99 "), "{explanation}");
+    // The p99 of ~20 ms reads, against a ~1 ms baseline (log2 buckets:
+    // within a factor of 2 either way).
+    let value = a["value"].as_f64().unwrap();
+    assert!((0.010..=0.040).contains(&value), "{a:#}");
+    let baseline = a["baseline"].as_f64().unwrap();
+    assert!((0.0005..=0.004).contains(&baseline), "{a:#}");
+    let scrape = daemon.scrape();
+    assert!(
+        scrape
+            .samples
+            .get("telemetryd_syscall_latency_seconds_count{syscall=\"read\"}")
+            .is_some_and(|n| *n > 1000.0),
+        "{}",
+        scrape.text
+    );
+    let events = anomaly_events(&daemon);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "latency" && e["subject"] == "read" && e["state"] == "firing"),
+        "{events:#?}"
+    );
+    slow.join().unwrap();
+    drop(cat);
+    eprintln!("latency fired {:.1} s after reads slowed down", after.as_secs_f64());
+}

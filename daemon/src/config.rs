@@ -39,6 +39,10 @@ pub struct Config {
     pub xdp: XdpConfig,
     pub syscalls: SyscallsConfig,
     pub analyzer: AnalyzerConfig,
+    /// The `--config` path it was loaded with (`None`: the default lookup),
+    /// so that SIGHUP reloads from the same place. Not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[daemon]`
@@ -292,6 +296,12 @@ impl Config {
     /// Loads the configuration. `None`: [`DEFAULT_PATH`] if it exists, else [`EMBEDDED`].
     /// `Some(path)`: that file, which must exist.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = Config::load_from(path)?;
+        config.source = path.map(Path::to_owned);
+        Ok(config)
+    }
+
+    fn load_from(path: Option<&Path>) -> Result<Config, ConfigError> {
         let path = match path {
             Some(p) => p,
             None if Path::new(DEFAULT_PATH).exists() => Path::new(DEFAULT_PATH),

@@ -65,7 +65,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The anomaly loop runs on its own task, fed through the snapshot
     // channel: a slow analysis never delays a poll.
     let board = AnomalyBoard::new();
-    let (_analyzer_tx, analyzer_rx) = watch::channel(config.analyzer.clone());
+    let (analyzer_tx, analyzer_rx) = watch::channel(config.analyzer.clone());
+    tokio::spawn(crate::reload::analyzer_on_sighup(
+        config.source.clone(),
+        analyzer_tx,
+    ));
     let mapek = MapeK::new(config.analyzer.clone(), board.clone());
     tokio::spawn(mapek.run(snapshot_rx.clone(), analyzer_rx, Vec::new));
 

@@ -16,5 +16,6 @@ pub mod http;
 pub mod logging;
 pub mod mapek;
 pub mod metrics;
+pub mod reload;
 pub mod shutdown;
 pub mod syscall_table;

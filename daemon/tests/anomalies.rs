@@ -543,3 +543,51 @@ min_calls = 20
     drop(cat);
     eprintln!("latency fired {:.1} s after reads slowed down", after.as_secs_f64());
 }
+
+/// Waits until the daemon's log has `count` lines containing `needle`.
+fn wait_log(daemon: &Daemon, needle: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = daemon.log_text();
+        let n = log.lines().filter(|l| l.contains(needle)).count();
+        if n >= count {
+            assert_eq!(n, count, "{needle:?} logged {n} times:\n{log}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_reloads_analyzer_settings_and_keeps_them_on_a_bad_file() {
+    require_root();
+    let ns = NetNs::new();
+    let good = config("lo", "");
+    let daemon = Daemon::start(&ns, &good);
+
+    std::fs::write(
+        daemon.config_path(),
+        config("lo", "z_threshold = 0.0"),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_log(&daemon, "configuration not reloaded", 1);
+    let log = daemon.log_text();
+    assert!(log.contains("analyzer.z_threshold"), "{log}");
+    assert!(!log.contains("analyzer settings reloaded"), "{log}");
+
+    std::fs::write(daemon.config_path(), config("lo", "z_threshold = 6.0")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_log(&daemon, "analyzer settings reloaded", 1);
+    // Still serving, programs untouched.
+    let scrape = daemon.scrape();
+    assert_eq!(
+        scrape.samples.get(
+            "telemetryd_ebpf_program_attached{attach=\"tracepoint\",device=\"\",program=\"kfree_skb_drops\"}"
+        ),
+        Some(&1.0),
+        "{}",
+        scrape.text
+    );
+}

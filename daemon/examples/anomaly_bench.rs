@@ -58,7 +58,14 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 /// The release `telemetryd` beside this example, built if needed.
 fn daemon_binary() -> PathBuf {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "telemetryd", "--bin", "telemetryd"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "telemetryd",
+            "--bin",
+            "telemetryd",
+        ])
         .status()
         .expect("running cargo build");
     assert!(status.success(), "building telemetryd failed");
@@ -81,7 +88,12 @@ fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(11) + ticks(12)) / hz
@@ -203,9 +215,7 @@ fn fault_to_fire(runs: usize, poll: Duration) {
         secs[secs.len() - 1],
         if median <= target { "met" } else { "MISSED" }
     );
-    println!(
-        "anomalies fired on steady traffic before the first fault: {quiet_before}"
-    );
+    println!("anomalies fired on steady traffic before the first fault: {quiet_before}");
     println!(
         "daemon CPU (whole process: collector, XDP/tracepoint maps, HTTP, loop): {:.3} ms per poll \
          over {polls:.0} polls",
@@ -231,9 +241,11 @@ fn synthetic(seq: u64, devices: usize) -> Snapshot {
         r.insert("NETFILTER_DROP".to_owned(), seq % 3);
         s.device_drops.insert(format!("eth{d}"), r);
     }
-    for (n, name) in ["read", "write", "sendto", "recvfrom", "connect", "accept", "accept4"]
-        .iter()
-        .enumerate()
+    for (n, name) in [
+        "read", "write", "sendto", "recvfrom", "connect", "accept", "accept4",
+    ]
+    .iter()
+    .enumerate()
     {
         let mut st = SyscallStats::default();
         st.buckets[12] = seq * 500;

@@ -15,9 +15,9 @@ use crate::bpf::xdp::{AttachedInterfaces, PacketCounter};
 use crate::bpf::LoadedObject;
 use crate::collect::drops::DropsCollector;
 use crate::collect::{Snapshot, SnapshotClock, XdpCollector};
-use crate::mapek::{AnomalyBoard, MapeK};
 use crate::config::Config;
 use crate::http::{self, HttpLimits, HttpState};
+use crate::mapek::{AnomalyBoard, MapeK};
 use crate::shutdown;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {

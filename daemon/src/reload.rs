@@ -30,7 +30,9 @@ pub async fn analyzer_on_sighup(source: Option<PathBuf>, settings: watch::Sender
                     a != new
                 });
                 if others_changed {
-                    warn!("SIGHUP applies [analyzer] only; restart telemetryd for the other sections");
+                    warn!(
+                        "SIGHUP applies [analyzer] only; restart telemetryd for the other sections"
+                    );
                 }
                 info!("SIGHUP: configuration re-read");
                 if settings.send(new.analyzer.clone()).is_err() {

@@ -181,18 +181,22 @@ fn random_drops_fire_packet_loss_naming_netfilter_and_the_device_then_resolve() 
         explanation.starts_with(&format!("packet loss on {device}: ")),
         "{explanation}"
     );
-    assert!(explanation.contains("kernel drops dominated by NETFILTER_DROP"), "{explanation}");
+    assert!(
+        explanation.contains("kernel drops dominated by NETFILTER_DROP"),
+        "{explanation}"
+    );
     // 10% of ~600 packets/s: tens of drops a second, past the 10/s floor.
     let value = on_device["value"].as_f64().unwrap();
     assert!((10.0..=200.0).contains(&value), "{on_device:#}");
-    assert!(on_device["threshold"].as_f64().unwrap() >= 10.0, "{on_device:#}");
+    assert!(
+        on_device["threshold"].as_f64().unwrap() >= 10.0,
+        "{on_device:#}"
+    );
     assert!(on_device["resolved_at"].is_null(), "{on_device:#}");
 
     // Metrics say the same.
     let scrape = s.daemon.scrape();
-    let gauge = format!(
-        "telemetryd_anomaly_active{{kind=\"packet_loss\",subject=\"{device}\"}}"
-    );
+    let gauge = format!("telemetryd_anomaly_active{{kind=\"packet_loss\",subject=\"{device}\"}}");
     assert_eq!(scrape.samples.get(&gauge), Some(&1.0), "{}", scrape.text);
     let dropped = scrape
         .samples
@@ -382,15 +386,23 @@ fn webhook_receives_firing_and_resolved_alerts() {
     assert!(recorder.received().is_empty(), "{:?}", recorder.received());
 
     let rule = RandomDrop::add(&receiver, &veth.b, 10);
-    wait_for(&daemon, Duration::from_secs(10), "packet_loss firing", |doc| {
-        records(doc, "active", "packet_loss")
-            .iter()
-            .any(|a| a["subject"] == veth.b.as_str())
-    });
+    wait_for(
+        &daemon,
+        Duration::from_secs(10),
+        "packet_loss firing",
+        |doc| {
+            records(doc, "active", "packet_loss")
+                .iter()
+                .any(|a| a["subject"] == veth.b.as_str())
+        },
+    );
     rule.remove();
-    wait_for(&daemon, Duration::from_secs(15), "packet_loss resolving", |doc| {
-        records(doc, "active", "packet_loss").is_empty()
-    });
+    wait_for(
+        &daemon,
+        Duration::from_secs(15),
+        "packet_loss resolving",
+        |doc| records(doc, "active", "packet_loss").is_empty(),
+    );
     drop(traffic);
 
     // Alerts are posted from a queue: give the last one a moment.
@@ -427,8 +439,16 @@ fn webhook_receives_firing_and_resolved_alerts() {
             "{a:#}"
         );
     }
-    assert!(alerts[0].get("endsAt").is_none(), "first is firing: {:#}", alerts[0]);
-    assert!(alerts[1]["endsAt"].is_string(), "second is resolved: {:#}", alerts[1]);
+    assert!(
+        alerts[0].get("endsAt").is_none(),
+        "first is firing: {:#}",
+        alerts[0]
+    );
+    assert!(
+        alerts[1]["endsAt"].is_string(),
+        "second is resolved: {:#}",
+        alerts[1]
+    );
     let scrape = daemon.scrape();
     assert_eq!(
         scrape
@@ -504,19 +524,31 @@ min_calls = 20
     let doc = anomalies(&daemon);
     assert_eq!(doc["active"].as_array().map(Vec::len), Some(0), "{doc:#}");
     let slow = std::thread::spawn(move || {
-        feed(&mut stdin, Duration::from_millis(20), Duration::from_secs(12));
+        feed(
+            &mut stdin,
+            Duration::from_millis(20),
+            Duration::from_secs(12),
+        );
     });
-    let (doc, after) = wait_for(&daemon, Duration::from_secs(10), "latency firing for read", |doc| {
-        records(doc, "active", "latency")
-            .iter()
-            .any(|a| a["subject"] == "read")
-    });
+    let (doc, after) = wait_for(
+        &daemon,
+        Duration::from_secs(10),
+        "latency firing for read",
+        |doc| {
+            records(doc, "active", "latency")
+                .iter()
+                .any(|a| a["subject"] == "read")
+        },
+    );
     let a = records(&doc, "active", "latency")
         .into_iter()
         .find(|a| a["subject"] == "read")
         .unwrap();
     let explanation = a["explanation"].as_str().unwrap();
-    assert!(explanation.starts_with("latency of read: p99 "), "{explanation}");
+    assert!(
+        explanation.starts_with("latency of read: p99 "),
+        "{explanation}"
+    );
     // The p99 of ~20 ms reads, against a ~1 ms baseline (log2 buckets:
     // within a factor of 2 either way).
     let value = a["value"].as_f64().unwrap();
@@ -541,7 +573,10 @@ min_calls = 20
     );
     slow.join().unwrap();
     drop(cat);
-    eprintln!("latency fired {:.1} s after reads slowed down", after.as_secs_f64());
+    eprintln!(
+        "latency fired {:.1} s after reads slowed down",
+        after.as_secs_f64()
+    );
 }
 
 /// Waits until the daemon's log has `count` lines containing `needle`.
@@ -554,7 +589,10 @@ fn wait_log(daemon: &Daemon, needle: &str, count: usize) {
             assert_eq!(n, count, "{needle:?} logged {n} times:\n{log}");
             return;
         }
-        assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -566,11 +604,7 @@ fn sighup_reloads_analyzer_settings_and_keeps_them_on_a_bad_file() {
     let good = config("lo", "");
     let daemon = Daemon::start(&ns, &good);
 
-    std::fs::write(
-        daemon.config_path(),
-        config("lo", "z_threshold = 0.0"),
-    )
-    .unwrap();
+    std::fs::write(daemon.config_path(), config("lo", "z_threshold = 0.0")).unwrap();
     daemon.signal(libc::SIGHUP);
     wait_log(&daemon, "configuration not reloaded", 1);
     let log = daemon.log_text();

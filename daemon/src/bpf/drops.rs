@@ -123,11 +123,11 @@ impl KernelBtf {
                 values: Vec::new(),
             };
             match kind {
-                1 | 14 | 17 => at += 4,            // INT, VAR, DECL_TAG
-                3 => at += 12,                     // ARRAY
-                13 => at += 8 * vlen,              // FUNC_PROTO
-                15 => at += 12 * vlen,             // DATASEC
-                2 | 7..=12 | 16 | 18 => {}         // PTR, FWD, TYPEDEF.., FUNC, FLOAT, TYPE_TAG
+                1 | 14 | 17 => at += 4,    // INT, VAR, DECL_TAG
+                3 => at += 12,             // ARRAY
+                13 => at += 8 * vlen,      // FUNC_PROTO
+                15 => at += 12 * vlen,     // DATASEC
+                2 | 7..=12 | 16 | 18 => {} // PTR, FWD, TYPEDEF.., FUNC, FLOAT, TYPE_TAG
                 KIND_STRUCT | KIND_UNION => {
                     for _ in 0..vlen {
                         let offset = u32_at(at + 8)?;
@@ -135,7 +135,11 @@ impl KernelBtf {
                             name_off: u32_at(at)?,
                             type_id: u32_at(at + 4)?,
                             // With kind_flag, the top 8 bits are a bitfield size.
-                            bit_offset: if kind_flag { offset & 0xff_ffff } else { offset },
+                            bit_offset: if kind_flag {
+                                offset & 0xff_ffff
+                            } else {
+                                offset
+                            },
                         });
                         at += 12;
                     }
@@ -194,7 +198,9 @@ impl KernelBtf {
     /// found as the C compiler would find them.
     pub fn field_offset(&self, name: &str, path: &[&str]) -> Result<u32, BtfError> {
         let missing = || BtfError::Missing(format!("struct {name} field {}", path.join(".")));
-        let mut ty = self.find(&[KIND_STRUCT, KIND_UNION], name).ok_or_else(missing)?;
+        let mut ty = self
+            .find(&[KIND_STRUCT, KIND_UNION], name)
+            .ok_or_else(missing)?;
         let mut bits = 0u32;
         for (i, field) in path.iter().enumerate() {
             let (offset, type_id) = self.member(ty, field).ok_or_else(missing)?;
@@ -203,7 +209,7 @@ impl KernelBtf {
                 ty = self.strip(type_id).ok_or_else(missing)?;
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::Missing(format!(
                 "byte-aligned struct {name} field {}",
                 path.join(".")
@@ -254,7 +260,9 @@ pub struct DropReasonNames {
 
 impl DropReasonNames {
     pub fn from_btf(btf: &KernelBtf) -> Result<Self, BtfError> {
-        let mut names: Vec<String> = (0..MAX_DROP_REASONS).map(|n| format!("REASON_{n}")).collect();
+        let mut names: Vec<String> = (0..MAX_DROP_REASONS)
+            .map(|n| format!("REASON_{n}"))
+            .collect();
         for (name, value) in btf.enum_values("skb_drop_reason")? {
             if value >= u64::from(MAX_DROP_REASONS) || name == "SKB_DROP_REASON_MAX" {
                 continue;
@@ -271,7 +279,9 @@ impl DropReasonNames {
 
     /// Numbered names only, when the kernel has no BTF.
     pub fn numbered() -> Self {
-        let mut names: Vec<String> = (0..MAX_DROP_REASONS).map(|n| format!("REASON_{n}")).collect();
+        let mut names: Vec<String> = (0..MAX_DROP_REASONS)
+            .map(|n| format!("REASON_{n}"))
+            .collect();
         names.push(OVERFLOW_REASON_LABEL.to_owned());
         Self { names }
     }
@@ -467,7 +477,13 @@ mod tests {
         types.extend([s("E_A", &strings), 2, s("E_B", &strings), 12]);
         let type_bytes: Vec<u8> = types.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut data = vec![0x9f, 0xeb, 1, 0];
-        for v in [24u32, 0, type_bytes.len() as u32, type_bytes.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            type_bytes.len() as u32,
+            type_bytes.len() as u32,
+            strings.len() as u32,
+        ] {
             data.extend(v.to_le_bytes());
         }
         data.extend(type_bytes);
@@ -515,7 +531,10 @@ mod tests {
         assert_eq!(layout.enabled, 1);
         // Sanity bounds, not exact values: these move between kernels.
         assert!(layout.skb_dev > 0 && layout.skb_dev < 64, "{layout:?}");
-        assert!(layout.dev_ifindex > 0 && layout.dev_ifindex < 4096, "{layout:?}");
+        assert!(
+            layout.dev_ifindex > 0 && layout.dev_ifindex < 4096,
+            "{layout:?}"
+        );
         assert!(layout.dev_net > 0 && layout.dev_net < 4096, "{layout:?}");
         assert!(layout.sk_net > 0 && layout.sk_net < 256, "{layout:?}");
         assert!(layout.net_inum < 4096, "{layout:?}");

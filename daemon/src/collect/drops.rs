@@ -157,7 +157,10 @@ mod tests {
     #[test]
     fn reads_this_namespace() {
         let mut tcp = TcpStats::default();
-        fill_snmp(&std::fs::read_to_string("/proc/net/snmp").unwrap(), &mut tcp);
+        fill_snmp(
+            &std::fs::read_to_string("/proc/net/snmp").unwrap(),
+            &mut tcp,
+        );
         // Any Linux host has sent some TCP segment by the time tests run
         // (this process's own namespace; 0 in a fresh one is possible but
         // not where cargo test runs).

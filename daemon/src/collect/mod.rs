@@ -120,6 +120,7 @@ impl SnapshotClock {
     }
 
     /// An empty snapshot for the next poll.
+    #[allow(clippy::should_implement_trait)] // a clock, not an iterator: it never ends
     pub fn next(&mut self) -> Snapshot {
         self.seq += 1;
         Snapshot {

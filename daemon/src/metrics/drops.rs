@@ -96,7 +96,10 @@ mod tests {
             "telemetryd_tcp_segments_sent_total 1000",
             "telemetryd_tcp_segments_retransmitted_total 4",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
         }
     }
 }

@@ -65,7 +65,8 @@ impl Traffic {
                     }
                 };
                 conn.set_nonblocking(false).unwrap();
-                conn.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                conn.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
                 let mut buf = [0u8; 65536];
                 while !stopped(&flag, deadline) {
                     match conn.read(&mut buf) {
@@ -201,7 +202,12 @@ impl RandomDrop {
         };
         nft(&["add", "table", "inet", &table]);
         nft(&[
-            "add", "chain", "inet", &table, "input", "{ type filter hook input priority 0 ; }",
+            "add",
+            "chain",
+            "inet",
+            &table,
+            "input",
+            "{ type filter hook input priority 0 ; }",
         ]);
         nft(&[
             "add",
@@ -229,7 +235,16 @@ impl RandomDrop {
 
     fn delete(&self) {
         let _ = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.ns, "nft", "delete", "table", "inet", &self.table])
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                &self.table,
+            ])
             .status();
     }
 }

@@ -1197,7 +1197,15 @@ mod tests {
     #[test]
     fn load_reads_the_given_file_and_names_a_missing_one() {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/telemetryd.toml");
-        assert_eq!(Config::load(Some(&shipped)).unwrap(), Config::default());
+        let loaded = Config::load(Some(&shipped)).unwrap();
+        assert_eq!(loaded.source.as_deref(), Some(shipped.as_path()));
+        assert_eq!(
+            Config {
+                source: None,
+                ..loaded
+            },
+            Config::default()
+        );
 
         let missing = Path::new("/nonexistent/telemetryd.toml");
         let err = Config::load(Some(missing)).unwrap_err();

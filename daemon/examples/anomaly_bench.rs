@@ -13,6 +13,8 @@
 //! 2. The loop's own cost: `MapeK::observe` over many synthetic snapshots.
 //!
 //! `BENCH_RUNS`, `BENCH_POLL_MS` override the run count and poll interval.
+//! `BENCH_STEADY_SECS=600` instead runs steady traffic (no fault) for that
+//! long and counts the anomalies raised (the issue's target: zero).
 
 #[path = "../tests/support/netns.rs"]
 #[allow(dead_code)]
@@ -44,6 +46,11 @@ fn main() {
     );
     let runs: usize = env_or("BENCH_RUNS", 10);
     let poll = Duration::from_millis(env_or("BENCH_POLL_MS", 1000));
+    let steady: u64 = env_or("BENCH_STEADY_SECS", 0);
+    if steady > 0 {
+        steady_run(Duration::from_secs(steady), poll);
+        return;
+    }
     fault_to_fire(runs, poll);
     observe_cost();
 }
@@ -122,7 +129,51 @@ fn wait_events(log: &PathBuf, state: &str, count: usize, limit: Duration) -> Opt
     None
 }
 
-fn fault_to_fire(runs: usize, poll: Duration) {
+/// Sender and receiver namespaces and a release daemon in the receiver.
+struct Bench {
+    daemon: Running,
+    log: PathBuf,
+    config: PathBuf,
+    veth: VethPair,
+    receiver: NetNs,
+    sender: NetNs,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn steady_run(length: Duration, poll: Duration) {
+    let b = start_daemon(poll);
+    let pid = b.daemon.0.id();
+    let traffic = Traffic::start(&b.sender, &b.receiver, &b.veth.b_ip, 400, 200, length);
+    let start = Instant::now();
+    while start.elapsed() < length {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    drop(traffic);
+    let text = std::fs::read_to_string(&b.log).unwrap_or_default();
+    let events: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"event\":\"anomaly\""))
+        .collect();
+    for e in &events {
+        println!("{e}");
+    }
+    println!(
+        "steady traffic for {} s (poll_interval {} ms, 400 TCP writes/s + 200 UDP datagrams/s): \
+         {} anomaly log events; daemon CPU {:.3} ms per poll",
+        length.as_secs(),
+        poll.as_millis(),
+        events.len(),
+        cpu_seconds(pid) * 1000.0 / (length.as_secs_f64() / poll.as_secs_f64())
+    );
+}
+
+fn start_daemon(poll: Duration) -> Bench {
     let bin = daemon_binary();
     let (sender, receiver) = (NetNs::new(), NetNs::new());
     let veth = VethPair::new(&sender, &receiver);
@@ -149,12 +200,24 @@ fn fault_to_fire(runs: usize, poll: Duration) {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("starting telemetryd");
-    let daemon = Running(child);
-    let pid = daemon.0.id();
+    Bench {
+        daemon: Running(child),
+        log,
+        config,
+        veth,
+        receiver,
+        sender,
+    }
+}
+
+fn fault_to_fire(runs: usize, poll: Duration) {
+    let b = start_daemon(poll);
+    let (log, veth, receiver, sender) = (&b.log, &b.veth, &b.receiver, &b.sender);
+    let pid = b.daemon.0.id();
     let per_run = poll * (FIRE_AFTER + RESOLVE_AFTER + 12);
     let traffic = Traffic::start(
-        &sender,
-        &receiver,
+        sender,
+        receiver,
         &veth.b_ip,
         400,
         200,
@@ -163,23 +226,23 @@ fn fault_to_fire(runs: usize, poll: Duration) {
     std::thread::sleep(Duration::from_secs(8));
     let started = Instant::now();
     let cpu_start = cpu_seconds(pid);
-    let quiet_before = count_events(&log, "firing");
+    let quiet_before = count_events(log, "firing");
 
     let mut times = Vec::new();
     for run in 0..runs {
-        let fired_before = count_events(&log, "firing");
-        let resolved_before = count_events(&log, "resolved");
-        let rule = RandomDrop::add(&receiver, &veth.b, 10);
-        let Some(t) = wait_events(&log, "firing", fired_before + 1, Duration::from_secs(30)) else {
+        let fired_before = count_events(log, "firing");
+        let resolved_before = count_events(log, "resolved");
+        let rule = RandomDrop::add(receiver, &veth.b, 10);
+        let Some(t) = wait_events(log, "firing", fired_before + 1, Duration::from_secs(30)) else {
             panic!("run {run}: no firing event within 30 s");
         };
         times.push(t);
         // Let every subject (device, node) fire before removing the rule.
         std::thread::sleep(poll * 2);
-        let fired = count_events(&log, "firing") - fired_before;
+        let fired = count_events(log, "firing") - fired_before;
         rule.remove();
         wait_events(
-            &log,
+            log,
             "resolved",
             resolved_before + fired,
             Duration::from_secs(60),
@@ -196,8 +259,7 @@ fn fault_to_fire(runs: usize, poll: Duration) {
     let cpu = cpu_seconds(pid) - cpu_start;
     let polls = started.elapsed().as_secs_f64() / poll.as_secs_f64();
     drop(traffic);
-    drop(daemon);
-    let _ = std::fs::remove_file(&config);
+    drop(b);
 
     times.sort();
     let secs: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
@@ -221,7 +283,6 @@ fn fault_to_fire(runs: usize, poll: Duration) {
          over {polls:.0} polls",
         cpu * 1000.0 / polls
     );
-    let _ = std::fs::remove_file(&log);
 }
 
 /// A synthetic node: `devices` interfaces, 7 syscalls, 20 drop reasons.

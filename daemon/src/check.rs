@@ -27,6 +27,7 @@ pub fn run(config: &Config, probe_kernel: bool) -> u8 {
     }
     let support = probe::probe();
     print!("{}", render(&support));
+    print!("{}", crate::bpf::drops::describe());
     0
 }
 

@@ -383,6 +383,33 @@ pub fn prepare() -> DropsSetup {
     DropsSetup { names, layout }
 }
 
+/// What `telemetryd check --probe` says about the loss signals.
+pub fn describe() -> String {
+    let mut out = String::from("loss signals:\n");
+    match KernelBtf::from_sys_fs() {
+        Ok(btf) => {
+            match btf.enum_values("skb_drop_reason") {
+                Ok(v) => out.push_str(&format!(
+                    "  drop reasons         yes  skb:kfree_skb, {} names from enum skb_drop_reason\n",
+                    v.len()
+                )),
+                Err(e) => out.push_str(&format!("  drop reasons         no   {e}\n")),
+            }
+            match kernel_layout(&btf) {
+                Ok(l) => out.push_str(&format!(
+                    "  device attribution   yes  sk_buff.dev +{}, net_device.ifindex +{}, \
+                     net_device.nd_net +{}, sock.skc_net +{}, net.ns.inum +{}\n",
+                    l.skb_dev, l.dev_ifindex, l.dev_net, l.sk_net, l.net_inum
+                )),
+                Err(e) => out.push_str(&format!("  device attribution   no   {e}\n")),
+            }
+        }
+        Err(e) => out.push_str(&format!("  drop reasons         no   {e}\n")),
+    }
+    out.push_str("  tcp retransmits      tcp:tcp_retransmit_skb, /proc/net/snmp\n");
+    out
+}
+
 /// Loads and attaches both programs. Returns the (program, tracepoint)
 /// pairs that attached; a program that fails is logged and left out.
 pub fn attach(object: &mut LoadedObject) -> Vec<&'static str> {

@@ -159,6 +159,9 @@ fn random_drops_fire_packet_loss_naming_netfilter_and_the_device_then_resolve() 
         },
     );
     let active = records(&doc, "active", "packet_loss");
+    // Every drop names the device: one anomaly, on the device, none on the
+    // node (its kernel-drop signal leaves attributed drops out).
+    assert_eq!(active.len(), 1, "{doc:#}");
     for a in &active {
         eprintln!("fired: {a}");
         let explanation = a["explanation"].as_str().unwrap();

@@ -140,6 +140,18 @@ fn netns_of(net: *const u8, l: &KernelLayout) -> Result<u32, i32> {
     kernel_read::<u32>(net, l.net_inum)
 }
 
+/// Whose drop it is, as far as the kernel structs tell.
+enum Owner {
+    /// A device of the daemon's namespace (its ifindex).
+    Device(u32),
+    /// The daemon's namespace, no device (a socket's drop).
+    Namespace,
+    /// Another network namespace: not counted.
+    Elsewhere,
+    /// Neither a device nor a socket: counted for the node.
+    Unknown,
+}
+
 fn count_drop(ctx: &TracePointContext) -> Result<(), i32> {
     // SAFETY: the offsets are those of the format file pasted above.
     let (skb, rx_sk, reason) = unsafe {
@@ -150,21 +162,20 @@ fn count_drop(ctx: &TracePointContext) -> Result<(), i32> {
         )
     };
     let l = layout();
-    if l.enabled != 0 {
-        let dev: *const u8 = kernel_read(skb, l.skb_dev)?;
-        if !dev.is_null() {
-            let net: *const u8 = kernel_read(dev, l.dev_net)?;
-            if netns_of(net, &l)? != l.netns_inum {
-                return Ok(());
-            }
-            let ifindex: i32 = kernel_read(dev, l.dev_ifindex)?;
-            count_device_drop(ifindex as u32, reason);
-        } else if !rx_sk.is_null() {
-            let net: *const u8 = kernel_read(rx_sk, l.sk_net)?;
-            if netns_of(net, &l)? != l.netns_inum {
-                return Ok(());
-            }
-        }
+    let owner = if l.enabled != 0 {
+        // A pointer that does not read (skb->dev shares a union with
+        // dev_scratch once UDP queued the skb) still counts the reason.
+        owner(skb, rx_sk, &l).unwrap_or_else(|_| {
+            count_error(DropsError::DropReadFailed);
+            Owner::Unknown
+        })
+    } else {
+        Owner::Unknown
+    };
+    match owner {
+        Owner::Elsewhere => return Ok(()),
+        Owner::Device(ifindex) => count_device_drop(ifindex, reason),
+        Owner::Namespace | Owner::Unknown => {}
     }
     let slot = if reason < MAX_DROP_REASONS {
         reason
@@ -173,6 +184,27 @@ fn count_drop(ctx: &TracePointContext) -> Result<(), i32> {
     };
     increment(&DROP_REASONS, slot);
     Ok(())
+}
+
+#[inline(always)]
+fn owner(skb: *const u8, rx_sk: *const u8, l: &KernelLayout) -> Result<Owner, i32> {
+    let dev: *const u8 = kernel_read(skb, l.skb_dev)?;
+    if !dev.is_null() {
+        let net: *const u8 = kernel_read(dev, l.dev_net)?;
+        if netns_of(net, l)? != l.netns_inum {
+            return Ok(Owner::Elsewhere);
+        }
+        let ifindex: i32 = kernel_read(dev, l.dev_ifindex)?;
+        return Ok(Owner::Device(ifindex as u32));
+    }
+    if !rx_sk.is_null() {
+        let net: *const u8 = kernel_read(rx_sk, l.sk_net)?;
+        if netns_of(net, l)? != l.netns_inum {
+            return Ok(Owner::Elsewhere);
+        }
+        return Ok(Owner::Namespace);
+    }
+    Ok(Owner::Unknown)
 }
 
 #[inline(always)]

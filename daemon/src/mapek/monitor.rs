@@ -76,7 +76,8 @@ pub struct Observation {
     pub devices: BTreeMap<String, DeviceRates>,
     /// Devices left out of this observation because a counter went down.
     pub reset_devices: Vec<String>,
-    /// Kernel drops per second, all reasons.
+    /// Kernel drops per second, all reasons, except those attributed to a
+    /// device in `devices` (they are in its `kernel_drops_per_sec`).
     pub kernel_drops_per_sec: f64,
     /// Kernel drops per second by reason (reasons that moved only).
     pub kernel_drop_reasons: BTreeMap<String, f64>,
@@ -169,6 +170,8 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
         }
     }
 
+    let attributed: f64 = devices.values().map(|d| d.kernel_drops_per_sec).sum();
+
     let mut syscalls = BTreeMap::new();
     for (name, cur) in &current.syscalls {
         let prev = previous.syscalls.get(name);
@@ -186,7 +189,9 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
         first,
         devices,
         reset_devices,
-        kernel_drops_per_sec: kernel_drops as f64 / secs,
+        // Drops attributed to an observed device are that device's loss;
+        // the node's signal keeps the rest, so one fault raises one anomaly.
+        kernel_drops_per_sec: (kernel_drops as f64 / secs - attributed).max(0.0),
         kernel_drop_reasons,
         tcp: tcp_rates(&previous.tcp, &current.tcp, secs),
         syscalls,

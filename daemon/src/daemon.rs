@@ -60,18 +60,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         drops.poll(&mut first);
     }
     let _ = snapshot_tx.send(Arc::new(first));
-    let _ = ready_tx.send(true);
 
     // The anomaly loop runs on its own task, fed through the snapshot
     // channel: a slow analysis never delays a poll.
     let board = AnomalyBoard::new();
     let (analyzer_tx, analyzer_rx) = watch::channel(config.analyzer.clone());
-    tokio::spawn(crate::reload::analyzer_on_sighup(
-        config.source.clone(),
-        analyzer_tx,
-    ));
+    crate::reload::spawn_analyzer_reload(config.source.clone(), analyzer_tx);
     let mapek = MapeK::new(config.analyzer.clone(), board.clone());
     tokio::spawn(mapek.run(snapshot_rx.clone(), analyzer_rx, Vec::new));
+    let _ = ready_tx.send(true);
 
     let families_board = board.clone();
     let state = HttpState {

@@ -4,21 +4,29 @@
 
 use std::path::PathBuf;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{AnalyzerConfig, Config};
 
-/// Reloads on every SIGHUP until the loop's settings receiver is gone.
-pub async fn analyzer_on_sighup(source: Option<PathBuf>, settings: watch::Sender<AnalyzerConfig>) {
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(error) => {
-            warn!(%error, "SIGHUP reload unavailable");
-            return;
+/// Installs the SIGHUP handler now (before it, SIGHUP would terminate the
+/// process: call this before reporting ready), then reloads on every
+/// SIGHUP until the loop's settings receiver is gone.
+pub fn spawn_analyzer_reload(source: Option<PathBuf>, settings: watch::Sender<AnalyzerConfig>) {
+    match signal(SignalKind::hangup()) {
+        Ok(hangup) => {
+            tokio::spawn(reload_on(hangup, source, settings));
         }
-    };
+        Err(error) => warn!(%error, "SIGHUP reload unavailable"),
+    }
+}
+
+async fn reload_on(
+    mut hangup: Signal,
+    source: Option<PathBuf>,
+    settings: watch::Sender<AnalyzerConfig>,
+) {
     let running = Config::load(source.as_deref());
     let mut running = running.ok();
     while hangup.recv().await.is_some() {

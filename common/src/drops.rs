@@ -72,13 +72,19 @@ pub struct KernelLayout {
     pub sk_net: u32,
     /// `struct net` -> `ns.inum` (`unsigned int`).
     pub net_inum: u32,
+    /// `struct sk_buff` -> `sk` (`struct sock *`, the owning socket).
+    pub skb_sk: u32,
     /// Inode number of the daemon's network namespace
     /// (`stat /proc/self/ns/net`): only drops and retransmits there count.
     pub netns_inum: u32,
-    pub _padding: u32,
+    /// 1 when the daemon runs in the host's network namespace (that of
+    /// PID 1): drops whose skb names neither a device nor a socket are
+    /// then counted too; in any other namespace they are not, since they
+    /// may belong to any namespace.
+    pub count_unowned: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 32);
+const _: () = assert!(size_of::<KernelLayout>() == 36);
 
 /// Slots of [`DROPS_ERRORS_MAP`]: the programs' own failures. The traced
 /// packet is never affected; only the counter moves.
@@ -109,5 +115,5 @@ pub const DROPS_ERROR_LABELS: [(&str, &str); DROPS_ERROR_SLOTS as usize] = [
 unsafe impl aya::Pod for DeviceDropKey {}
 
 #[cfg(feature = "user")]
-// SAFETY: `#[repr(C)]`, eight `u32`s, no padding: every bit pattern is valid.
+// SAFETY: `#[repr(C)]`, nine `u32`s, no padding: every bit pattern is valid.
 unsafe impl aya::Pod for KernelLayout {}

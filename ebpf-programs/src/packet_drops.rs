@@ -42,8 +42,9 @@ static DROPS_LAYOUT: KernelLayout = KernelLayout {
     dev_net: 0,
     sk_net: 0,
     net_inum: 0,
+    skb_sk: 0,
     netns_inum: 0,
-    _padding: 0,
+    count_unowned: 0,
 };
 
 // /sys/kernel/tracing/events/skb/kfree_skb/format (Linux 6.18):
@@ -148,7 +149,8 @@ enum Owner {
     Namespace,
     /// Another network namespace: not counted.
     Elsewhere,
-    /// Neither a device nor a socket: counted for the node.
+    /// Neither a device nor a socket (or they did not read): counted only
+    /// when the daemon watches the host's namespace (`count_unowned`).
     Unknown,
 }
 
@@ -174,6 +176,7 @@ fn count_drop(ctx: &TracePointContext) -> Result<(), i32> {
     };
     match owner {
         Owner::Elsewhere => return Ok(()),
+        Owner::Unknown if l.enabled != 0 && l.count_unowned == 0 => return Ok(()),
         Owner::Device(ifindex) => count_device_drop(ifindex, reason),
         Owner::Namespace | Owner::Unknown => {}
     }
@@ -197,8 +200,14 @@ fn owner(skb: *const u8, rx_sk: *const u8, l: &KernelLayout) -> Result<Owner, i3
         let ifindex: i32 = kernel_read(dev, l.dev_ifindex)?;
         return Ok(Owner::Device(ifindex as u32));
     }
-    if !rx_sk.is_null() {
-        let net: *const u8 = kernel_read(rx_sk, l.sk_net)?;
+    // The receiving socket, else the socket owning the skb (queued data).
+    let sk = if rx_sk.is_null() {
+        kernel_read(skb, l.skb_sk)?
+    } else {
+        rx_sk
+    };
+    if !sk.is_null() {
+        let net: *const u8 = kernel_read(sk, l.sk_net)?;
         if netns_of(net, l)? != l.netns_inum {
             return Ok(Owner::Elsewhere);
         }

@@ -305,6 +305,7 @@ pub fn kernel_layout(btf: &KernelBtf) -> Result<KernelLayout, BtfError> {
             source,
         })?
         .ino() as u32;
+    let host_netns = std::fs::metadata("/proc/1/ns/net").ok().map(|m| m.ino());
     Ok(KernelLayout {
         enabled: 1,
         skb_dev: btf.field_offset("sk_buff", &["dev"])?,
@@ -312,8 +313,9 @@ pub fn kernel_layout(btf: &KernelBtf) -> Result<KernelLayout, BtfError> {
         dev_net: btf.field_offset("net_device", &["nd_net", "net"])?,
         sk_net: btf.field_offset("sock", &["__sk_common", "skc_net", "net"])?,
         net_inum: btf.field_offset("net", &["ns", "inum"])?,
+        skb_sk: btf.field_offset("sk_buff", &["sk"])?,
         netns_inum,
-        _padding: 0,
+        count_unowned: u32::from(host_netns == Some(u64::from(netns_inum))),
     })
 }
 
@@ -326,8 +328,9 @@ pub fn layout_bytes(l: &KernelLayout) -> Vec<u8> {
         l.dev_net,
         l.sk_net,
         l.net_inum,
+        l.skb_sk,
         l.netns_inum,
-        l._padding,
+        l.count_unowned,
     ]
     .iter()
     .flat_map(|v| v.to_ne_bytes())
@@ -397,9 +400,9 @@ pub fn describe() -> String {
             }
             match kernel_layout(&btf) {
                 Ok(l) => out.push_str(&format!(
-                    "  device attribution   yes  sk_buff.dev +{}, net_device.ifindex +{}, \
+                    "  device attribution   yes  sk_buff.dev +{}, sk_buff.sk +{}, net_device.ifindex +{}, \
                      net_device.nd_net +{}, sock.skc_net +{}, net.ns.inum +{}\n",
-                    l.skb_dev, l.dev_ifindex, l.dev_net, l.sk_net, l.net_inum
+                    l.skb_dev, l.skb_sk, l.dev_ifindex, l.dev_net, l.sk_net, l.net_inum
                 )),
                 Err(e) => out.push_str(&format!("  device attribution   no   {e}\n")),
             }
@@ -565,5 +568,6 @@ mod tests {
         assert!(layout.dev_net > 0 && layout.dev_net < 4096, "{layout:?}");
         assert!(layout.sk_net > 0 && layout.sk_net < 256, "{layout:?}");
         assert!(layout.net_inum < 4096, "{layout:?}");
+        assert!(layout.skb_sk > 0 && layout.skb_sk < 64, "{layout:?}");
     }
 }

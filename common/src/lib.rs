@@ -6,6 +6,7 @@
 //! impls so user space can read the types out of maps.
 #![no_std]
 
+pub mod drops;
 pub mod events;
 pub mod syscalls;
 pub mod xdp;

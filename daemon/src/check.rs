@@ -32,6 +32,7 @@ pub fn run(config: &Config, probe_kernel: bool) -> u8 {
     if config.syscalls.enabled {
         print!("{}", syscall_attach_report(config, &support));
     }
+    print!("{}", crate::bpf::drops::describe());
     0
 }
 

@@ -30,7 +30,7 @@ pub const EX_USAGE: i32 = 64;
 const COMMAND_LINE: &str = "command line";
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub daemon: DaemonConfig,
@@ -39,6 +39,10 @@ pub struct Config {
     pub xdp: XdpConfig,
     pub syscalls: SyscallsConfig,
     pub analyzer: AnalyzerConfig,
+    /// The `--config` path it was loaded with (`None`: the default lookup),
+    /// so that SIGHUP reloads from the same place. Not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[daemon]`
@@ -192,50 +196,32 @@ impl Default for SyscallsConfig {
     }
 }
 
-/// `[analyzer]`: MAPE-K Analyze/Plan settings.
+/// `[analyzer]`: the MAPE-K loop's settings. One type, owned by the loop
+/// ([`crate::mapek::AnalyzerSettings`]); every threshold is a key here.
 ///
-/// To add a key: a field here, its default in `Default`, its check in `validate`, and its
-/// documentation in `config/telemetryd.toml` (the `shipped_file_equals_default` test keeps the
-/// file and `Default` in step).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AnalyzerConfig {
-    /// No anomaly fires before a signal has this much history.
-    #[serde(with = "duration_str")]
-    pub warmup: Duration,
-    /// Consecutive anomalous polls before an anomaly fires.
-    pub fire_after: u32,
-    /// Consecutive normal polls before it resolves.
-    pub resolve_after: u32,
-    /// Alertmanager base URL (`http://host:port[/path]`); empty: off.
-    pub webhook: String,
-}
+/// To add a key: a field there, its default in its `Default`, its check in its `validate`,
+/// and its documentation in `config/telemetryd.toml` (the `shipped_file_equals_default` test
+/// keeps the file and `Default` in step).
+pub use crate::mapek::AnalyzerSettings as AnalyzerConfig;
 
-impl Default for AnalyzerConfig {
-    fn default() -> Self {
-        AnalyzerConfig {
-            warmup: Duration::from_secs(60),
-            fire_after: 3,
-            resolve_after: 5,
-            webhook: String::new(),
-        }
+/// Checks `[analyzer]`: the file-level limits first (their messages say what is allowed),
+/// then the loop's own checks, whose error names the key (`analyzer.<key> why`).
+fn validate_analyzer(a: &AnalyzerConfig) -> Result<(), Invalid> {
+    at_most("analyzer.warmup", a.warmup, Duration::from_secs(24 * 3600))?;
+    in_range("analyzer.fire_after", a.fire_after, 1, 10_000)?;
+    in_range("analyzer.resolve_after", a.resolve_after, 1, 10_000)?;
+    if !a.webhook.is_empty() {
+        check_webhook(&a.webhook).map_err(|m| Invalid::new("analyzer.webhook", m))?;
     }
-}
-
-impl AnalyzerConfig {
-    fn validate(&self) -> Result<(), Invalid> {
-        at_most(
-            "analyzer.warmup",
-            self.warmup,
-            Duration::from_secs(24 * 3600),
-        )?;
-        in_range("analyzer.fire_after", self.fire_after, 1, 10_000)?;
-        in_range("analyzer.resolve_after", self.resolve_after, 1, 10_000)?;
-        if !self.webhook.is_empty() {
-            check_webhook(&self.webhook).map_err(|m| Invalid::new("analyzer.webhook", m))?;
-        }
-        Ok(())
-    }
+    positive_at_most(
+        "analyzer.webhook_timeout",
+        a.webhook_timeout,
+        Duration::from_secs(300),
+    )?;
+    a.validate().map_err(|e| {
+        let (key, why) = e.split_once(' ').unwrap_or((e.as_str(), ""));
+        Invalid::new(key, why.to_owned())
+    })
 }
 
 /// A configuration error. Its `Display` is one line meant for the operator, e.g.
@@ -310,6 +296,12 @@ impl Config {
     /// Loads the configuration. `None`: [`DEFAULT_PATH`] if it exists, else [`EMBEDDED`].
     /// `Some(path)`: that file, which must exist.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = Config::load_from(path)?;
+        config.source = path.map(Path::to_owned);
+        Ok(config)
+    }
+
+    fn load_from(path: Option<&Path>) -> Result<Config, ConfigError> {
         let path = match path {
             Some(p) => p,
             None if Path::new(DEFAULT_PATH).exists() => Path::new(DEFAULT_PATH),
@@ -356,10 +348,10 @@ impl Config {
             }
         })?;
         config.validate().map_err(|inv| {
-            let span = span_of(doc.as_table(), inv.key, inv.index);
+            let span = span_of(doc.as_table(), &inv.key, inv.index);
             ConfigError::Invalid {
                 origin: origin.to_owned(),
-                key: inv.key.to_owned(),
+                key: inv.key,
                 line_col: span.map(|s| line_col(text, s.start)),
                 message: inv.message,
             }
@@ -443,23 +435,23 @@ impl Config {
         }
         in_range("syscalls.max_in_flight", sys.max_in_flight, 1, 1 << 20)?;
 
-        self.analyzer.validate()
+        validate_analyzer(&self.analyzer)
     }
 }
 
 /// A validation failure before it is located in the document.
 #[derive(Debug)]
 struct Invalid {
-    key: &'static str,
+    key: String,
     /// Element of an array value, when the failure is about one element.
     index: Option<usize>,
     message: String,
 }
 
 impl Invalid {
-    fn new(key: &'static str, message: String) -> Self {
+    fn new(key: impl Into<String>, message: String) -> Self {
         Invalid {
-            key,
+            key: key.into(),
             index: None,
             message,
         }
@@ -744,7 +736,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// Serde adapter for `Duration` as a string with a unit.
-mod duration_str {
+pub(crate) mod duration_str {
     use super::*;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -974,6 +966,11 @@ mod tests {
         bad("bad webhook URL", "[analyzer]\nwebhook = \"alertmanager:9093\"\n", "analyzer.webhook", Some((2, 11)), "\"alertmanager:9093\""),
         bad("webhook without port", "[analyzer]\nwebhook = \"http://am/\"\n", "analyzer.webhook", Some((2, 11)), "missing port"),
         bad("https webhook", "[analyzer]\nwebhook = \"https://am:9093\"\n", "analyzer.webhook", Some((2, 11)), "https is not supported"),
+        bad("z_threshold = 0", "[analyzer]\nz_threshold = 0.0\n", "analyzer.z_threshold", Some((2, 15)), "positive number (got 0)"),
+        bad("silence_ratio > 1", "[analyzer]\nwarmup = \"1s\"\nsilence_ratio = 1.5\n", "analyzer.silence_ratio", Some((3, 17)), "between 0 and 1 (got 1.5)"),
+        bad("window below fire_after", "[analyzer]\nfire_after = 30\nwindow = 10\n", "analyzer.window", Some((3, 10)), "(got 10)"),
+        bad("zero webhook_timeout", "[analyzer]\nwebhook_timeout = \"0s\"\n", "analyzer.webhook_timeout", Some((2, 19)), "is zero"),
+        bad("zero alpha", "[analyzer]\nbaseline_alpha = 0.0\n", "analyzer.baseline_alpha", Some((2, 18)), "must be in (0, 1] (got 0)"),
         bad("TOML syntax error: bare duration", "[daemon]\npoll_interval = 1s\n", "daemon.poll_interval", Some((2, 18)), "(in \"poll_interval = 1s\")"),
         bad("TOML syntax error: unclosed table", "[daemon\npoll_interval = \"1s\"\n", "", Some((1, 8)), "TOML syntax error"),
         bad("TOML syntax error: duplicate key", "[xdp]\nreplace = true\nreplace = false\n", "xdp.replace", Some((3, 1)), "TOML syntax error: duplicate key"),
@@ -1067,6 +1064,7 @@ mod tests {
             warmup = "0s"
             fire_after = 1
             resolve_after = 10000
+            window = 10000
             webhook = "http://[::1]:9093/alertmanager"
         "#;
         let c = Config::from_toml(text, "t.toml").unwrap();
@@ -1199,7 +1197,15 @@ mod tests {
     #[test]
     fn load_reads_the_given_file_and_names_a_missing_one() {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/telemetryd.toml");
-        assert_eq!(Config::load(Some(&shipped)).unwrap(), Config::default());
+        let loaded = Config::load(Some(&shipped)).unwrap();
+        assert_eq!(loaded.source.as_deref(), Some(shipped.as_path()));
+        assert_eq!(
+            Config {
+                source: None,
+                ..loaded
+            },
+            Config::default()
+        );
 
         let missing = Path::new("/nonexistent/telemetryd.toml");
         let err = Config::load(Some(missing)).unwrap_err();

@@ -16,14 +16,16 @@ use tokio::time::MissedTickBehavior;
 use tracing::{error, info, warn};
 
 use crate::bpf::syscalls::{self, SyscallTracer};
-use crate::bpf::xdp::{AttachedInterfaces, PacketCounter};
+use crate::bpf::xdp::{AttachedInterfaces, Attachment, PacketCounter};
 use crate::bpf::{probe, LoadError, LoadOptions, LoadedObject};
+use crate::collect::drops::DropsCollector;
 use crate::collect::events::PacketEvents;
 use crate::collect::{Snapshot, SnapshotClock, SyscallCollector, XdpCollector};
 use crate::config::Config;
 use crate::hotplug::LinkWatch;
 use crate::http::{self, HttpLimits, HttpState};
 use crate::logging::LogControl;
+use crate::mapek::{AnomalyBoard, MapeK};
 use crate::notify::{self, Notifier};
 use crate::reload::{ConfigSource, Reloader};
 use crate::shutdown;
@@ -69,13 +71,21 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
         LoadOptions::default()
     };
     let options = options.with_xdp(&config.xdp);
-    let mut object = LoadedObject::load_with(&options).context("loading the eBPF object")?;
+    // Kernel struct offsets the drop tracer needs, read from BTF.
+    let drops_setup = crate::bpf::drops::prepare();
+    let (layout_name, layout) = drops_setup.global();
+    let mut object = LoadedObject::load_with_globals(&options, &[(layout_name, &layout)])
+        .context("loading the eBPF object")?;
     if let Some(logger) = object.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
     }
     let counters: PerCpuHashMap<_, _, _> = object.take_map(COUNTERS_MAP)?;
     let errors: PerCpuArray<_, _> = object.take_map(ERRORS_MAP)?;
-    let mut collector = XdpCollector::new(counters, errors);
+    let xdp_collector = XdpCollector::new(counters, errors);
+    let attached = crate::bpf::drops::attach(&mut object);
+    let drops = DropsCollector::new(&mut object, drops_setup.names, attached)
+        .inspect_err(|error| warn!(%error, "kernel drops and TCP retransmits are not collected"))
+        .ok();
 
     // The syscall tracer first: it only needs the object while attaching
     // (it owns its links), the packet counter keeps borrowing it.
@@ -85,7 +95,10 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
             .context("starting the syscall latency tracer")?;
         let histograms: PerCpuArray<_, _> = object.take_map(HISTOGRAMS_MAP)?;
         let errors: PerCpuArray<_, _> = object.take_map(SYSCALL_ERRORS_MAP)?;
-        Some((tracer, SyscallCollector::new(histograms, errors)))
+        Some(SyscallPoll {
+            tracer,
+            collector: SyscallCollector::new(histograms, errors),
+        })
     } else {
         info!("syscall tracing disabled by configuration");
         None
@@ -126,23 +139,40 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     if let Some(xdp) = xdp.as_mut() {
         interfaces.reconcile(xdp, &config.xdp);
     }
-    let mut clock = SnapshotClock::new();
-    let mut first = clock.start_poll();
-    collector.poll(xdp.as_ref(), interfaces.attachments(), &mut first);
-    if let Some(events) = &events {
-        events.fill(&mut first);
-    }
-    if let Some((tracer, syscall_collector)) = &syscall_tracer {
-        syscall_collector.poll(tracer, &mut first);
-    }
-    let _ = snapshot_tx.send(Arc::new(first));
+    let top_talkers = events.as_ref().map(|events| events.shares_source());
+    let mut collectors = Collectors {
+        clock: SnapshotClock::new(),
+        xdp: xdp_collector,
+        drops,
+        events,
+        syscalls: syscall_tracer,
+    };
+    let _ = snapshot_tx.send(Arc::new(
+        collectors.poll(xdp.as_ref(), interfaces.attachments()),
+    ));
+
+    // The anomaly loop runs on its own task, fed through the snapshot
+    // channel: a slow analysis never delays a poll.
+    let board = AnomalyBoard::new();
+    let mapek = MapeK::new(config.analyzer.clone(), board.clone());
+    tokio::spawn(mapek.run(
+        snapshot_rx.clone(),
+        reloader.analyzer_settings(),
+        move || {
+            top_talkers
+                .as_ref()
+                .map(|shares| shares())
+                .unwrap_or_default()
+        },
+    ));
     let _ = ready_tx.send(true);
 
+    let families_board = board.clone();
     let state = HttpState {
         snapshot: snapshot_rx,
         ready: ready_rx,
-        extra_families: Arc::new(Vec::new),
-        anomalies: Arc::new(|| "{\"active\":[],\"resolved\":[]}".to_owned()),
+        extra_families: Arc::new(move || families_board.metric_families()),
+        anomalies: Arc::new(move || board.to_json()),
     };
     let limits = HttpLimits {
         max_connections: config.http.max_connections as usize,
@@ -169,14 +199,7 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
                 if let Some(xdp) = xdp.as_mut() {
                     interfaces.reconcile(xdp, &config.xdp);
                 }
-                let mut snapshot = clock.start_poll();
-                collector.poll(xdp.as_ref(), interfaces.attachments(), &mut snapshot);
-                if let Some(events) = &events {
-                    events.fill(&mut snapshot);
-                }
-                if let Some((tracer, syscall_collector)) = &syscall_tracer {
-                    syscall_collector.poll(tracer, &mut snapshot);
-                }
+                let snapshot = collectors.poll(xdp.as_ref(), interfaces.attachments());
                 let _ = snapshot_tx.send(Arc::new(snapshot));
                 polls += 1;
                 if stall_after.is_some_and(|n| polls > n) {
@@ -218,12 +241,12 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     if let Some(xdp) = xdp.as_mut() {
         interfaces.detach_all(xdp);
     }
-    if let Some((tracer, _)) = syscall_tracer {
+    if let Some(syscalls) = collectors.syscalls.take() {
         info!(
-            mode = tracer.strategy.label(),
+            mode = syscalls.tracer.strategy.label(),
             "syscall latency tracer detached"
         );
-        drop(tracer);
+        drop(syscalls);
     }
     if tokio::time::timeout(std::time::Duration::from_secs(2), server)
         .await
@@ -233,6 +256,42 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// The syscall tracer (it owns its links) and the collector of its maps.
+struct SyscallPoll {
+    tracer: SyscallTracer,
+    collector: SyscallCollector,
+}
+
+/// Everything read once per poll, into one snapshot.
+struct Collectors {
+    clock: SnapshotClock,
+    xdp: XdpCollector,
+    drops: Option<DropsCollector>,
+    events: Option<PacketEvents>,
+    syscalls: Option<SyscallPoll>,
+}
+
+impl Collectors {
+    fn poll(
+        &mut self,
+        counter: Option<&PacketCounter<'_>>,
+        attachments: &[Attachment],
+    ) -> Snapshot {
+        let mut snapshot = self.clock.start_poll();
+        self.xdp.poll(counter, attachments, &mut snapshot);
+        if let Some(drops) = self.drops.as_mut() {
+            drops.poll(&mut snapshot);
+        }
+        if let Some(events) = &self.events {
+            events.fill(&mut snapshot);
+        }
+        if let Some(syscalls) = &self.syscalls {
+            syscalls.collector.poll(&syscalls.tracer, &mut snapshot);
+        }
+        snapshot
+    }
 }
 
 /// Resolves when the next watchdog ping is due; never without a watchdog.

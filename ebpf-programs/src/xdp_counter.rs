@@ -395,4 +395,4 @@ fn record_error(ctx: &XdpContext, error: ProgramError, ifindex: u32) {
     }
 }
 
-const _: () = assert!(size_of::<InterfaceCounters>() % 8 == 0);
+const _: () = assert!(size_of::<InterfaceCounters>().is_multiple_of(8));

@@ -118,16 +118,27 @@ impl LoadedObject {
     }
 
     pub fn load_with(options: &LoadOptions) -> Result<Self, LoadError> {
+        Self::load_with_globals(options, &[])
+    }
+
+    /// Like [`LoadedObject::load_with`], also setting global variables of
+    /// the programs (name, bytes of the value), e.g. kernel struct offsets
+    /// read from BTF. Every name must exist in the object.
+    pub fn load_with_globals(
+        options: &LoadOptions,
+        globals: &[(&str, &[u8])],
+    ) -> Result<Self, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NotEmbedded);
         }
         check_ring_buffer_size(options.ring_buffer_size, page_size())?;
         raise_memlock_limit();
         let filter_pids = u32::from(options.filter_pids);
+        let mut loader = EbpfLoader::new();
         // Rust eBPF programs carry no CO-RE relocations, so the kernel BTF
         // is not needed as a relocation target; programs that need it
-        // (fentry) load it themselves.
-        let ebpf = EbpfLoader::new()
+        // (fentry, tp_btf) load it themselves.
+        loader
             .btf(None)
             .override_global(SAMPLE_RATE_GLOBAL, &options.sample_rate, true)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_size)
@@ -135,9 +146,11 @@ impl LoadedObject {
             .override_global(sc::SELF_TGID_GLOBAL, &options.self_tgid, true)
             .override_global(sc::FILTER_PIDS_GLOBAL, &filter_pids, true)
             .override_global(sc::FILTER_CGROUP_GLOBAL, &options.cgroup_id, true)
-            .override_global(sc::NR_OFFSET_GLOBAL, &options.nr_offset, true)
-            .load(OBJECT)
-            .map_err(LoadError::Object)?;
+            .override_global(sc::NR_OFFSET_GLOBAL, &options.nr_offset, true);
+        for (name, value) in globals {
+            loader.override_global(name, *value, true);
+        }
+        let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
         Ok(Self { ebpf })
     }
 

@@ -1,5 +1,6 @@
 //! Polls the kernel maps once per interval into an immutable [`Snapshot`].
 
+pub mod drops;
 pub mod events;
 pub mod snapshot;
 pub mod syscalls;

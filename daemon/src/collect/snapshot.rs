@@ -29,6 +29,10 @@ pub struct Snapshot {
     pub syscalls: BTreeMap<String, SyscallStats>,
     /// Kernel packet drops by drop reason name (`skb:kfree_skb`).
     pub kernel_drops: BTreeMap<String, u64>,
+    /// The kernel drops of skbs that named a device of this network
+    /// namespace, by device name, then reason name (a subset of
+    /// `kernel_drops`).
+    pub device_drops: BTreeMap<String, BTreeMap<String, u64>>,
     /// TCP counters of the node.
     pub tcp: TcpStats,
     /// Tracked syscalls whose start the tracer could not record because its

@@ -310,7 +310,7 @@ pub fn explain(
             fmt_rate(b)
         ),
         Metric::DeviceLossRate => format!(
-            "packet loss on {subject}{resolved}: {} packets/s dropped or errored at the interface over the last {over} (baseline {}/s)",
+            "packet loss on {subject}{resolved}: {} packets/s dropped or errored on the device over the last {over} (baseline {}/s)",
             fmt_rate(value),
             fmt_rate(b)
         ),
@@ -358,6 +358,7 @@ fn correlate(text: &mut String, verdict: &Verdict, ctx: &Context<'_>) {
                     ("rx_errors", dev.rx_errors_per_sec),
                     ("tx_dropped", dev.tx_dropped_per_sec),
                     ("tx_errors", dev.tx_errors_per_sec),
+                    ("kernel drops", dev.kernel_drops_per_sec),
                 ]
                 .iter()
                 .filter(|(_, r)| *r > 0.0)

@@ -20,15 +20,19 @@ pub struct DeviceRates {
     pub rx_errors_per_sec: f64,
     pub tx_dropped_per_sec: f64,
     pub tx_errors_per_sec: f64,
+    /// Kernel drops (`skb:kfree_skb`) of skbs on this device, all reasons.
+    pub kernel_drops_per_sec: f64,
 }
 
 impl DeviceRates {
-    /// Dropped and errored packets per second, both directions.
+    /// Dropped and errored packets per second, both directions, at the
+    /// interface and further up the stack (kernel drops on this device).
     pub fn loss_per_sec(&self) -> f64 {
         self.rx_dropped_per_sec
             + self.rx_errors_per_sec
             + self.tx_dropped_per_sec
             + self.tx_errors_per_sec
+            + self.kernel_drops_per_sec
     }
 }
 
@@ -72,7 +76,8 @@ pub struct Observation {
     pub devices: BTreeMap<String, DeviceRates>,
     /// Devices left out of this observation because a counter went down.
     pub reset_devices: Vec<String>,
-    /// Kernel drops per second, all reasons.
+    /// Kernel drops per second, all reasons, except those attributed to a
+    /// device in `devices` (they are in its `kernel_drops_per_sec`).
     pub kernel_drops_per_sec: f64,
     /// Kernel drops per second by reason (reasons that moved only).
     pub kernel_drop_reasons: BTreeMap<String, f64>,
@@ -138,7 +143,14 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
             continue;
         };
         match device_rates(prev, cur, secs) {
-            Some(rates) => {
+            Some(mut rates) => {
+                // Attributed kernel drops; a reset leaves them at 0 this once.
+                let total = |s: &Snapshot| -> u64 {
+                    s.device_drops.get(name).map_or(0, |r| r.values().sum())
+                };
+                rates.kernel_drops_per_sec = total(current)
+                    .checked_sub(total(previous))
+                    .map_or(0.0, |d| d as f64 / secs);
                 devices.insert(name.clone(), rates);
             }
             None => reset_devices.push(name.clone()),
@@ -158,6 +170,8 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
         }
     }
 
+    let attributed: f64 = devices.values().map(|d| d.kernel_drops_per_sec).sum();
+
     let mut syscalls = BTreeMap::new();
     for (name, cur) in &current.syscalls {
         let prev = previous.syscalls.get(name);
@@ -175,7 +189,9 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
         first,
         devices,
         reset_devices,
-        kernel_drops_per_sec: kernel_drops as f64 / secs,
+        // Drops attributed to an observed device are that device's loss;
+        // the node's signal keeps the rest, so one fault raises one anomaly.
+        kernel_drops_per_sec: (kernel_drops as f64 / secs - attributed).max(0.0),
         kernel_drop_reasons,
         tcp: tcp_rates(&previous.tcp, &current.tcp, secs),
         syscalls,
@@ -202,6 +218,7 @@ fn device_rates(prev: &InterfaceStats, cur: &InterfaceStats, secs: f64) -> Optio
         rx_errors_per_sec: rate(cur.rx_errors, prev.rx_errors)?,
         tx_dropped_per_sec: rate(cur.tx_dropped, prev.tx_dropped)?,
         tx_errors_per_sec: rate(cur.tx_errors, prev.tx_errors)?,
+        kernel_drops_per_sec: 0.0,
     })
 }
 

@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Settings of the anomaly analyzer (`[analyzer]` in the config file).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AnalyzerSettings {
     /// No anomaly fires for a signal before it has this much history
     /// (baselines still learn during warm-up).
-    #[serde(with = "duration_serde")]
+    #[serde(with = "crate::config::duration_str")]
     pub warmup: Duration,
     /// Consecutive anomalous polls before an anomaly fires.
     pub fire_after: u32,
@@ -22,7 +22,7 @@ pub struct AnalyzerSettings {
     /// `{webhook}/api/v2/alerts`. Empty: off.
     pub webhook: String,
     /// Timeout of one webhook request.
-    #[serde(with = "duration_serde")]
+    #[serde(with = "crate::config::duration_str")]
     pub webhook_timeout: Duration,
     /// Retries of a failed webhook request (with exponential backoff) before
     /// it is counted as failed.

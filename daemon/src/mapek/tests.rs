@@ -15,6 +15,7 @@ struct Node {
     interfaces: BTreeMap<String, InterfaceStats>,
     syscalls: BTreeMap<String, SyscallStats>,
     kernel_drops: BTreeMap<String, u64>,
+    device_drops: BTreeMap<String, BTreeMap<String, u64>>,
     tcp: TcpStats,
 }
 
@@ -42,6 +43,17 @@ impl Node {
         self
     }
 
+    /// `n` kernel drops for `reason` on `device` (also counted node-wide).
+    fn device_drops(&mut self, device: &str, reason: &str, n: u64) -> &mut Self {
+        *self
+            .device_drops
+            .entry(device.into())
+            .or_default()
+            .entry(reason.into())
+            .or_default() += n;
+        self.drops(reason, n)
+    }
+
     /// `n` calls of about `ns` nanoseconds each (log2 bucket of `ns`).
     fn calls(&mut self, name: &str, n: u64, ns: u64, errors: u64) -> &mut Self {
         let s = self.syscalls.entry(name.into()).or_default();
@@ -61,6 +73,7 @@ impl Node {
             interfaces: self.interfaces.clone(),
             syscalls: self.syscalls.clone(),
             kernel_drops: self.kernel_drops.clone(),
+            device_drops: self.device_drops.clone(),
             tcp: self.tcp.clone(),
             program_errors: BTreeMap::new(),
             attachments: Vec::new(),
@@ -324,11 +337,37 @@ fn device_drops_are_attributed_to_the_device() {
     );
     assert!(
         fired[0].explanation.starts_with(
-            "packet loss on eth0: 800 packets/s dropped or errored at the interface over the last 3 s \
+            "packet loss on eth0: 800 packets/s dropped or errored on the device over the last 3 s \
              (baseline 0/s); rx_dropped 800/s"
         ),
         "{}",
         fired[0].explanation
+    );
+}
+
+#[test]
+fn kernel_drops_on_a_device_name_the_device_and_the_reason() {
+    let mut mapek = MapeK::new(settings(), AnomalyBoard::new());
+    let mut node = Node::default();
+    warm_up(&mut mapek, &mut node, 30);
+    let mut fired = Vec::new();
+    for _ in 0..3 {
+        normal(&mut node);
+        node.device_drops("eth0", "NETFILTER_DROP", 100);
+        fired.extend(mapek.observe(&node.snapshot(), &[]));
+    }
+    // One fault, one anomaly: the node's kernel drop signal leaves out
+    // drops attributed to a device.
+    let device: Vec<_> = fired.iter().filter(|c| c.subject == "eth0").collect();
+    assert_eq!((fired.len(), device.len()), (1, 1), "{fired:?}");
+    assert_eq!(device[0].kind, AnomalyKind::PacketLoss);
+    assert!(
+        device[0].explanation.starts_with(
+            "packet loss on eth0: 100 packets/s dropped or errored on the device over the last 3 s \
+             (baseline 0/s); kernel drops 100/s; kernel drops dominated by NETFILTER_DROP (100/s)"
+        ),
+        "{}",
+        device[0].explanation
     );
 }
 

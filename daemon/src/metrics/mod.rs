@@ -4,6 +4,7 @@
 //! `prometheus` crate's data model and text encoder: the kernel counters are
 //! already cumulative, so nothing here keeps state of its own.
 
+pub mod drops;
 pub mod events;
 pub mod family;
 
@@ -102,7 +103,7 @@ fn snapshot_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
         .into_iter()
         .collect();
 
-    vec![
+    let mut families = vec![
         histogram(
             "telemetryd_syscall_latency_seconds",
             "Latency of the tracked syscalls, entry to exit, in log2 buckets of nanoseconds.",
@@ -158,7 +159,9 @@ fn snapshot_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
             "Always 1; the labels describe this build.",
             vec![Sample::new(&[("version", VERSION)], 1.0)],
         ),
-    ]
+    ];
+    families.extend(drops::families(snapshot));
+    families
 }
 
 const NANOS_PER_SECOND: f64 = 1e9;

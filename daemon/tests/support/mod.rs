@@ -10,6 +10,7 @@ pub mod frames;
 pub mod metrics;
 pub mod netns;
 pub mod process;
+pub mod traffic;
 
 pub use netns::{NetNs, VethPair};
 pub use process::{Daemon, Spawn};

@@ -96,6 +96,12 @@ impl Daemon {
             .count()
     }
 
+    /// The config file the daemon was started with (rewrite it, then
+    /// send SIGHUP, to test reloads).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }

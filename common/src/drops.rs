@@ -1,0 +1,119 @@
+//! Kernel packet drops (`skb:kfree_skb`) and TCP retransmits
+//! (`tcp:tcp_retransmit_skb`): program and map names, slots, and the kernel
+//! struct layout user space reads from BTF and hands to the programs.
+
+use core::mem::size_of;
+
+/// Program on `skb:kfree_skb`.
+pub const DROPS_PROGRAM: &str = "kfree_skb_drops";
+/// Program on `tcp:tcp_retransmit_skb`.
+pub const RETRANSMITS_PROGRAM: &str = "tcp_retransmits";
+
+/// Per-CPU array: drop reason (the kernel's `enum skb_drop_reason` value)
+/// -> drops (`u64`). Values at or above [`MAX_DROP_REASONS`] go to
+/// [`OVERFLOW_REASON_SLOT`].
+pub const DROP_REASONS_MAP: &str = "DROP_REASONS";
+/// Per-CPU hash map: [`DeviceDropKey`] -> drops (`u64`), for drops whose skb
+/// names a device of the daemon's network namespace.
+pub const DEVICE_DROPS_MAP: &str = "DEVICE_DROPS";
+/// Per-CPU array: [`FAMILY_SLOT_IPV4`], [`FAMILY_SLOT_IPV6`] -> retransmitted segments (`u64`).
+pub const RETRANSMITS_MAP: &str = "TCP_RETRANSMITS";
+/// Per-CPU array: [`DropsError`] slot -> times it happened (`u64`).
+pub const DROPS_ERRORS_MAP: &str = "DROPS_ERRORS";
+/// Global variable of type [`KernelLayout`], set at load time.
+pub const LAYOUT_GLOBAL: &str = "DROPS_LAYOUT";
+
+/// Reason values counted one by one (the kernel has ~130 today; subsystem
+/// reasons carry the subsystem in bits 16 and up and land in the overflow slot).
+pub const MAX_DROP_REASONS: u32 = 512;
+pub const OVERFLOW_REASON_SLOT: u32 = MAX_DROP_REASONS;
+pub const DROP_REASON_SLOTS: u32 = MAX_DROP_REASONS + 1;
+/// Label of the overflow slot.
+pub const OVERFLOW_REASON_LABEL: &str = "OTHER";
+
+/// Entries of [`DEVICE_DROPS_MAP`] at most.
+pub const MAX_DEVICE_DROP_KEYS: u32 = 4096;
+
+pub const FAMILY_SLOT_IPV4: u32 = 0;
+pub const FAMILY_SLOT_IPV6: u32 = 1;
+pub const FAMILY_SLOTS: u32 = 2;
+
+/// `AF_INET`, `AF_INET6` as `tcp:tcp_retransmit_skb` reports them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Key of [`DEVICE_DROPS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceDropKey {
+    pub ifindex: u32,
+    pub reason: u32,
+}
+
+const _: () = assert!(size_of::<DeviceDropKey>() == 8);
+
+/// Byte offsets of the kernel struct fields the programs follow, read from
+/// the running kernel's BTF (Rust eBPF gets no CO-RE relocations).
+///
+/// With `enabled == 0` (BTF lacked a field) the programs count reasons and
+/// families only: no device attribution and no namespace filter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// 1 when every offset below is valid.
+    pub enabled: u32,
+    /// `struct sk_buff` -> `dev` (`struct net_device *`).
+    pub skb_dev: u32,
+    /// `struct net_device` -> `ifindex` (`int`).
+    pub dev_ifindex: u32,
+    /// `struct net_device` -> `nd_net.net` (`struct net *`).
+    pub dev_net: u32,
+    /// `struct sock` -> `__sk_common.skc_net.net` (`struct net *`).
+    pub sk_net: u32,
+    /// `struct net` -> `ns.inum` (`unsigned int`).
+    pub net_inum: u32,
+    /// `struct sk_buff` -> `sk` (`struct sock *`, the owning socket).
+    pub skb_sk: u32,
+    /// Inode number of the daemon's network namespace
+    /// (`stat /proc/self/ns/net`): only drops and retransmits there count.
+    pub netns_inum: u32,
+    /// 1 when the daemon runs in the host's network namespace (that of
+    /// PID 1): drops whose skb names neither a device nor a socket are
+    /// then counted too; in any other namespace they are not, since they
+    /// may belong to any namespace.
+    pub count_unowned: u32,
+}
+
+const _: () = assert!(size_of::<KernelLayout>() == 36);
+
+/// Slots of [`DROPS_ERRORS_MAP`]: the programs' own failures. The traced
+/// packet is never affected; only the counter moves.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropsError {
+    /// [`DEVICE_DROPS_MAP`] was full: the drop was counted by reason only.
+    DeviceMapFull = 0,
+    /// `kfree_skb_drops` could not read its record or a kernel struct.
+    DropReadFailed = 1,
+    /// `tcp_retransmits` could not read its record or a kernel struct.
+    RetransmitReadFailed = 2,
+    /// `tcp_retransmits` saw a family other than AF_INET and AF_INET6.
+    RetransmitUnknownFamily = 3,
+}
+
+pub const DROPS_ERROR_SLOTS: u32 = 4;
+/// (program, reason) of each [`DropsError`] slot.
+pub const DROPS_ERROR_LABELS: [(&str, &str); DROPS_ERROR_SLOTS as usize] = [
+    (DROPS_PROGRAM, "device_map_full"),
+    (DROPS_PROGRAM, "read_failed"),
+    (RETRANSMITS_PROGRAM, "read_failed"),
+    (RETRANSMITS_PROGRAM, "unknown_family"),
+];
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, two `u32`s, no padding: every bit pattern is valid.
+unsafe impl aya::Pod for DeviceDropKey {}
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, nine `u32`s, no padding: every bit pattern is valid.
+unsafe impl aya::Pod for KernelLayout {}

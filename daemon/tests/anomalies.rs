@@ -1,0 +1,629 @@
+//! End to end as root: the MAPE-K loop of a real daemon explains real
+//! packet loss (an nftables rule dropping 10% at random on the receiver),
+//! resolves it, notifies a webhook, and (with the syscall tracer) raises
+//! latency anomalies.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::traffic::{RandomDrop, Traffic};
+use support::{require_root, Daemon, NetNs, VethPair};
+
+const POLL: &str = "500ms";
+const WARMUP: &str = "3s";
+const FIRE_AFTER: u32 = 3;
+const RESOLVE_AFTER: u32 = 4;
+/// Steady traffic into the receiver: TCP writes and UDP datagrams per second.
+const TCP_RATE: u32 = 400;
+const UDP_RATE: u32 = 200;
+
+fn config(device: &str, extra_analyzer: &str) -> String {
+    format!(
+        r#"
+[daemon]
+poll_interval = "{POLL}"
+[http]
+listen = "{listen}"
+[log]
+format = "json"
+level = "info"
+[xdp]
+interfaces = ["{device}"]
+[syscalls]
+enabled = false
+[analyzer]
+warmup = "{WARMUP}"
+fire_after = {FIRE_AFTER}
+resolve_after = {RESOLVE_AFTER}
+{extra_analyzer}
+"#,
+        listen = support::process::LISTEN,
+    )
+}
+
+fn anomalies(daemon: &Daemon) -> Value {
+    let (status, body) = daemon
+        .get("/api/v1/anomalies")
+        .unwrap_or_else(|e| panic!("GET /api/v1/anomalies: {e}\n{}", daemon.log_text()));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn records<'a>(doc: &'a Value, list: &str, kind: &str) -> Vec<&'a Value> {
+    doc[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {list} array in {doc}"))
+        .iter()
+        .filter(|a| a["kind"] == kind)
+        .collect()
+}
+
+/// Polls `/api/v1/anomalies` until `done` holds; returns the document and
+/// how long it took, or panics with the document and the log after `limit`.
+fn wait_for(
+    daemon: &Daemon,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> (Value, Duration) {
+    let start = Instant::now();
+    loop {
+        let doc = anomalies(daemon);
+        if done(&doc) {
+            return (doc, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not happen within {limit:?}; /api/v1/anomalies: {doc:#}\nlog:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The JSON log events of the daemon with `event == "anomaly"`.
+fn anomaly_events(daemon: &Daemon) -> Vec<Value> {
+    daemon
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "anomaly")
+        .collect()
+}
+
+/// Sender and receiver namespaces joined by veth, the daemon in the
+/// receiver watching its veth end, steady traffic flowing, past warm-up.
+struct LossScenario {
+    // Field order is drop order: traffic stops before the daemon and the
+    // namespaces go away.
+    traffic: Traffic,
+    daemon: Daemon,
+    veth: VethPair,
+    receiver: NetNs,
+    _sender: NetNs,
+}
+
+impl LossScenario {
+    fn start(extra_analyzer: &str) -> Self {
+        require_root();
+        let (sender, receiver) = (NetNs::new(), NetNs::new());
+        let veth = VethPair::new(&sender, &receiver);
+        let daemon = Daemon::start(&receiver, &config(&veth.b, extra_analyzer));
+        let traffic = Traffic::start(
+            &sender,
+            &receiver,
+            &veth.b_ip,
+            TCP_RATE,
+            UDP_RATE,
+            Duration::from_secs(90),
+        );
+        // Warm-up plus a few polls of steady traffic for the baselines.
+        std::thread::sleep(Duration::from_secs(6));
+        let doc = anomalies(&daemon);
+        assert_eq!(
+            doc["active"].as_array().map(Vec::len),
+            Some(0),
+            "steady traffic raised anomalies: {doc:#}\nlog:\n{}",
+            daemon.log_text()
+        );
+        Self {
+            traffic,
+            daemon,
+            veth,
+            receiver,
+            _sender: sender,
+        }
+    }
+}
+
+#[test]
+fn random_drops_fire_packet_loss_naming_netfilter_and_the_device_then_resolve() {
+    let s = LossScenario::start("");
+    let device = s.veth.b.clone();
+
+    let rule = RandomDrop::add(&s.receiver, &device, 10);
+    let (doc, fired_after) = wait_for(
+        &s.daemon,
+        Duration::from_secs(10),
+        "packet_loss firing for the device",
+        |doc| {
+            records(doc, "active", "packet_loss")
+                .iter()
+                .any(|a| a["subject"] == device.as_str())
+        },
+    );
+    let active = records(&doc, "active", "packet_loss");
+    // Every drop names the device: one anomaly, on the device, none on the
+    // node (its kernel-drop signal leaves attributed drops out).
+    assert_eq!(active.len(), 1, "{doc:#}");
+    for a in &active {
+        eprintln!("fired: {a}");
+        let explanation = a["explanation"].as_str().unwrap();
+        assert!(
+            explanation.contains("NETFILTER_DROP"),
+            "explanation does not name the drop reason: {a:#}"
+        );
+        assert_eq!(a["state"], "firing", "{a:#}");
+        assert!(
+            a["subject"] == device.as_str() || a["subject"] == "node",
+            "{a:#}"
+        );
+    }
+    let on_device = active
+        .iter()
+        .find(|a| a["subject"] == device.as_str())
+        .unwrap();
+    let explanation = on_device["explanation"].as_str().unwrap();
+    assert!(
+        explanation.starts_with(&format!("packet loss on {device}: ")),
+        "{explanation}"
+    );
+    assert!(
+        explanation.contains("kernel drops dominated by NETFILTER_DROP"),
+        "{explanation}"
+    );
+    // 10% of ~600 packets/s: tens of drops a second, past the 10/s floor.
+    let value = on_device["value"].as_f64().unwrap();
+    assert!((10.0..=200.0).contains(&value), "{on_device:#}");
+    assert!(
+        on_device["threshold"].as_f64().unwrap() >= 10.0,
+        "{on_device:#}"
+    );
+    assert!(on_device["resolved_at"].is_null(), "{on_device:#}");
+
+    // Metrics say the same.
+    let scrape = s.daemon.scrape();
+    let gauge = format!("telemetryd_anomaly_active{{kind=\"packet_loss\",subject=\"{device}\"}}");
+    assert_eq!(scrape.samples.get(&gauge), Some(&1.0), "{}", scrape.text);
+    let dropped = scrape
+        .samples
+        .get("telemetryd_kernel_drops_total{reason=\"NETFILTER_DROP\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(dropped >= 10.0, "{}", scrape.text);
+    let on_dev = format!(
+        "telemetryd_kernel_device_drops_total{{device=\"{device}\",reason=\"NETFILTER_DROP\"}}"
+    );
+    assert!(
+        scrape.samples.get(&on_dev).copied().unwrap_or(0.0) >= 10.0,
+        "{}",
+        scrape.text
+    );
+    let fired_total: f64 = scrape
+        .samples
+        .iter()
+        .filter(|(k, _)| k.starts_with("telemetryd_anomalies_total{kind=\"packet_loss\""))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(fired_total, active.len() as f64, "{}", scrape.text);
+
+    rule.remove();
+    let (doc, resolved_after) = wait_for(
+        &s.daemon,
+        Duration::from_secs(15),
+        "packet_loss resolving",
+        |doc| records(doc, "active", "packet_loss").is_empty(),
+    );
+    let resolved = records(&doc, "resolved", "packet_loss");
+    let on_device = resolved
+        .iter()
+        .find(|a| a["subject"] == device.as_str())
+        .unwrap_or_else(|| panic!("no resolved record for {device}: {doc:#}"));
+    assert_eq!(on_device["state"], "resolved");
+    assert!(on_device["resolved_at"].is_string(), "{on_device:#}");
+
+    // One firing and one resolved log event per anomaly, with every field.
+    let events = anomaly_events(&s.daemon);
+    let mine: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "packet_loss" && e["subject"] == device.as_str())
+        .collect();
+    let states: Vec<&str> = mine.iter().map(|e| e["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["firing", "resolved"], "{events:#?}");
+    for e in &mine {
+        for field in ["severity", "value", "baseline", "threshold", "explanation"] {
+            assert!(!e[field].is_null(), "log event lacks {field}: {e}");
+        }
+        assert!(
+            ["warning", "critical"].contains(&e["severity"].as_str().unwrap()),
+            "{e}"
+        );
+    }
+    assert!(
+        mine[0]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("NETFILTER_DROP"),
+        "{}",
+        mine[0]
+    );
+    assert_eq!(mine[0]["level"], "WARN");
+    assert!(
+        s.traffic.received_bytes.load(Ordering::Relaxed) > 0,
+        "no traffic reached the receiver"
+    );
+    eprintln!(
+        "packet_loss fired {:.1} s after the rule, resolved {:.1} s after removing it",
+        fired_after.as_secs_f64(),
+        resolved_after.as_secs_f64()
+    );
+}
+
+/// A one-shot HTTP listener inside a namespace that answers 200 to every
+/// request and records (request line, body).
+struct Recorder {
+    requests: Arc<Mutex<Vec<(String, String)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    port: u16,
+}
+
+impl Recorder {
+    fn start(ns: &NetNs) -> Self {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let (reqs, flag, name) = (requests.clone(), stop.clone(), ns.name.clone());
+        let thread = std::thread::spawn(move || {
+            support::netns::in_namespace(&name, move || {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.set_nonblocking(true).unwrap();
+                port_tx.send(listener.local_addr().unwrap().port()).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let Ok((mut conn, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    conn.set_nonblocking(false).unwrap();
+                    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    if let Some(request) = read_request(&mut conn) {
+                        reqs.lock().unwrap().push(request);
+                    }
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                }
+            })
+        });
+        let port = port_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        Self {
+            requests,
+            stop,
+            thread: Some(thread),
+            port,
+        }
+    }
+
+    fn received(&self) -> Vec<(String, String)> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 request with a content-length body.
+fn read_request(conn: &mut std::net::TcpStream) -> Option<(String, String)> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = conn.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        data.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                let line = head.lines().next().unwrap_or("").to_owned();
+                return Some((line, body[..length].to_owned()));
+            }
+        }
+    }
+}
+
+#[test]
+fn webhook_receives_firing_and_resolved_alerts() {
+    require_root();
+    // The listener must exist before the daemon starts; the receiver
+    // namespace is created by the scenario, so use a namespace of our own
+    // for the daemon: build the scenario by hand.
+    let (sender, receiver) = (NetNs::new(), NetNs::new());
+    let veth = VethPair::new(&sender, &receiver);
+    let recorder = Recorder::start(&receiver);
+    let extra = format!(
+        "webhook = \"http://127.0.0.1:{}\"\nwebhook_timeout = \"2s\"",
+        recorder.port
+    );
+    let daemon = Daemon::start(&receiver, &config(&veth.b, &extra));
+    let traffic = Traffic::start(
+        &sender,
+        &receiver,
+        &veth.b_ip,
+        TCP_RATE,
+        UDP_RATE,
+        Duration::from_secs(90),
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(recorder.received().is_empty(), "{:?}", recorder.received());
+
+    let rule = RandomDrop::add(&receiver, &veth.b, 10);
+    wait_for(
+        &daemon,
+        Duration::from_secs(10),
+        "packet_loss firing",
+        |doc| {
+            records(doc, "active", "packet_loss")
+                .iter()
+                .any(|a| a["subject"] == veth.b.as_str())
+        },
+    );
+    rule.remove();
+    wait_for(
+        &daemon,
+        Duration::from_secs(15),
+        "packet_loss resolving",
+        |doc| records(doc, "active", "packet_loss").is_empty(),
+    );
+    drop(traffic);
+
+    // Alerts are posted from a queue: give the last one a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let alerts = loop {
+        let alerts: Vec<Value> = recorder
+            .received()
+            .iter()
+            .inspect(|(line, _)| {
+                assert_eq!(line, "POST /api/v2/alerts HTTP/1.1", "unexpected request");
+            })
+            .flat_map(|(_, body)| {
+                serde_json::from_str::<Vec<Value>>(body)
+                    .unwrap_or_else(|e| panic!("not an alert array ({e}): {body}"))
+            })
+            .filter(|a| a["labels"]["subject"] == veth.b.as_str())
+            .collect();
+        if alerts.len() >= 2 || Instant::now() >= deadline {
+            break alerts;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(alerts.len(), 2, "firing then resolved: {alerts:#?}");
+    for a in &alerts {
+        assert_eq!(a["labels"]["alertname"], "TelemetrydAnomaly", "{a:#}");
+        assert_eq!(a["labels"]["kind"], "packet_loss", "{a:#}");
+        assert!(a["startsAt"].is_string(), "{a:#}");
+        assert!(
+            a["annotations"]["explanation"]
+                .as_str()
+                .unwrap()
+                .contains("NETFILTER_DROP")
+                || a.get("endsAt").is_some(),
+            "{a:#}"
+        );
+    }
+    assert!(
+        alerts[0].get("endsAt").is_none(),
+        "first is firing: {:#}",
+        alerts[0]
+    );
+    assert!(
+        alerts[1]["endsAt"].is_string(),
+        "second is resolved: {:#}",
+        alerts[1]
+    );
+    let scrape = daemon.scrape();
+    assert_eq!(
+        scrape
+            .samples
+            .get("telemetryd_anomaly_webhook_notifications_total{outcome=\"failed\"}"),
+        Some(&0.0),
+        "{}",
+        scrape.text
+    );
+}
+
+/// Feeds `cat` (reading a pipe) one byte every `period`: each of its reads
+/// blocks about that long, so the writer sets the read latency.
+fn feed(stdin: &mut std::process::ChildStdin, period: Duration, run_for: Duration) {
+    let end = Instant::now() + run_for;
+    let mut next = Instant::now();
+    while Instant::now() < end {
+        stdin.write_all(b"x").expect("writing to cat");
+        next += period;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+#[test]
+fn reads_twenty_times_slower_fire_latency_for_read() {
+    require_root();
+    let ns = NetNs::new();
+    let mut cat = std::process::Command::new("cat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawning cat");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stdin = cat.stdin.take().unwrap();
+    let pid = cat.id();
+    let cat = Kill(cat);
+    let daemon = Daemon::start(
+        &ns,
+        &format!(
+            r#"
+[daemon]
+poll_interval = "{POLL}"
+[http]
+listen = "{listen}"
+[log]
+format = "json"
+[xdp]
+enabled = false
+[syscalls]
+enabled = true
+track = ["read"]
+pids = [{pid}]
+[analyzer]
+warmup = "{WARMUP}"
+fire_after = {FIRE_AFTER}
+resolve_after = {RESOLVE_AFTER}
+min_calls = 20
+"#,
+            listen = support::process::LISTEN,
+        ),
+    );
+    // ~1 ms reads (1,000/s) through warm-up, then ~20 ms reads (50/s).
+    feed(&mut stdin, Duration::from_millis(1), Duration::from_secs(6));
+    let doc = anomalies(&daemon);
+    assert_eq!(doc["active"].as_array().map(Vec::len), Some(0), "{doc:#}");
+    let slow = std::thread::spawn(move || {
+        feed(
+            &mut stdin,
+            Duration::from_millis(20),
+            Duration::from_secs(12),
+        );
+    });
+    let (doc, after) = wait_for(
+        &daemon,
+        Duration::from_secs(10),
+        "latency firing for read",
+        |doc| {
+            records(doc, "active", "latency")
+                .iter()
+                .any(|a| a["subject"] == "read")
+        },
+    );
+    let a = records(&doc, "active", "latency")
+        .into_iter()
+        .find(|a| a["subject"] == "read")
+        .unwrap();
+    let explanation = a["explanation"].as_str().unwrap();
+    assert!(
+        explanation.starts_with("latency of read: p99 "),
+        "{explanation}"
+    );
+    // The p99 of ~20 ms reads, against a ~1 ms baseline (log2 buckets:
+    // within a factor of 2 either way).
+    let value = a["value"].as_f64().unwrap();
+    assert!((0.010..=0.040).contains(&value), "{a:#}");
+    let baseline = a["baseline"].as_f64().unwrap();
+    assert!((0.0005..=0.004).contains(&baseline), "{a:#}");
+    let scrape = daemon.scrape();
+    assert!(
+        scrape
+            .samples
+            .get("telemetryd_syscall_latency_seconds_count{syscall=\"read\"}")
+            .is_some_and(|n| *n > 1000.0),
+        "{}",
+        scrape.text
+    );
+    let events = anomaly_events(&daemon);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "latency" && e["subject"] == "read" && e["state"] == "firing"),
+        "{events:#?}"
+    );
+    slow.join().unwrap();
+    drop(cat);
+    eprintln!(
+        "latency fired {:.1} s after reads slowed down",
+        after.as_secs_f64()
+    );
+}
+
+/// Waits until the daemon's log has `count` lines containing `needle`.
+fn wait_log(daemon: &Daemon, needle: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = daemon.log_text();
+        let n = log.lines().filter(|l| l.contains(needle)).count();
+        if n >= count {
+            assert_eq!(n, count, "{needle:?} logged {n} times:\n{log}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_reloads_analyzer_settings_and_keeps_them_on_a_bad_file() {
+    require_root();
+    let ns = NetNs::new();
+    let good = config("lo", "");
+    let daemon = Daemon::start(&ns, &good);
+
+    std::fs::write(daemon.config_path(), config("lo", "z_threshold = 0.0")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_log(&daemon, "configuration not reloaded", 1);
+    let log = daemon.log_text();
+    assert!(log.contains("analyzer.z_threshold"), "{log}");
+    assert!(!log.contains("analyzer settings reloaded"), "{log}");
+
+    std::fs::write(daemon.config_path(), config("lo", "z_threshold = 6.0")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_log(&daemon, "analyzer settings reloaded", 1);
+    // Still serving, programs untouched.
+    let scrape = daemon.scrape();
+    assert_eq!(
+        scrape.samples.get(
+            "telemetryd_ebpf_program_attached{attach=\"tracepoint\",device=\"\",program=\"kfree_skb_drops\"}"
+        ),
+        Some(&1.0),
+        "{}",
+        scrape.text
+    );
+}

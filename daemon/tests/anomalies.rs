@@ -551,12 +551,14 @@ min_calls = 20
         explanation.starts_with("latency of read: p99 "),
         "{explanation}"
     );
-    // The p99 of ~20 ms reads, against a ~1 ms baseline (log2 buckets:
-    // within a factor of 2 either way).
+    // The p99 of reads that wait >= 20 ms for the writer (log2 buckets put
+    // it within a factor of 2 below), against the baseline of ~1 ms reads,
+    // past the configured latency factor. Upper bounds are left out: the
+    // writer's sleeps overshoot on a loaded machine.
     let value = a["value"].as_f64().unwrap();
-    assert!((0.010..=0.040).contains(&value), "{a:#}");
+    assert!(value >= 0.010, "{a:#}");
     let baseline = a["baseline"].as_f64().unwrap();
-    assert!((0.0005..=0.004).contains(&baseline), "{a:#}");
+    assert!(baseline > 0.0 && value >= 4.0 * baseline, "{a:#}");
     let scrape = daemon.scrape();
     assert!(
         scrape
@@ -608,7 +610,11 @@ fn sighup_reloads_analyzer_settings_and_keeps_them_on_a_bad_file() {
 
     std::fs::write(daemon.config_path(), config("lo", "z_threshold = 0.0")).unwrap();
     daemon.signal(libc::SIGHUP);
-    wait_log(&daemon, "configuration not reloaded", 1);
+    wait_log(
+        &daemon,
+        "the new configuration is invalid; keeping the running one",
+        1,
+    );
     let log = daemon.log_text();
     assert!(log.contains("analyzer.z_threshold"), "{log}");
     assert!(!log.contains("analyzer settings reloaded"), "{log}");

@@ -130,8 +130,8 @@ impl KernelBtf {
                 vlen: vlen as u16,
             };
             match kind {
-                1 | 14 | 17 => at += 4,    // INT, VAR, DECL_TAG
-                3 => at += 12,             // ARRAY
+                1 | 14 | 17 => at += 4, // INT, VAR, DECL_TAG
+                3 => at += 12,          // ARRAY
                 KIND_FUNC_PROTO => at += 8 * vlen,
                 15 => at += 12 * vlen,     // DATASEC
                 2 | 7..=12 | 16 | 18 => {} // PTR, FWD, TYPEDEF.., FUNC, FLOAT, TYPE_TAG
@@ -427,7 +427,10 @@ pub fn prepare() -> DropsSetup {
             "kfree_skb passes no drop reason on this kernel: drops are counted as OTHER"
         );
     }
-    debug!(?layout, "kernel struct offsets and kfree_skb arguments from BTF");
+    debug!(
+        ?layout,
+        "kernel struct offsets and kfree_skb arguments from BTF"
+    );
     DropsSetup { names, layout }
 }
 

@@ -1,13 +1,25 @@
-//! Kernel packet drops (`skb:kfree_skb`) and TCP retransmits
-//! (`tcp:tcp_retransmit_skb`): program and map names, slots, and the kernel
-//! struct layout user space reads from BTF and hands to the programs.
+//! Kernel packet drops (raw tracepoint `kfree_skb`) and TCP retransmits
+//! (raw tracepoint `tcp_retransmit_skb`): program and map names, slots, and
+//! the kernel struct layout user space reads from BTF and hands to the
+//! programs.
 
 use core::mem::size_of;
 
-/// Program on `skb:kfree_skb`.
+/// Program on the raw tracepoint `kfree_skb` (`skb:kfree_skb`).
 pub const DROPS_PROGRAM: &str = "kfree_skb_drops";
-/// Program on `tcp:tcp_retransmit_skb`.
+/// Raw tracepoint [`DROPS_PROGRAM`] attaches to.
+pub const DROPS_TRACEPOINT: &str = "kfree_skb";
+/// Program on the raw tracepoint `tcp_retransmit_skb` (`tcp:tcp_retransmit_skb`).
 pub const RETRANSMITS_PROGRAM: &str = "tcp_retransmits";
+/// Raw tracepoint [`RETRANSMITS_PROGRAM`] attaches to.
+pub const RETRANSMITS_TRACEPOINT: &str = "tcp_retransmit_skb";
+
+/// `kfree_skb`'s `TP_PROTO` argument count from which on it passes
+/// `enum skb_drop_reason reason` as its third argument (Linux 5.17).
+pub const KFREE_SKB_ARGS_WITH_REASON: u32 = 3;
+/// `kfree_skb`'s `TP_PROTO` argument count from which on it passes
+/// `struct sock *rx_sk` as its fourth argument (Linux 6.11).
+pub const KFREE_SKB_ARGS_WITH_RX_SK: u32 = 4;
 
 /// Per-CPU array: drop reason (the kernel's `enum skb_drop_reason` value)
 /// -> drops (`u64`). Values at or above [`MAX_DROP_REASONS`] go to
@@ -38,7 +50,7 @@ pub const FAMILY_SLOT_IPV4: u32 = 0;
 pub const FAMILY_SLOT_IPV6: u32 = 1;
 pub const FAMILY_SLOTS: u32 = 2;
 
-/// `AF_INET`, `AF_INET6` as `tcp:tcp_retransmit_skb` reports them.
+/// `AF_INET`, `AF_INET6` as `sock.__sk_common.skc_family` holds them.
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
@@ -55,8 +67,11 @@ const _: () = assert!(size_of::<DeviceDropKey>() == 8);
 /// Byte offsets of the kernel struct fields the programs follow, read from
 /// the running kernel's BTF (Rust eBPF gets no CO-RE relocations).
 ///
-/// With `enabled == 0` (BTF lacked a field) the programs count reasons and
-/// families only: no device attribution and no namespace filter.
+/// With `enabled == 0` (BTF lacked a field) the programs count reasons
+/// only: no device attribution, no namespace filter, and retransmits of an
+/// unknown family (the family is read from the socket).
+///
+/// `kfree_skb_args` is set from BTF whether or not `enabled` is.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelLayout {
@@ -74,6 +89,8 @@ pub struct KernelLayout {
     pub net_inum: u32,
     /// `struct sk_buff` -> `sk` (`struct sock *`, the owning socket).
     pub skb_sk: u32,
+    /// `struct sock` -> `__sk_common.skc_family` (`unsigned short`).
+    pub sk_family: u32,
     /// Inode number of the daemon's network namespace
     /// (`stat /proc/self/ns/net`): only drops and retransmits there count.
     pub netns_inum: u32,
@@ -82,9 +99,14 @@ pub struct KernelLayout {
     /// then counted too; in any other namespace they are not, since they
     /// may belong to any namespace.
     pub count_unowned: u32,
+    /// Number of `TP_PROTO` arguments of the `kfree_skb` tracepoint, from
+    /// the parameter count of BTF's `btf_trace_kfree_skb` typedef (minus
+    /// its leading `void *`); 0 when unknown. Arguments past this count are
+    /// never read (the kernel refuses to attach a program that reads them).
+    pub kfree_skb_args: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 36);
+const _: () = assert!(size_of::<KernelLayout>() == 44);
 
 /// Slots of [`DROPS_ERRORS_MAP`]: the programs' own failures. The traced
 /// packet is never affected; only the counter moves.
@@ -97,7 +119,8 @@ pub enum DropsError {
     DropReadFailed = 1,
     /// `tcp_retransmits` could not read its record or a kernel struct.
     RetransmitReadFailed = 2,
-    /// `tcp_retransmits` saw a family other than AF_INET and AF_INET6.
+    /// `tcp_retransmits` saw a family other than AF_INET and AF_INET6, or
+    /// could not know it (no [`KernelLayout`] from BTF).
     RetransmitUnknownFamily = 3,
 }
 
@@ -115,5 +138,5 @@ pub const DROPS_ERROR_LABELS: [(&str, &str); DROPS_ERROR_SLOTS as usize] = [
 unsafe impl aya::Pod for DeviceDropKey {}
 
 #[cfg(feature = "user")]
-// SAFETY: `#[repr(C)]`, nine `u32`s, no padding: every bit pattern is valid.
+// SAFETY: `#[repr(C)]`, eleven `u32`s, no padding: every bit pattern is valid.
 unsafe impl aya::Pod for KernelLayout {}

@@ -1,6 +1,8 @@
-//! `kfree_skb_drops` on `skb:kfree_skb` and `tcp_retransmits` on
-//! `tcp:tcp_retransmit_skb`: count kernel packet drops by reason (and by
-//! device where the skb names one) and TCP retransmits by address family.
+//! `kfree_skb_drops` on the raw tracepoint `kfree_skb` and `tcp_retransmits`
+//! on the raw tracepoint `tcp_retransmit_skb`: count kernel packet drops by
+//! reason (and by device where the skb names one) and TCP retransmits by
+//! address family. Raw tracepoints attach by name (bpf_raw_tracepoint_open),
+//! without tracefs, which a hardened unit cannot read or mount.
 //!
 //! Observe only: tracepoint programs cannot change what they trace, and on
 //! their own errors they count the error in `DROPS_ERRORS` and go on.
@@ -10,14 +12,15 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_probe_read_kernel,
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::{PerCpuArray, PerCpuHashMap},
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use telemetryd_common::drops::{
     DeviceDropKey, DropsError, KernelLayout, AF_INET, AF_INET6, DROPS_ERROR_SLOTS,
-    DROP_REASON_SLOTS, FAMILY_SLOTS, FAMILY_SLOT_IPV4, FAMILY_SLOT_IPV6, MAX_DEVICE_DROP_KEYS,
-    MAX_DROP_REASONS, OVERFLOW_REASON_SLOT,
+    DROP_REASON_SLOTS, FAMILY_SLOTS, FAMILY_SLOT_IPV4, FAMILY_SLOT_IPV6,
+    KFREE_SKB_ARGS_WITH_REASON, KFREE_SKB_ARGS_WITH_RX_SK, MAX_DEVICE_DROP_KEYS, MAX_DROP_REASONS,
+    OVERFLOW_REASON_SLOT,
 };
 
 #[map(name = "DROP_REASONS")]
@@ -43,77 +46,49 @@ static DROPS_LAYOUT: KernelLayout = KernelLayout {
     sk_net: 0,
     net_inum: 0,
     skb_sk: 0,
+    sk_family: 0,
     netns_inum: 0,
     count_unowned: 0,
+    kfree_skb_args: 0,
 };
 
-// /sys/kernel/tracing/events/skb/kfree_skb/format (Linux 6.18):
-//   field:unsigned short common_type;        offset:0;  size:2; signed:0;
-//   field:unsigned char common_flags;        offset:2;  size:1; signed:0;
-//   field:unsigned char common_preempt_count; offset:3; size:1; signed:0;
-//   field:int common_pid;                    offset:4;  size:4; signed:1;
-//   field:void * skbaddr;                    offset:8;  size:8; signed:0;
-//   field:void * location;                   offset:16; size:8; signed:0;
-//   field:void * rx_sk;                      offset:24; size:8; signed:0;
-//   field:unsigned short protocol;           offset:32; size:2; signed:0;
-//   field:enum skb_drop_reason reason;       offset:36; size:4; signed:0;
-/// The part of the `skb:kfree_skb` record this program reads.
-#[repr(C)]
-struct KfreeSkb {
-    common: u64,
-    skbaddr: *const u8,
-    location: *const u8,
-    rx_sk: *const u8,
-    protocol: u16,
-    _pad: u16,
-    reason: u32,
-}
+// Raw tracepoints: the programs get the tracepoint's TP_PROTO arguments as
+// u64s (`args[0]` is the first), not the trace_event record, so neither
+// tracefs nor the record's format is involved.
+//
+// Linux 6.18, /sys/kernel/btf/vmlinux (`bpftool btf dump ... format c`):
+//   typedef void (*btf_trace_kfree_skb)(void *, struct sk_buff *, void *,
+//                                       enum skb_drop_reason, struct sock *);
+// i.e. TP_PROTO(struct sk_buff *skb, void *location,
+//               enum skb_drop_reason reason, struct sock *rx_sk)
+// Older kernels pass fewer arguments: no `rx_sk` before 6.11
+// (TP_PROTO(skb, location, reason)), no `reason` before 5.17
+// (TP_PROTO(skb, location)). User space counts them in BTF's typedef
+// (`KernelLayout::kfree_skb_args`); arguments past that count are never
+// read: the check is against a constant of the frozen `.rodata`, so the
+// verifier prunes the read and the kernel does not refuse the attach.
+const KFREE_SKB_SKB: usize = 0;
+const KFREE_SKB_REASON: usize = 2;
+const KFREE_SKB_RX_SK: usize = 3;
 
-const _: () = assert!(core::mem::offset_of!(KfreeSkb, skbaddr) == 8);
-const _: () = assert!(core::mem::offset_of!(KfreeSkb, rx_sk) == 24);
-const _: () = assert!(core::mem::offset_of!(KfreeSkb, reason) == 36);
-
-// /sys/kernel/tracing/events/tcp/tcp_retransmit_skb/format (Linux 6.18):
-//   field:unsigned short common_type;        offset:0;  size:2; signed:0;
-//   field:unsigned char common_flags;        offset:2;  size:1; signed:0;
-//   field:unsigned char common_preempt_count; offset:3; size:1; signed:0;
-//   field:int common_pid;                    offset:4;  size:4; signed:1;
-//   field:const void * skbaddr;              offset:8;  size:8; signed:0;
-//   field:const void * skaddr;               offset:16; size:8; signed:0;
-//   field:int state;                         offset:24; size:4; signed:1;
-//   field:__u16 sport;                       offset:28; size:2; signed:0;
-//   field:__u16 dport;                       offset:30; size:2; signed:0;
-//   field:__u16 family;                      offset:32; size:2; signed:0;
-//   field:__u8 saddr[4];                     offset:34; size:4; signed:0;
-//   field:__u8 daddr[4];                     offset:38; size:4; signed:0;
-//   field:__u8 saddr_v6[16];                 offset:42; size:16; signed:0;
-//   field:__u8 daddr_v6[16];                 offset:58; size:16; signed:0;
-//   field:int err;                           offset:76; size:4; signed:1;
-/// The part of the `tcp:tcp_retransmit_skb` record this program reads.
-#[repr(C)]
-struct TcpRetransmitSkb {
-    common: u64,
-    skbaddr: *const u8,
-    skaddr: *const u8,
-    state: i32,
-    sport: u16,
-    dport: u16,
-    family: u16,
-}
-
-const _: () = assert!(core::mem::offset_of!(TcpRetransmitSkb, skaddr) == 16);
-const _: () = assert!(core::mem::offset_of!(TcpRetransmitSkb, family) == 32);
-
-#[tracepoint]
-pub fn kfree_skb_drops(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn kfree_skb_drops(ctx: RawTracePointContext) -> i32 {
     if count_drop(&ctx).is_err() {
         count_error(DropsError::DropReadFailed);
     }
     0
 }
 
-#[tracepoint]
-pub fn tcp_retransmits(ctx: TracePointContext) -> u32 {
+// Linux 6.18, /sys/kernel/btf/vmlinux:
+//   typedef void (*btf_trace_tcp_retransmit_skb)(void *, const struct sock *,
+//                                                const struct sk_buff *, int);
+// i.e. TP_PROTO(const struct sock *sk, const struct sk_buff *skb, int err)
+// Older kernels lack `err` (TP_PROTO(sk, skb)); only `sk`, the first
+// argument on every kernel, is read.
+const TCP_RETRANSMIT_SKB_SK: usize = 0;
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmits(ctx: RawTracePointContext) -> i32 {
     if count_retransmit(&ctx).is_err() {
         count_error(DropsError::RetransmitReadFailed);
     }
@@ -154,16 +129,21 @@ enum Owner {
     Unknown,
 }
 
-fn count_drop(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: the offsets are those of the format file pasted above.
-    let (skb, rx_sk, reason) = unsafe {
-        (
-            ctx.read_at::<*const u8>(8)?,
-            ctx.read_at::<*const u8>(24)?,
-            ctx.read_at::<u32>(36)?,
-        )
-    };
+fn count_drop(ctx: &RawTracePointContext) -> Result<(), i32> {
     let l = layout();
+    let skb: *const u8 = ctx.arg(KFREE_SKB_SKB);
+    // Without the argument (or without BTF to tell) the reason is unknown:
+    // the overflow slot.
+    let reason: u32 = if l.kfree_skb_args >= KFREE_SKB_ARGS_WITH_REASON {
+        ctx.arg(KFREE_SKB_REASON)
+    } else {
+        OVERFLOW_REASON_SLOT
+    };
+    let rx_sk: *const u8 = if l.kfree_skb_args >= KFREE_SKB_ARGS_WITH_RX_SK {
+        ctx.arg(KFREE_SKB_RX_SK)
+    } else {
+        core::ptr::null()
+    };
     let owner = if l.enabled != 0 {
         // A pointer that does not read (skb->dev shares a union with
         // dev_scratch once UDP queued the skb) still counts the reason.
@@ -232,15 +212,18 @@ fn count_device_drop(ifindex: u32, reason: u32) {
     }
 }
 
-fn count_retransmit(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: the offsets are those of the format file pasted above.
-    let (sk, family) = unsafe { (ctx.read_at::<*const u8>(16)?, ctx.read_at::<u16>(32)?) };
+fn count_retransmit(ctx: &RawTracePointContext) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(TCP_RETRANSMIT_SKB_SK);
     let l = layout();
+    // The family is the socket's (what `tcp:tcp_retransmit_skb` records);
+    // without the offsets from BTF it is unknown.
+    let mut family = 0u16;
     if l.enabled != 0 && !sk.is_null() {
         let net: *const u8 = kernel_read(sk, l.sk_net)?;
         if netns_of(net, &l)? != l.netns_inum {
             return Ok(());
         }
+        family = kernel_read(sk, l.sk_family)?;
     }
     match family {
         AF_INET => increment(&TCP_RETRANSMITS, FAMILY_SLOT_IPV4),

@@ -1,7 +1,9 @@
 //! Kernel drop reasons and TCP retransmits: reads what the programs need
 //! from the running kernel's BTF (`/sys/kernel/btf/vmlinux`), then loads
-//! and attaches `kfree_skb_drops` (`skb:kfree_skb`) and `tcp_retransmits`
-//! (`tcp:tcp_retransmit_skb`).
+//! and attaches `kfree_skb_drops` and `tcp_retransmits` as raw tracepoints
+//! (`kfree_skb`, `tcp_retransmit_skb`). Raw tracepoints attach by name
+//! through `bpf(BPF_RAW_TRACEPOINT_OPEN)`: no tracefs, which the hardened
+//! unit (no CAP_SYS_ADMIN, tracefs mode 0700) can neither read nor mount.
 //!
 //! aya 0.14 parses BTF but keeps its type accessors crate-private, so
 //! [`KernelBtf`] is a small reader of its own: the header, the type
@@ -10,17 +12,17 @@
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
-use aya::programs::TracePoint;
+use aya::programs::RawTracePoint;
 use telemetryd_common::drops::{
-    KernelLayout, DROPS_PROGRAM, LAYOUT_GLOBAL, MAX_DROP_REASONS, OVERFLOW_REASON_LABEL,
-    OVERFLOW_REASON_SLOT, RETRANSMITS_PROGRAM,
+    KernelLayout, DROPS_PROGRAM, DROPS_TRACEPOINT, KFREE_SKB_ARGS_WITH_REASON,
+    KFREE_SKB_ARGS_WITH_RX_SK, LAYOUT_GLOBAL, MAX_DROP_REASONS, OVERFLOW_REASON_LABEL,
+    OVERFLOW_REASON_SLOT, RETRANSMITS_PROGRAM, RETRANSMITS_TRACEPOINT,
 };
 use tracing::{debug, info, warn};
 
 use super::object::{LoadError, LoadedObject};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
-const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Why the kernel's BTF could not give what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,7 @@ pub enum BtfError {
     Missing(String),
 }
 
+const KIND_PTR: u8 = 2;
 const KIND_STRUCT: u8 = 4;
 const KIND_UNION: u8 = 5;
 const KIND_ENUM: u8 = 6;
@@ -44,6 +47,7 @@ const KIND_TYPEDEF: u8 = 8;
 const KIND_VOLATILE: u8 = 9;
 const KIND_CONST: u8 = 10;
 const KIND_RESTRICT: u8 = 11;
+const KIND_FUNC_PROTO: u8 = 13;
 const KIND_TYPE_TAG: u8 = 18;
 const KIND_ENUM64: u8 = 19;
 
@@ -63,6 +67,8 @@ struct BtfType {
     members: Vec<Member>,
     /// Enum variants: (name offset, value).
     values: Vec<(u32, u64)>,
+    /// Members, variants or parameters (`vlen`).
+    vlen: u16,
 }
 
 /// The parts of a kernel's BTF that telemetryd reads: struct and union
@@ -121,11 +127,12 @@ impl KernelBtf {
                 size_or_type,
                 members: Vec::new(),
                 values: Vec::new(),
+                vlen: vlen as u16,
             };
             match kind {
-                1 | 14 | 17 => at += 4,    // INT, VAR, DECL_TAG
-                3 => at += 12,             // ARRAY
-                13 => at += 8 * vlen,      // FUNC_PROTO
+                1 | 14 | 17 => at += 4, // INT, VAR, DECL_TAG
+                3 => at += 12,          // ARRAY
+                KIND_FUNC_PROTO => at += 8 * vlen,
                 15 => at += 12 * vlen,     // DATASEC
                 2 | 7..=12 | 16 | 18 => {} // PTR, FWD, TYPEDEF.., FUNC, FLOAT, TYPE_TAG
                 KIND_STRUCT | KIND_UNION => {
@@ -191,6 +198,25 @@ impl KernelBtf {
             .iter()
             .map(|(n, v)| (self.name(*n).to_owned(), *v))
             .collect())
+    }
+
+    /// Number of `TP_PROTO` arguments of the tracepoint `name`: the
+    /// parameters of `typedef void (*btf_trace_<name>)(void *, ...)`, less
+    /// the leading `void *` (the probe's data, not a tracepoint argument).
+    pub fn tracepoint_args(&self, name: &str) -> Result<u32, BtfError> {
+        let missing = || BtfError::Missing(format!("typedef btf_trace_{name}"));
+        let typedef = self
+            .find(&[KIND_TYPEDEF], &format!("btf_trace_{name}"))
+            .ok_or_else(missing)?;
+        let ptr = self
+            .get(typedef.size_or_type)
+            .filter(|t| t.kind == KIND_PTR)
+            .ok_or_else(missing)?;
+        let proto = self
+            .get(ptr.size_or_type)
+            .filter(|t| t.kind == KIND_FUNC_PROTO && t.vlen >= 1)
+            .ok_or_else(missing)?;
+        Ok(u32::from(proto.vlen) - 1)
     }
 
     /// Byte offset of `struct <name>`'s field `path[0]`, then within it
@@ -314,8 +340,11 @@ pub fn kernel_layout(btf: &KernelBtf) -> Result<KernelLayout, BtfError> {
         sk_net: btf.field_offset("sock", &["__sk_common", "skc_net", "net"])?,
         net_inum: btf.field_offset("net", &["ns", "inum"])?,
         skb_sk: btf.field_offset("sk_buff", &["sk"])?,
+        sk_family: btf.field_offset("sock", &["__sk_common", "skc_family"])?,
         netns_inum,
         count_unowned: u32::from(host_netns == Some(u64::from(netns_inum))),
+        // Set by `prepare`, also when a field above is missing.
+        kfree_skb_args: 0,
     })
 }
 
@@ -329,8 +358,10 @@ pub fn layout_bytes(l: &KernelLayout) -> Vec<u8> {
         l.sk_net,
         l.net_inum,
         l.skb_sk,
+        l.sk_family,
         l.netns_inum,
         l.count_unowned,
+        l.kfree_skb_args,
     ]
     .iter()
     .flat_map(|v| v.to_ne_bytes())
@@ -370,19 +401,36 @@ pub fn prepare() -> DropsSetup {
             })
         })
         .unwrap_or_else(DropReasonNames::numbered);
-    let layout = btf
+    let mut layout = btf
         .as_ref()
         .map(|b| match kernel_layout(b) {
-            Ok(layout) => {
-                debug!(?layout, "kernel struct offsets from BTF");
-                layout
-            }
+            Ok(layout) => layout,
             Err(error) => {
                 warn!(%error, "kernel drops are not attributed to devices");
                 KernelLayout::default()
             }
         })
         .unwrap_or_default();
+    // Which arguments kfree_skb passes is read, never guessed: without the
+    // typedef the programs read only the skb (reasons go to the overflow slot).
+    layout.kfree_skb_args = match btf.as_ref().map(|b| b.tracepoint_args(DROPS_TRACEPOINT)) {
+        Some(Ok(n)) => n,
+        Some(Err(error)) => {
+            warn!(%error, "kfree_skb arguments unknown: drop reasons are not read");
+            0
+        }
+        None => 0,
+    };
+    if layout.kfree_skb_args < KFREE_SKB_ARGS_WITH_REASON {
+        warn!(
+            arguments = layout.kfree_skb_args,
+            "kfree_skb passes no drop reason on this kernel: drops are counted as OTHER"
+        );
+    }
+    debug!(
+        ?layout,
+        "kernel struct offsets and kfree_skb arguments from BTF"
+    );
     DropsSetup { names, layout }
 }
 
@@ -391,43 +439,52 @@ pub fn describe() -> String {
     let mut out = String::from("loss signals:\n");
     match KernelBtf::from_sys_fs() {
         Ok(btf) => {
-            match btf.enum_values("skb_drop_reason") {
-                Ok(v) => out.push_str(&format!(
-                    "  drop reasons         yes  skb:kfree_skb, {} names from enum skb_drop_reason\n",
+            let args = btf.tracepoint_args(DROPS_TRACEPOINT);
+            match (btf.enum_values("skb_drop_reason"), args) {
+                (Ok(v), Ok(n)) if n >= KFREE_SKB_ARGS_WITH_REASON => out.push_str(&format!(
+                    "  drop reasons         yes  raw tracepoint kfree_skb ({n} arguments{}), \
+                     {} names from enum skb_drop_reason\n",
+                    if n >= KFREE_SKB_ARGS_WITH_RX_SK { ", rx_sk" } else { "" },
                     v.len()
                 )),
-                Err(e) => out.push_str(&format!("  drop reasons         no   {e}\n")),
+                (Ok(_), Ok(n)) => out.push_str(&format!(
+                    "  drop reasons         no   raw tracepoint kfree_skb has {n} arguments, no reason\n"
+                )),
+                (Err(e), _) | (_, Err(e)) => {
+                    out.push_str(&format!("  drop reasons         no   {e}\n"))
+                }
             }
             match kernel_layout(&btf) {
                 Ok(l) => out.push_str(&format!(
                     "  device attribution   yes  sk_buff.dev +{}, sk_buff.sk +{}, net_device.ifindex +{}, \
-                     net_device.nd_net +{}, sock.skc_net +{}, net.ns.inum +{}\n",
-                    l.skb_dev, l.skb_sk, l.dev_ifindex, l.dev_net, l.sk_net, l.net_inum
+                     net_device.nd_net +{}, sock.skc_net +{}, sock.skc_family +{}, net.ns.inum +{}\n",
+                    l.skb_dev, l.skb_sk, l.dev_ifindex, l.dev_net, l.sk_net, l.sk_family, l.net_inum
                 )),
                 Err(e) => out.push_str(&format!("  device attribution   no   {e}\n")),
             }
         }
         Err(e) => out.push_str(&format!("  drop reasons         no   {e}\n")),
     }
-    out.push_str("  tcp retransmits      tcp:tcp_retransmit_skb, /proc/net/snmp\n");
+    out.push_str(&format!(
+        "  tcp retransmits      raw tracepoint {RETRANSMITS_TRACEPOINT}, /proc/net/snmp\n"
+    ));
     out
 }
 
-/// Loads and attaches both programs. Returns the (program, tracepoint)
-/// pairs that attached; a program that fails is logged and left out.
+/// Loads and attaches both programs as raw tracepoints. Returns the
+/// programs that attached; a program that fails is logged and left out.
 pub fn attach(object: &mut LoadedObject) -> Vec<&'static str> {
-    ensure_tracefs();
     let mut attached = Vec::new();
-    for (program, category, name) in [
-        (DROPS_PROGRAM, "skb", "kfree_skb"),
-        (RETRANSMITS_PROGRAM, "tcp", "tcp_retransmit_skb"),
+    for (program, tracepoint) in [
+        (DROPS_PROGRAM, DROPS_TRACEPOINT),
+        (RETRANSMITS_PROGRAM, RETRANSMITS_TRACEPOINT),
     ] {
-        match attach_one(object, program, category, name) {
+        match attach_one(object, program, tracepoint) {
             Ok(()) => {
-                info!(program, tracepoint = %format_args!("{category}:{name}"), "tracepoint attached");
+                info!(program, tracepoint, "raw tracepoint attached");
                 attached.push(program);
             }
-            Err(error) => warn!(program, %error, "tracepoint not attached"),
+            Err(error) => warn!(program, tracepoint, %error, "raw tracepoint not attached"),
         }
     }
     attached
@@ -436,10 +493,9 @@ pub fn attach(object: &mut LoadedObject) -> Vec<&'static str> {
 fn attach_one(
     object: &mut LoadedObject,
     program: &'static str,
-    category: &str,
-    name: &str,
+    tracepoint: &str,
 ) -> Result<(), LoadError> {
-    let prog: &mut TracePoint = object
+    let prog: &mut RawTracePoint = object
         .ebpf
         .program_mut(program)
         .ok_or(LoadError::MissingProgram { program })?
@@ -447,26 +503,9 @@ fn attach_one(
         .map_err(|source| LoadError::Program { program, source })?;
     prog.load()
         .map_err(|source| LoadError::Program { program, source })?;
-    prog.attach(category, name)
+    prog.attach(tracepoint)
         .map_err(|source| LoadError::Program { program, source })?;
     Ok(())
-}
-
-/// Tracepoint attach needs tracefs; many systems do not mount it at boot.
-fn ensure_tracefs() {
-    if Path::new(TRACEFS).join("events").exists()
-        || Path::new("/sys/kernel/debug/tracing/events").exists()
-    {
-        return;
-    }
-    match std::process::Command::new("mount")
-        .args(["-t", "tracefs", "tracefs", TRACEFS])
-        .status()
-    {
-        Ok(s) if s.success() => info!(path = TRACEFS, "mounted tracefs"),
-        Ok(s) => warn!(path = TRACEFS, status = %s, "mounting tracefs failed"),
-        Err(error) => warn!(path = TRACEFS, %error, "mounting tracefs failed"),
-    }
 }
 
 #[cfg(test)]
@@ -475,9 +514,11 @@ mod tests {
 
     /// Hand-built BTF: `struct inner { int a; int b; }`, `struct outer {
     /// long x; union { struct inner *p; long q; }; struct inner in; }`,
-    /// `enum e { E_A = 2, E_B = 12 }`.
+    /// `enum e { E_A = 2, E_B = 12 }`,
+    /// `typedef void (*btf_trace_tp)(void *, struct inner *, int)`.
     fn sample() -> Vec<u8> {
-        let mut strings = b"\0int\0inner\0a\0b\0outer\0x\0p\0q\0in\0e\0E_A\0E_B\0".to_vec();
+        let mut strings =
+            b"\0int\0inner\0a\0b\0outer\0x\0p\0q\0in\0e\0E_A\0E_B\0btf_trace_tp\0".to_vec();
         let s = |name: &str, strings: &Vec<u8>| {
             let needle = format!("\0{name}\0");
             strings
@@ -505,6 +546,12 @@ mod tests {
         // 7: enum e
         types.extend([s("e", &strings), 6 << 24 | 2, 4]);
         types.extend([s("E_A", &strings), 2, s("E_B", &strings), 12]);
+        // 8: func_proto (void *, struct inner *, int) -> void
+        types.extend([0, 13 << 24 | 3, 0]);
+        types.extend([0, 0, 0, 3, 0, 1]);
+        // 9: ptr -> 8; 10: typedef btf_trace_tp -> 9
+        types.extend([0, 2 << 24, 8]);
+        types.extend([s("btf_trace_tp", &strings), 8 << 24, 9]);
         let type_bytes: Vec<u8> = types.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut data = vec![0x9f, 0xeb, 1, 0];
         for v in [
@@ -534,6 +581,8 @@ mod tests {
             btf.enum_values("e").unwrap(),
             [("E_A".to_string(), 2), ("E_B".to_string(), 12)]
         );
+        assert_eq!(btf.tracepoint_args("tp").unwrap(), 2);
+        assert!(btf.tracepoint_args("absent").is_err());
     }
 
     #[test]
@@ -569,5 +618,9 @@ mod tests {
         assert!(layout.sk_net > 0 && layout.sk_net < 256, "{layout:?}");
         assert!(layout.net_inum < 4096, "{layout:?}");
         assert!(layout.skb_sk > 0 && layout.skb_sk < 64, "{layout:?}");
+        assert!(layout.sk_family < 64, "{layout:?}");
+        // Every kernel with BTF passes at least (skb, location) and (sk, skb).
+        assert!(btf.tracepoint_args(DROPS_TRACEPOINT).unwrap() >= 2);
+        assert!(btf.tracepoint_args(RETRANSMITS_TRACEPOINT).unwrap() >= 2);
     }
 }

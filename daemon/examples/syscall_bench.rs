@@ -12,6 +12,12 @@
 //! its fd closes, so nothing needs restoring), the kernel's own run time of
 //! each program per run.
 //!
+//! A third loop, a pipe ping-pong between two threads (every `read`
+//! blocks, so every call takes the tracer's slow path: the `sched_switch`
+//! hand-off into the in-flight hash), shows the cost on a switch-heavy
+//! load; the statistics pass also gives the `sched_switch` program's run
+//! time per context switch (it fires on every switch of the node).
+//!
 //! Targets (issue 3): (c-a) <= 1.25 x (b-a) for read; for getppid,
 //! (c-a) <= (b-a).
 
@@ -78,24 +84,34 @@ fn main() -> anyhow::Result<()> {
     );
     let mut read_ns: [Vec<f64>; 3] = Default::default();
     let mut getppid_ns: [Vec<f64>; 3] = Default::default();
+    let mut pingpong_ns: [Vec<f64>; 3] = Default::default();
+    let trips = (calls / 20).max(1);
     for _ in 0..rounds {
         for (i, &mode) in MODES.iter().enumerate() {
             let guard = attach(&mut object, mode, &config, &support)?;
             read_ns[i].push(time_reads(fd, calls));
             getppid_ns[i].push(time_getppid(calls));
+            pingpong_ns[i].push(time_pingpong(trips));
             drop(guard);
         }
     }
     let read: Vec<f64> = read_ns.iter_mut().map(|v| median(v)).collect();
     let getppid: Vec<f64> = getppid_ns.iter_mut().map(|v| median(v)).collect();
-    println!("\nns per call (median of {rounds} rounds):");
-    println!("  {:<28} {:>10} {:>10}", "mode", "read", "getppid");
+    let pingpong: Vec<f64> = pingpong_ns.iter_mut().map(|v| median(v)).collect();
+    println!(
+        "\nns per call (median of {rounds} rounds; ping-pong: per round trip, {trips} trips):"
+    );
+    println!(
+        "  {:<28} {:>10} {:>10} {:>10}",
+        "mode", "read", "getppid", "ping-pong"
+    );
     for (i, mode) in MODES.iter().enumerate() {
         println!(
-            "  {:<28} {:>10.1} {:>10.1}",
+            "  {:<28} {:>10.1} {:>10.1} {:>10.1}",
             mode.label(),
             read[i],
-            getppid[i]
+            getppid[i],
+            pingpong[i]
         );
     }
     let ratio = |v: &[f64]| (v[2] - v[0]) / (v[1] - v[0]);
@@ -112,26 +128,32 @@ fn main() -> anyhow::Result<()> {
         getppid[2] - getppid[0],
         getppid[1] - getppid[0]
     );
+    println!(
+        "  ping-pong {:.2}  (added per round trip: tracer {:.1} ns, empty {:.1} ns; no target)",
+        ratio(&pingpong),
+        pingpong[2] - pingpong[0],
+        pingpong[1] - pingpong[0]
+    );
 
     // Kernel-side run time per program, with stats on for this pass only.
     let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
     println!("\nBPF run-time statistics (BPF_ENABLE_STATS, one more round of each loop):");
     for mode in [Mode::Empty, Mode::Tracer] {
-        let (programs, before) = match mode {
-            Mode::Empty => {
-                let names = [sc::EMPTY_ENTER, sc::EMPTY_EXIT];
-                (names, program_stats(&object, &names))
-            }
-            _ => {
-                let names = [sc::TRACEPOINT_ENTER, sc::TP_BTF_EXIT];
-                (names, program_stats(&object, &names))
-            }
+        let programs: &[&'static str] = match mode {
+            Mode::Empty => &[sc::EMPTY_ENTER, sc::EMPTY_EXIT],
+            _ => &[
+                sc::TRACEPOINT_ENTER,
+                sc::TP_BTF_EXIT,
+                sc::TRACEPOINT_SCHED_SWITCH,
+            ],
         };
+        let before = program_stats(&object, programs);
         let guard = attach(&mut object, mode, &config, &support)?;
         time_reads(fd, calls);
         time_getppid(calls);
+        time_pingpong(trips);
         drop(guard);
-        let after = program_stats(&object, &programs);
+        let after = program_stats(&object, programs);
         for (b, a) in before.iter().zip(after.iter()) {
             let runs = a.run_count - b.run_count;
             let time = a.run_time_ns - b.run_time_ns;
@@ -144,6 +166,10 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    println!(
+        "  ({} ns/run is its cost per context switch of the node)",
+        sc::TRACEPOINT_SCHED_SWITCH
+    );
     drop(stats_fd);
     Ok(())
 }
@@ -186,6 +212,44 @@ fn time_getppid(calls: u64) -> f64 {
         std::hint::black_box(unsafe { libc::getppid() });
     }
     start.elapsed().as_nanos() as f64 / calls as f64
+}
+
+/// Round trips of one byte between this thread and a helper thread over two
+/// pipes: every `read` blocks and switches out. Returns ns per round trip.
+fn time_pingpong(trips: u64) -> f64 {
+    let mut there = [0i32; 2];
+    let mut back = [0i32; 2];
+    // SAFETY: pipe fills the two fds of each array.
+    unsafe {
+        assert_eq!(libc::pipe(there.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(back.as_mut_ptr()), 0);
+    }
+    let echo = std::thread::spawn(move || {
+        let mut byte = 0u8;
+        for _ in 0..trips {
+            // SAFETY: one byte into / out of a local, on fds we own.
+            unsafe {
+                libc::read(there[0], (&raw mut byte).cast(), 1);
+                libc::write(back[1], (&raw const byte).cast(), 1);
+            }
+        }
+    });
+    let mut byte = 0u8;
+    let start = Instant::now();
+    for _ in 0..trips {
+        // SAFETY: as above.
+        unsafe {
+            libc::write(there[1], (&raw const byte).cast(), 1);
+            libc::read(back[0], (&raw mut byte).cast(), 1);
+        }
+    }
+    let elapsed = start.elapsed().as_nanos() as f64 / trips as f64;
+    echo.join().expect("echo thread");
+    for fd in there.into_iter().chain(back) {
+        // SAFETY: closes fds this function opened, once.
+        unsafe { libc::close(fd) };
+    }
+    elapsed
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -138,27 +138,51 @@ fn main() -> anyhow::Result<()> {
     // Kernel-side run time per program, with stats on for this pass only.
     let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
     println!("\nBPF run-time statistics (BPF_ENABLE_STATS, one more round of each loop):");
-    for mode in [Mode::Empty, Mode::Tracer] {
-        let programs: &[&'static str] = match mode {
-            Mode::Empty => &[sc::EMPTY_ENTER, sc::EMPTY_EXIT],
-            _ => &[
+    // The tracer twice: the read and getppid loops (few context switches,
+    // the fast path), then the ping-pong (every read blocks: slow path and
+    // a sched_switch hand-off per read).
+    let passes: [(Mode, &str, &[&'static str]); 3] = [
+        (
+            Mode::Empty,
+            "read + getppid loops",
+            &[sc::EMPTY_ENTER, sc::EMPTY_EXIT],
+        ),
+        (
+            Mode::Tracer,
+            "read + getppid loops",
+            &[
                 sc::TRACEPOINT_ENTER,
                 sc::TP_BTF_EXIT,
                 sc::TRACEPOINT_SCHED_SWITCH,
             ],
-        };
+        ),
+        (
+            Mode::Tracer,
+            "ping-pong loop",
+            &[
+                sc::TRACEPOINT_ENTER,
+                sc::TP_BTF_EXIT,
+                sc::TRACEPOINT_SCHED_SWITCH,
+            ],
+        ),
+    ];
+    for (mode, workload, programs) in passes {
+        println!("  {} during the {workload}:", mode.label());
         let before = program_stats(&object, programs);
         let guard = attach(&mut object, mode, &config, &support)?;
-        time_reads(fd, calls);
-        time_getppid(calls);
-        time_pingpong(trips);
+        if workload.starts_with("ping") {
+            time_pingpong(trips);
+        } else {
+            time_reads(fd, calls);
+            time_getppid(calls);
+        }
         drop(guard);
         let after = program_stats(&object, programs);
         for (b, a) in before.iter().zip(after.iter()) {
             let runs = a.run_count - b.run_count;
             let time = a.run_time_ns - b.run_time_ns;
             println!(
-                "  {:<26} run_cnt {:>9}  run_time {:>11} ns  {:>6.1} ns/run",
+                "    {:<26} run_cnt {:>9}  run_time {:>11} ns  {:>6.1} ns/run",
                 a.program,
                 runs,
                 time,

@@ -368,23 +368,29 @@ fn exit(ret: i64) {
     }
 }
 
-/// Exit of the tracepoint mode: this CPU's pending entry if it is the
-/// current thread's (it never switched out), else the hash (it did, and
-/// `syscall_sched_switch` moved the entry there).
+/// Exit of the tracepoint mode: this CPU's pending entry if there is one,
+/// else the hash (the thread switched out, and `syscall_sched_switch`
+/// moved its entry there).
+///
+/// A pending entry here is the current thread's without asking (which
+/// saves the `bpf_get_current_pid_tgid` call on the fast path): by the
+/// invariant (module comment) it belongs to the thread running on this
+/// CPU, and as syscalls do not nest it is the entry of this very call.
+/// The thread can only have no entry for a tracked call when the filters
+/// turned it away at entry, and then the slot is empty too.
 #[inline(always)]
 fn exit_pending(ret: i64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
     let Some(pending) = SYSCALL_PENDING.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's element of a per-CPU array; preemption is off in
     // the tracepoint programs, see `syscall_sched_switch`.
     let pending = unsafe { &mut *pending };
-    let (start_ns, slot) = if pending.pid_tgid == pid_tgid {
+    let (start_ns, slot) = if pending.pid_tgid != 0 {
         pending.pid_tgid = 0;
         (pending.call.start_ns, pending.call.slot)
     } else {
-        match take_in_flight(pid_tgid) {
+        match take_in_flight(bpf_get_current_pid_tgid()) {
             Some(entry) => entry,
             None => return,
         }

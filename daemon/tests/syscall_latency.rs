@@ -345,6 +345,15 @@ fn wait_attached(daemon: &Daemon) -> String {
 
 const N_READS: u64 = 10_000;
 
+/// Held by the timing-sensitive bucket test and the CPU-hungry ping-pong
+/// test, so the harness never runs them at the same time: on 2 CPUs the
+/// ping-pong's wakeups delay the bucket test's 3 ms sleeps past 2^22 ns.
+static CPU_HUNGRY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cpu_hungry() -> std::sync::MutexGuard<'static, ()> {
+    CPU_HUNGRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn counts_exactly_the_reads_of_the_traced_process() {
     require_root();
@@ -378,6 +387,7 @@ fn counts_exactly_the_reads_of_the_traced_process() {
 #[test]
 fn reads_with_known_latency_land_in_their_bucket() {
     require_root();
+    let _alone = cpu_hungry();
     const N: u64 = 200;
     const WAIT_MS: u64 = 3;
     let mut child = TestChild::spawn(&format!("pipe:{N}:{WAIT_MS}"));
@@ -418,6 +428,7 @@ fn reads_with_known_latency_land_in_their_bucket() {
 #[test]
 fn blocking_reads_of_many_threads_are_counted_exactly() {
     require_root();
+    let _alone = cpu_hungry();
     const PAIRS: u64 = 4;
     const TRIPS: u64 = 5_000;
     let mut child = TestChild::spawn(&format!("pingpong:{PAIRS}:{TRIPS}"));

@@ -5,7 +5,9 @@
 //! (0 = untracked). On entry of a tracked call the program stores an
 //! [`InFlight`] record under the thread id in [`IN_FLIGHT_MAP`]; on exit it
 //! removes it and adds the latency to the per-CPU [`SyscallHistogram`] of
-//! the slot in [`HISTOGRAMS_MAP`].
+//! the slot in [`HISTOGRAMS_MAP`]. In tracepoint mode the entry first goes
+//! to a per-CPU slot and only reaches [`IN_FLIGHT_MAP`] if its thread
+//! switches out before the exit ([`TRACEPOINT_SCHED_SWITCH`]).
 
 use core::mem::size_of;
 
@@ -14,6 +16,9 @@ pub const TRACEPOINT_ENTER: &str = "syscall_enter_tracepoint";
 pub const TRACEPOINT_EXIT: &str = "syscall_exit_tracepoint";
 /// BTF-typed variant of [`TRACEPOINT_EXIT`], preferred when BTF is there.
 pub const TP_BTF_EXIT: &str = "syscall_exit_tp_btf";
+/// `sched_switch` hand-off of the tracepoint mode's per-CPU fast path:
+/// attached with (before) the tracepoint pair, detached after it.
+pub const TRACEPOINT_SCHED_SWITCH: &str = "syscall_sched_switch";
 pub const KPROBE_ENTER: &str = "syscall_enter_kprobe";
 pub const KPROBE_EXIT: &str = "syscall_exit_kretprobe";
 pub const FENTRY_ENTER: &str = "syscall_enter_fentry";
@@ -23,6 +28,9 @@ pub const EMPTY_ENTER: &str = "sys_enter_empty";
 pub const EMPTY_EXIT: &str = "sys_exit_empty";
 /// The `program` label of the tracer in `telemetryd_ebpf_program_attached`.
 pub const PROGRAM_LABEL: &str = "syscall_latency";
+/// The `program` label of [`TRACEPOINT_SCHED_SWITCH`] in
+/// `telemetryd_ebpf_program_attached` (tracepoint mode only).
+pub const SCHED_SWITCH_LABEL: &str = "syscall_latency_sched_switch";
 
 /// Array: syscall number (`u32`) -> slot + 1 (`u32`); 0 = not tracked.
 pub const SLOTS_MAP: &str = "SYSCALL_SLOTS";

@@ -67,6 +67,7 @@ fn child_process_entry() {
         ["reads", n] => child_reads(&fifo, n.parse().unwrap()),
         ["badfd", n] => child_bad_fd(&fifo, n.parse().unwrap()),
         ["pipe", n, ms] => child_pipe(&fifo, n.parse().unwrap(), ms.parse().unwrap()),
+        ["pingpong", pairs, n] => child_pingpong(&fifo, pairs.parse().unwrap(), n.parse().unwrap()),
         _ => panic!("unknown child mode {mode:?}"),
     };
     println!("done {total_ns}");
@@ -150,6 +151,47 @@ fn child_pipe(fifo: &str, n: u64, ms: u64) -> u64 {
     }
     writer_thread.join().unwrap();
     total
+}
+
+/// `pairs` pairs of threads, each pair bouncing one byte `n` times over two
+/// pipes: every thread makes `n` reads, nearly all of which block (switch
+/// out, and often resume on the other CPU). The threads exist and wait on
+/// a barrier before `park`, so their reads are the only ones after it.
+fn child_pingpong(fifo: &str, pairs: usize, n: u64) -> u64 {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(2 * pairs + 1));
+    let mut threads = Vec::new();
+    for _ in 0..pairs {
+        let mut there = [0i32; 2];
+        let mut back = [0i32; 2];
+        // SAFETY: pipe fills the two fds of each array.
+        unsafe {
+            assert_eq!(libc::pipe(there.as_mut_ptr()), 0);
+            assert_eq!(libc::pipe(back.as_mut_ptr()), 0);
+        }
+        for (first, input, output) in [(true, back[0], there[1]), (false, there[0], back[1])] {
+            let start = start.clone();
+            threads.push(std::thread::spawn(move || {
+                start.wait();
+                let byte = 7u8;
+                for i in 0..2 * n {
+                    // The first thread writes on even turns, the other on odd.
+                    if (i % 2 == 0) == first {
+                        // SAFETY: writes one byte from a local.
+                        let written = unsafe { libc::write(output, (&raw const byte).cast(), 1) };
+                        assert_eq!(written, 1);
+                    } else {
+                        assert_eq!(read_one(input), 1);
+                    }
+                }
+            }));
+        }
+    }
+    park(fifo);
+    start.wait();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    0
 }
 
 // --------------------------------------------------------------- parent --
@@ -303,6 +345,15 @@ fn wait_attached(daemon: &Daemon) -> String {
 
 const N_READS: u64 = 10_000;
 
+/// Held by the timing-sensitive bucket test and the CPU-hungry ping-pong
+/// test, so the harness never runs them at the same time: on 2 CPUs the
+/// ping-pong's wakeups delay the bucket test's 3 ms sleeps past 2^22 ns.
+static CPU_HUNGRY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cpu_hungry() -> std::sync::MutexGuard<'static, ()> {
+    CPU_HUNGRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn counts_exactly_the_reads_of_the_traced_process() {
     require_root();
@@ -336,6 +387,7 @@ fn counts_exactly_the_reads_of_the_traced_process() {
 #[test]
 fn reads_with_known_latency_land_in_their_bucket() {
     require_root();
+    let _alone = cpu_hungry();
     const N: u64 = 200;
     const WAIT_MS: u64 = 3;
     let mut child = TestChild::spawn(&format!("pipe:{N}:{WAIT_MS}"));
@@ -365,6 +417,57 @@ fn reads_with_known_latency_land_in_their_bucket() {
         "_sum {traced} ns vs {measured} ns measured by the caller"
     );
     println!("bucket (2^21,2^22] ns: {in_bucket}/{N}; sum traced {traced:.0} ns, measured {measured:.0} ns");
+    promtool_accepts(&after);
+}
+
+/// The tracepoint mode's per-CPU fast path hands every entry whose thread
+/// switches out over to the in-flight hash (`sched_switch`); losing or
+/// double-counting one there would break this exact count. Eight threads
+/// ping-pong over pipes, so nearly every read blocks and many resume on
+/// the other CPU.
+#[test]
+fn blocking_reads_of_many_threads_are_counted_exactly() {
+    require_root();
+    let _alone = cpu_hungry();
+    const PAIRS: u64 = 4;
+    const TRIPS: u64 = 5_000;
+    let mut child = TestChild::spawn(&format!("pingpong:{PAIRS}:{TRIPS}"));
+    let ns = NetNs::new();
+    let daemon = Daemon::start(&ns, &config("tracepoint", &["read"], &[child.pid()], ""));
+    assert_eq!(wait_attached(&daemon), "tracepoint");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = daemon.scrape();
+    assert!(
+        before
+            .samples
+            .keys()
+            .any(|k| k.starts_with("telemetryd_ebpf_program_attached{")
+                && k.contains("attach=\"tracepoint\"")
+                && k.contains("program=\"syscall_latency_sched_switch\"")),
+        "the sched_switch hand-off is listed as attached\n{}",
+        before.text
+    );
+    let base = count(&before, "read");
+
+    let mut other = background_reader();
+    child.run();
+    assert!(other.wait().unwrap().success());
+    let want = (2 * PAIRS * TRIPS) as f64;
+    let after = settled(&daemon, base + want, |s| count(s, "read"));
+    assert_eq!(
+        count(&after, "read") - base,
+        want,
+        "every read of the ping-pong threads, exactly\n{}",
+        after.text
+    );
+    assert_eq!(errors(&after, "read"), 0.0);
+    assert_eq!(
+        after
+            .samples
+            .get("telemetryd_syscall_inflight_overflows_total")
+            .copied(),
+        Some(0.0)
+    );
     promtool_accepts(&after);
 }
 

@@ -10,6 +10,47 @@
 //! Observe only: every program returns 0 on every path, also on its own
 //! errors, which it counts in `SYSCALL_ERRORS`. Nothing here can fail or
 //! delay the traced call beyond the program's own run time.
+//!
+//! # The per-CPU fast path (tracepoint mode)
+//!
+//! A hash insert at entry and a lookup + delete at exit cost more than the
+//! rest of the tracer together. Most calls do not block, so in tracepoint
+//! mode the entry goes into a one-entry per-CPU array, `SYSCALL_PENDING`
+//! (`{pid_tgid, start_ns, slot}`, `pid_tgid == 0` meaning empty; tid 0 is
+//! the idle task, which makes no syscalls), and a third program on the
+//! `sched_switch` raw tracepoint moves a pending entry into the in-flight
+//! hash when its thread leaves the CPU. The exit uses the CPU's entry when
+//! it is the current thread's, otherwise the hash.
+//!
+//! Why this is exact. Invariant: *a CPU's pending entry, when there is one,
+//! belongs to the thread running on that CPU, which has not left the CPU
+//! since that entry was written.* It holds because
+//! - the entry program writes it in the context of the running thread;
+//! - a thread only leaves a CPU (blocking, preemption, migration, which
+//!   always switches the task out first, exit) through `__schedule`, which
+//!   fires `sched_switch` on that CPU while the thread is still `prev`; our
+//!   program there moves the entry to the hash (keyed by the tid stored in
+//!   the entry, so it does not even need to ask whose context it is) and
+//!   empties the slot. `__schedule` with `prev == next` fires nothing, and
+//!   then the thread stays;
+//! - the programs on `sys_enter`, `sys_exit` and `sched_switch` run with
+//!   preemption disabled (syscall tracepoints wrap their BPF probes in
+//!   `preempt_disable_notrace`, `sched_switch` runs under the runqueue
+//!   lock), so on one CPU they never interleave with each other, and no
+//!   other program touches the slot (the kprobe/fentry modes, which may be
+//!   preempted while running, keep using the hash only);
+//! - syscalls do not nest: `sys_enter` fires only on the way in from user
+//!   space, so a thread has at most one call in flight.
+//! Hence at exit, a thread's in-flight entry is either in its CPU's slot
+//! (it never left the CPU) or in the hash (it left, and the switch moved
+//! it); never in both, never lost. Filters (self tgid, pids, cgroup) are
+//! applied at entry only, before anything is stored, as before; the daemon's
+//! own threads therefore never have an entry anywhere. A full hash at the
+//! hand-off drops the entry and counts `in_flight_full`, as a full hash at
+//! entry did before.
+//!
+//! User space attaches `sched_switch` first and detaches it last, so the
+//! invariant holds while the entry program is attached.
 
 use aya_ebpf::{
     bindings::BPF_ANY,
@@ -39,6 +80,18 @@ static SYSCALL_SLOTS: Array<u32> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
 #[map(name = "SYSCALL_IN_FLIGHT")]
 static SYSCALL_IN_FLIGHT: HashMap<u64, InFlight> =
     HashMap::with_max_entries(DEFAULT_MAX_IN_FLIGHT, 0);
+
+/// The per-CPU fast path: this CPU's pending entry, see the module comment.
+#[map(name = "SYSCALL_PENDING")]
+static SYSCALL_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// A call in flight on this CPU whose thread has not switched out since.
+#[repr(C)]
+struct Pending {
+    /// The thread; 0 = no entry.
+    pid_tgid: u64,
+    call: InFlight,
+}
 
 #[map(name = "SYSCALL_HISTOGRAMS")]
 static SYSCALL_HISTOGRAMS: PerCpuArray<SyscallHistogram> =
@@ -89,7 +142,36 @@ static SYSCALL_NR_OFFSET: Global<u32> = Global::new(120);
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn syscall_enter_tracepoint(ctx: RawTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);
-    enter(nr);
+    if let Some((pid_tgid, slot)) = admit(nr) {
+        enter_pending(pid_tgid, slot);
+    }
+    0
+}
+
+/// The hand-off of the per-CPU fast path (see the module comment): runs on
+/// every context switch of the node, so its common case is one inlined
+/// per-CPU array lookup and a compare. `sched_switch` runs in the context
+/// of `prev`; the pending entry, if any, is `prev`'s by the invariant, and
+/// it carries its own tid, so no helper is needed to know whose it is.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn syscall_sched_switch(_ctx: RawTracePointContext) -> i32 {
+    let Some(pending) = SYSCALL_PENDING.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's element of a per-CPU array; the programs touching
+    // it run with preemption disabled, so nothing else accesses it now.
+    let pending = unsafe { &mut *pending };
+    let pid_tgid = pending.pid_tgid;
+    if pid_tgid == 0 {
+        return 0;
+    }
+    pending.pid_tgid = 0;
+    if SYSCALL_IN_FLIGHT
+        .insert(pid_tgid, pending.call, BPF_ANY as u64)
+        .is_err()
+    {
+        count_error(ProgramError::InFlightFull);
+    }
     0
 }
 
@@ -104,7 +186,7 @@ pub fn syscall_exit_tracepoint(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let ret: i64 = ctx.arg(1);
-    exit(ret);
+    exit_pending(ret);
     0
 }
 
@@ -132,7 +214,7 @@ pub fn syscall_exit_tp_btf(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let ret: i64 = ctx.arg(1);
-    exit(ret);
+    exit_pending(ret);
     0
 }
 
@@ -218,26 +300,36 @@ fn syscall_nr(regs: *const u8) -> Option<u64> {
     }
 }
 
+/// The tracked slot of `nr` and the current thread, if this call is to be
+/// timed: tracked, not the daemon itself, and passing the pid and cgroup
+/// filters.
 #[inline(always)]
-fn enter(nr: u64) {
-    let Some(slot) = slot_of(nr) else {
-        return;
-    };
+fn admit(nr: u64) -> Option<(u64, u32)> {
+    let slot = slot_of(nr)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if tgid == SYSCALL_SELF_TGID.load() {
-        return;
+        return None;
     }
     if SYSCALL_FILTER_PIDS.load() != 0 && SYSCALL_PIDS.get_ptr(tgid).is_none() {
-        return;
+        return None;
     }
     let cgroup = SYSCALL_FILTER_CGROUP.load();
-    // SAFETY: these helpers take no pointers and cannot fail.
+    // SAFETY: takes no pointers and cannot fail.
     if cgroup != 0 && unsafe { bpf_get_current_cgroup_id() } != cgroup {
-        return;
+        return None;
     }
+    Some((pid_tgid, slot))
+}
+
+/// Entry of the kprobe and fentry modes: straight into the hash.
+#[inline(always)]
+fn enter(nr: u64) {
+    let Some((pid_tgid, slot)) = admit(nr) else {
+        return;
+    };
     let record = InFlight {
-        // SAFETY: as above.
+        // SAFETY: takes no pointers and cannot fail.
         start_ns: unsafe { bpf_ktime_get_ns() },
         slot,
         _pad: 0,
@@ -250,16 +342,76 @@ fn enter(nr: u64) {
     }
 }
 
+/// Entry of the tracepoint mode: into this CPU's pending slot. By the
+/// invariant the slot is empty here (its previous owner either exited its
+/// call on this CPU or switched out, which emptied it).
+#[inline(always)]
+fn enter_pending(pid_tgid: u64, slot: u32) {
+    let Some(pending) = SYSCALL_PENDING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's element of a per-CPU array; preemption is off in
+    // the tracepoint programs, see `syscall_sched_switch`.
+    let pending = unsafe { &mut *pending };
+    pending.pid_tgid = pid_tgid;
+    // SAFETY: takes no pointers and cannot fail.
+    pending.call.start_ns = unsafe { bpf_ktime_get_ns() };
+    pending.call.slot = slot;
+}
+
+/// Exit of the kprobe and fentry modes: the entry is in the hash.
 #[inline(always)]
 fn exit(ret: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(record) = SYSCALL_IN_FLIGHT.get_ptr(pid_tgid) else {
+    if let Some((start_ns, slot)) = take_in_flight(pid_tgid) {
+        record(start_ns, slot, ret);
+    }
+}
+
+/// Exit of the tracepoint mode: this CPU's pending entry if there is one,
+/// else the hash (the thread switched out, and `syscall_sched_switch`
+/// moved its entry there).
+///
+/// A pending entry here is the current thread's without asking (which
+/// saves the `bpf_get_current_pid_tgid` call on the fast path): by the
+/// invariant (module comment) it belongs to the thread running on this
+/// CPU, and as syscalls do not nest it is the entry of this very call.
+/// The thread can only have no entry for a tracked call when the filters
+/// turned it away at entry, and then the slot is empty too.
+#[inline(always)]
+fn exit_pending(ret: i64) {
+    let Some(pending) = SYSCALL_PENDING.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: this CPU's element of a per-CPU array; preemption is off in
+    // the tracepoint programs, see `syscall_sched_switch`.
+    let pending = unsafe { &mut *pending };
+    let (start_ns, slot) = if pending.pid_tgid != 0 {
+        pending.pid_tgid = 0;
+        (pending.call.start_ns, pending.call.slot)
+    } else {
+        match take_in_flight(bpf_get_current_pid_tgid()) {
+            Some(entry) => entry,
+            None => return,
+        }
+    };
+    record(start_ns, slot, ret);
+}
+
+/// Removes and returns the hash entry of `pid_tgid`.
+#[inline(always)]
+fn take_in_flight(pid_tgid: u64) -> Option<(u64, u32)> {
+    let entry = SYSCALL_IN_FLIGHT.get_ptr(pid_tgid)?;
     // SAFETY: a value pointer from a successful lookup; only this thread
     // writes its own key, and it is running here.
-    let InFlight { start_ns, slot, .. } = unsafe { *record };
+    let InFlight { start_ns, slot, .. } = unsafe { *entry };
     let _ = SYSCALL_IN_FLIGHT.remove(pid_tgid);
+    Some((start_ns, slot))
+}
+
+/// Adds one call that started at `start_ns` to the histogram of `slot`.
+#[inline(always)]
+fn record(start_ns: u64, slot: u32, ret: i64) {
     // SAFETY: takes no pointers, cannot fail.
     let delta = unsafe { bpf_ktime_get_ns() }.saturating_sub(start_ns);
     let Some(histogram) = SYSCALL_HISTOGRAMS.get_ptr_mut(slot) else {

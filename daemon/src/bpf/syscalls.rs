@@ -274,6 +274,21 @@ impl SyscallTracer {
     pub fn attached_programs(&self) -> usize {
         self.links.len()
     }
+
+    /// Whether the `sched_switch` hand-off is attached (tracepoint mode).
+    pub fn sched_switch_attached(&self) -> bool {
+        self.strategy == Strategy::Tracepoint
+    }
+}
+
+impl Drop for SyscallTracer {
+    /// Detaches in the reverse order of attaching: the entry program first,
+    /// the `sched_switch` hand-off last.
+    fn drop(&mut self) {
+        while let Some(link) = self.links.pop() {
+            drop(link);
+        }
+    }
 }
 
 fn write_slots(object: &mut LoadedObject, tracked: &[TrackedSyscall]) -> Result<(), LoadError> {
@@ -328,7 +343,16 @@ fn attach(
     let mut links = Vec::new();
     match strategy {
         Strategy::Tracepoint => {
-            // Exit first: an entry recorded before its exit program exists
+            // The sched_switch hand-off first: the entry program's per-CPU
+            // fast path is only exact while it runs (see the eBPF side), so
+            // it must be there before any entry is recorded. Detached last
+            // (`Drop for SyscallTracer` drops links in reverse).
+            links.push(TracerLink::RawTracePoint(attach_raw_tracepoint(
+                object,
+                sc::TRACEPOINT_SCHED_SWITCH,
+                "sched_switch",
+            )?));
+            // Exit next: an entry recorded before its exit program exists
             // would only wait in the in-flight map. The BTF-typed exit is
             // cheaper; without BTF the raw one does the same work.
             match attach_tp_btf(object, sc::TP_BTF_EXIT, "sys_exit") {

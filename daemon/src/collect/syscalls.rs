@@ -2,7 +2,7 @@
 
 use aya::maps::{MapData, PerCpuArray};
 use telemetryd_common::syscalls::{
-    ProgramError, SyscallHistogram, PROGRAM_ERROR_LABELS, PROGRAM_LABEL,
+    ProgramError, SyscallHistogram, PROGRAM_ERROR_LABELS, PROGRAM_LABEL, SCHED_SWITCH_LABEL,
 };
 
 use super::snapshot::{ProgramAttachment, Snapshot, SyscallStats};
@@ -43,6 +43,13 @@ impl SyscallCollector {
             attach: tracer.strategy.label().to_owned(),
             device: String::new(),
         });
+        if tracer.sched_switch_attached() {
+            snapshot.attachments.push(ProgramAttachment {
+                program: SCHED_SWITCH_LABEL.to_owned(),
+                attach: tracer.strategy.label().to_owned(),
+                device: String::new(),
+            });
+        }
     }
 
     fn read(&self, tracked: &TrackedSyscall) -> SyscallStats {

@@ -166,6 +166,7 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
         },
     ));
     let _ = ready_tx.send(true);
+    return_startup_memory();
 
     let families_board = board.clone();
     let state = HttpState {
@@ -256,6 +257,18 @@ pub async fn run(mut config: Config, ops: Operations) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Start-up parses the kernel's BTF (several MiB, more than once: aya's
+/// loader does it eagerly) and frees it again; glibc keeps such freed heap
+/// resident until told otherwise. Hand it back once, when start-up is done.
+fn return_startup_memory() {
+    // SAFETY: malloc_trim only releases free heap pages to the kernel; it
+    // takes no pointers and is safe to call at any time from any thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The syscall tracer (it owns its links) and the collector of its maps.

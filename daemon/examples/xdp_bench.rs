@@ -48,6 +48,8 @@ fn main() {
     let mut slots: aya::maps::Array<_, u32> =
         object.take_map(telemetryd_common::xdp::SLOTS_MAP).unwrap();
     slots.set(ifindex(DEV_RX), 1, 0).unwrap();
+    // BPF_PROG_TEST_RUN runs XDP as if on loopback (ifindex 1): slot 1.
+    slots.set(1, 2, 0).unwrap();
     let frame = udp_frame(64);
 
     println!("== XDP cost per packet, kernel BPF stats, {ROUNDS} interleaved rounds of {PACKETS_PER_ROUND} frames of {} bytes", frame.len());

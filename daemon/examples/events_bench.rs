@@ -12,9 +12,9 @@
 //!
 //! Traffic stays inside two throwaway namespaces joined by veth.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::process::Command;
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,8 @@ use aya::programs::{Xdp, XdpMode};
 use telemetryd::bpf::{LoadOptions, LoadedObject};
 use telemetryd::collect::events::{self, EventRing, KernelEventCounts};
 use telemetryd_common::xdp::PROGRAM_NAME;
+
+use bench_support::{enter, ifindex, median, udp_frame, VethNamespaces};
 
 const NS_RX: &str = "tdtevbrx";
 const NS_TX: &str = "tdtevbtx";
@@ -33,7 +35,7 @@ const ROUNDS: usize = 5;
 const PACKETS_PER_ROUND: u64 = 200_000;
 
 fn main() {
-    let _namespaces = Namespaces::create();
+    let _namespaces = VethNamespaces::create(NS_RX, NS_TX, DEV_RX, DEV_TX);
     enter(NS_RX);
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
     let frame = udp_frame(64);
@@ -332,84 +334,4 @@ fn send_frames(frame: &[u8], count: u64, rate: Option<u64>) {
         }
         libc::close(fd);
     }
-}
-
-/// An IPv4 UDP frame to a MAC nobody has: the receiver never answers.
-fn udp_frame(payload: usize) -> Vec<u8> {
-    let mut f = vec![
-        0x02, 0, 0, 0, 0xde, 0xad, 0x02, 0, 0, 0, 0, 0x0b, 0x08, 0x00,
-    ];
-    let total = (20 + 8 + payload) as u16;
-    f.extend_from_slice(&[0x45, 0]);
-    f.extend_from_slice(&total.to_be_bytes());
-    f.extend_from_slice(&[0, 1, 0, 0, 64, 17, 0, 0, 10, 205, 0, 2, 10, 205, 0, 1]);
-    f.extend_from_slice(&[0x30, 0x39, 0x1f, 0x90]);
-    f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend(std::iter::repeat_n(0xab, payload));
-    f
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
-}
-
-fn ifindex(name: &str) -> u32 {
-    let name = std::ffi::CString::new(name).unwrap();
-    // SAFETY: a NUL-terminated name.
-    unsafe { libc::if_nametoindex(name.as_ptr()) }
-}
-
-/// Moves the calling thread into a named namespace.
-fn enter(ns: &str) {
-    let file = File::open(format!("/var/run/netns/{ns}")).expect("namespace exists");
-    // SAFETY: changes only the calling thread's network namespace.
-    let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(ret, 0, "setns {ns}");
-}
-
-/// The benchmark's two namespaces and their veth pair, removed on drop.
-struct Namespaces;
-
-impl Namespaces {
-    fn create() -> Self {
-        for ns in [NS_RX, NS_TX] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            sh(&["ip", "netns", "add", ns]);
-        }
-        let guard = Namespaces;
-        sh(&[
-            "ip", "link", "add", DEV_RX, "netns", NS_RX, "type", "veth", "peer", "name", DEV_TX,
-            "netns", NS_TX,
-        ]);
-        for (ns, dev) in [(NS_RX, DEV_RX), (NS_TX, DEV_TX)] {
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-q",
-                "-w",
-                &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
-            ]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        guard
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in [NS_RX, NS_TX] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn sh(args: &[&str]) {
-    let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
-    assert!(status.success(), "{}", args.join(" "));
 }

@@ -1,0 +1,102 @@
+//! What the benchmarks share: two throwaway namespaces joined by veth (traffic
+//! never leaves them), entering a namespace, a raw UDP frame, a median.
+#![allow(dead_code)] // each benchmark uses a different part
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+/// A receiving and a sending namespace joined by a veth pair with IPv6 off
+/// (so the kernel sends nothing of its own); removed on drop.
+pub struct VethNamespaces {
+    pub rx_ns: &'static str,
+    pub tx_ns: &'static str,
+    pub rx_dev: &'static str,
+    pub tx_dev: &'static str,
+}
+
+impl VethNamespaces {
+    pub fn create(
+        rx_ns: &'static str,
+        tx_ns: &'static str,
+        rx_dev: &'static str,
+        tx_dev: &'static str,
+    ) -> Self {
+        let guard = Self {
+            rx_ns,
+            tx_ns,
+            rx_dev,
+            tx_dev,
+        };
+        guard.remove();
+        for ns in [rx_ns, tx_ns] {
+            sh(&["ip", "netns", "add", ns]);
+        }
+        sh(&[
+            "ip", "link", "add", rx_dev, "netns", rx_ns, "type", "veth", "peer", "name", tx_dev,
+            "netns", tx_ns,
+        ]);
+        for (ns, dev) in [(rx_ns, rx_dev), (tx_ns, tx_dev)] {
+            let sysctl = format!("net.ipv6.conf.{dev}.disable_ipv6=1");
+            sh(&["ip", "netns", "exec", ns, "sysctl", "-q", "-w", &sysctl]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        guard
+    }
+
+    fn remove(&self) {
+        for ns in [self.rx_ns, self.tx_ns] {
+            if std::path::Path::new(&format!("/var/run/netns/{ns}")).exists() {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+}
+
+impl Drop for VethNamespaces {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Moves the calling thread into a named namespace.
+pub fn enter(ns: &str) {
+    let file = File::open(format!("/var/run/netns/{ns}")).expect("namespace exists");
+    // SAFETY: changes only the calling thread's network namespace.
+    let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(ret, 0, "setns {ns}");
+}
+
+pub fn ifindex(name: &str) -> u32 {
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a NUL-terminated name.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+/// An IPv4 UDP frame (10.204.0.2 -> 10.204.0.1) to a MAC nobody has: the
+/// receiver counts it and never answers.
+pub fn udp_frame(payload: usize) -> Vec<u8> {
+    let mut f = vec![
+        0x02, 0, 0, 0, 0xde, 0xad, 0x02, 0, 0, 0, 0, 0x0b, 0x08, 0x00,
+    ];
+    let total = (20 + 8 + payload) as u16;
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0, 0, 64, 17, 0, 0, 10, 204, 0, 2, 10, 204, 0, 1]);
+    f.extend_from_slice(&[0x30, 0x39, 0x1f, 0x90]);
+    f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend(std::iter::repeat_n(0xab, payload));
+    f
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+pub fn sh(args: &[&str]) {
+    let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
+    assert!(status.success(), "{}", args.join(" "));
+}

@@ -24,7 +24,7 @@ use telemetryd::bpf::{LoadOptions, LoadedObject};
 use telemetryd::collect::events::{self, EventRing, KernelEventCounts};
 use telemetryd_common::xdp::PROGRAM_NAME;
 
-use bench_support::{enter, ifindex, median, udp_frame, VethNamespaces};
+use bench_support::{enter, ifindex, median, send_frames, udp_frame, VethNamespaces};
 
 const NS_RX: &str = "tdtevbrx";
 const NS_TX: &str = "tdtevbtx";
@@ -285,53 +285,11 @@ fn send_parallel(frame: &[u8], count: u64, senders: u64, rate: Option<u64>) -> D
             let frame = frame.to_vec();
             let per = count / senders;
             let rate = rate.map(|r| r / senders);
-            std::thread::spawn(move || send_frames(&frame, per, rate))
+            std::thread::spawn(move || send_frames(NS_TX, DEV_TX, &frame, per, rate))
         })
         .collect();
     for t in threads {
         t.join().unwrap();
     }
     start.elapsed()
-}
-
-fn send_frames(frame: &[u8], count: u64, rate: Option<u64>) {
-    enter(NS_TX);
-    let name = std::ffi::CString::new(DEV_TX).unwrap();
-    let start = Instant::now();
-    // SAFETY: plain socket calls on a socket this thread owns and closes.
-    unsafe {
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(fd >= 0);
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-        for i in 0..count {
-            if let Some(rate) = rate {
-                // Paced in 1 ms slices: sleep until this frame is due.
-                let due = Duration::from_nanos(i * 1_000_000_000 / rate);
-                let now = start.elapsed();
-                if due > now + Duration::from_micros(500) {
-                    std::thread::sleep(due - now);
-                }
-            }
-            loop {
-                let sent = libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                if sent as usize == frame.len() {
-                    break;
-                }
-                let error = std::io::Error::last_os_error();
-                // The device queue is full: let the receiver catch up.
-                assert_eq!(error.raw_os_error(), Some(libc::ENOBUFS), "{error}");
-                std::thread::yield_now();
-            }
-        }
-        libc::close(fd);
-    }
 }

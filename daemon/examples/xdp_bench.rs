@@ -116,37 +116,9 @@ fn measure_attached(object: &mut LoadedObject, name: &str, mode: XdpMode, frame:
 
 fn send_frames(frame: &[u8], count: u64) {
     let frame = frame.to_vec();
-    std::thread::spawn(move || {
-        enter(NS_TX);
-        let name = std::ffi::CString::new(DEV_TX).unwrap();
-        // SAFETY: plain socket calls on a socket this thread owns and closes.
-        unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0);
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-            for _ in 0..count {
-                let sent = libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert_eq!(
-                    sent as usize,
-                    frame.len(),
-                    "{}",
-                    std::io::Error::last_os_error()
-                );
-            }
-            libc::close(fd);
-        }
-    })
-    .join()
-    .unwrap();
+    std::thread::spawn(move || bench_support::send_frames(NS_TX, DEV_TX, &frame, count, None))
+        .join()
+        .unwrap();
 }
 
 fn default_series_snapshot() -> Snapshot {

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// A receiving and a sending namespace joined by a veth pair with IPv6 off
 /// (so the kernel sends nothing of its own); removed on drop.
@@ -99,4 +100,49 @@ pub fn median(values: &mut [f64]) -> f64 {
 pub fn sh(args: &[&str]) {
     let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
     assert!(status.success(), "{}", args.join(" "));
+}
+
+/// Sends `count` copies of `frame` out of `dev` in namespace `ns` through an
+/// AF_PACKET socket, flat out or paced at `rate` frames/s, waiting out a full
+/// device queue. Enters `ns` on the calling thread: call it on a thread of its own.
+pub fn send_frames(ns: &str, dev: &str, frame: &[u8], count: u64, rate: Option<u64>) {
+    enter(ns);
+    let name = std::ffi::CString::new(dev).unwrap();
+    let start = Instant::now();
+    // SAFETY: plain socket calls on a socket this thread owns and closes.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        for i in 0..count {
+            if let Some(rate) = rate {
+                // Paced in 1 ms slices: sleep until this frame is due.
+                let due = Duration::from_nanos(i * 1_000_000_000 / rate);
+                let now = start.elapsed();
+                if due > now + Duration::from_micros(500) {
+                    std::thread::sleep(due - now);
+                }
+            }
+            loop {
+                let sent = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if sent as usize == frame.len() {
+                    break;
+                }
+                let error = std::io::Error::last_os_error();
+                // The device queue is full: let the receiver catch up.
+                assert_eq!(error.raw_os_error(), Some(libc::ENOBUFS), "{error}");
+                std::thread::yield_now();
+            }
+        }
+        libc::close(fd);
+    }
 }

@@ -26,6 +26,16 @@ pub const FEXIT_EXIT: &str = "syscall_exit_fexit";
 /// Empty programs on the same raw tracepoints: the benchmark's floor.
 pub const EMPTY_ENTER: &str = "sys_enter_empty";
 pub const EMPTY_EXIT: &str = "sys_exit_empty";
+/// Benchmark floor of timing: two clock reads per tracked call on the same
+/// raw tracepoints, nothing else (the exit one is BTF-typed, as the
+/// tracer's).
+pub const CLOCK_FLOOR_ENTER: &str = "sys_enter_clock_floor";
+pub const CLOCK_FLOOR_EXIT: &str = "sys_exit_clock_floor";
+/// Empty programs for the per-syscall tracepoints
+/// (`syscalls:sys_enter_<name>` / `sys_exit_<name>`): the benchmark's
+/// comparison with that way of hooking syscalls.
+pub const SYSCALL_TP_EMPTY_ENTER: &str = "sys_enter_syscall_tp_empty";
+pub const SYSCALL_TP_EMPTY_EXIT: &str = "sys_exit_syscall_tp_empty";
 /// The `program` label of the tracer in `telemetryd_ebpf_program_attached`.
 pub const PROGRAM_LABEL: &str = "syscall_latency";
 /// The `program` label of [`TRACEPOINT_SCHED_SWITCH`] in

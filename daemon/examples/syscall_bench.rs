@@ -1,22 +1,28 @@
 //! Overhead of the syscall-latency tracer, measured side by side in one run
-//! (root): `cargo run --release --example syscall_bench [-- ROUNDS CALLS]`.
+//! (root): `cargo xtask bench syscall [-- CYCLES BATCH]`.
 //!
-//! Modes, interleaved round by round so drift hits them all alike:
-//! (a) nothing attached; (b) empty programs on the raw tracepoints
-//! `sys_enter` / `sys_exit` (the physical floor of the tracepoint method);
-//! (c) telemetryd's tracer (attach = tracepoint, default `track` list,
-//! this process not excluded). Each mode times a tight loop of 1-byte
-//! `read`s from /dev/zero (tracked) and of `getppid` (untracked); the
-//! median over rounds is printed. Then, in a separate pass with BPF run-time
-//! statistics on (`BPF_ENABLE_STATS`, which the kernel turns off again when
-//! its fd closes, so nothing needs restoring), the kernel's own run time of
-//! each program per run.
+//! Modes: (a) nothing attached; (b) empty programs on the raw tracepoints
+//! `sys_enter` / `sys_exit` (the floor of the tracepoint method, the
+//! issue's reference); (f) the clock floor: on the same tracepoints, the
+//! two `bpf_ktime_get_ns` any latency tracer must take per tracked call,
+//! and nothing else; (s) empty programs on the per-syscall tracepoints
+//! `syscalls:sys_{enter,exit}_<name>` of the tracked syscalls (the other
+//! way to hook syscalls); (c) telemetryd's tracer (attach = tracepoint,
+//! default `track` list, this process not excluded).
 //!
-//! A third loop, a pipe ping-pong between two threads (every `read`
-//! blocks, so every call takes the tracer's slow path: the `sched_switch`
-//! hand-off into the in-flight hash), shows the cost on a switch-heavy
-//! load; the statistics pass also gives the `sched_switch` program's run
-//! time per context switch (it fires on every switch of the node).
+//! Method. This VM's timings swing by 2x with load on the host, in phases
+//! of seconds, so long rounds per mode compare different phases. Instead,
+//! each cycle runs every mode once, back to back, in rotated order: attach,
+//! a batch of 1-byte `read`s from /dev/zero (tracked), a batch of `getppid`
+//! (untracked), detach. A cycle takes a few tens of milliseconds, so its
+//! modes share one phase; the added-cost ratio (x-a)/(b-a) is computed per
+//! cycle and the median over cycles is reported, with its quartiles.
+//!
+//! Then a pipe ping-pong between two threads (every `read` blocks, so every
+//! call takes the tracer's slow path: the `sched_switch` hand-off into the
+//! in-flight hash), and, with BPF run-time statistics on
+//! (`BPF_ENABLE_STATS`, which the kernel turns off again when its fd
+//! closes), the kernel's own run time of each program per run.
 //!
 //! Targets (issue 3): (c-a) <= 1.25 x (b-a) for read; for getppid,
 //! (c-a) <= (b-a).
@@ -25,7 +31,7 @@ use std::ffi::CString;
 use std::time::Instant;
 
 use telemetryd::bpf::probe;
-use telemetryd::bpf::syscalls::{program_stats, EmptyTracepoints, SyscallTracer};
+use telemetryd::bpf::syscalls::{program_stats, Baseline, BaselinePrograms, SyscallTracer};
 use telemetryd::bpf::LoadOptions;
 use telemetryd::bpf::LoadedObject;
 use telemetryd::config::{SyscallAttach, SyscallsConfig};
@@ -34,17 +40,28 @@ use telemetryd_common::syscalls as sc;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Nothing,
-    Empty,
+    Baseline(Baseline),
     Tracer,
 }
 
-const MODES: [Mode; 3] = [Mode::Nothing, Mode::Empty, Mode::Tracer];
+/// (a), (b), (f), (s), (c); the index is the column in the results.
+const MODES: [Mode; 5] = [
+    Mode::Nothing,
+    Mode::Baseline(Baseline::Empty),
+    Mode::Baseline(Baseline::ClockFloor),
+    Mode::Baseline(Baseline::SyscallTracepoints),
+    Mode::Tracer,
+];
+const NOTHING: usize = 0;
+const EMPTY: usize = 1;
 
 impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::Nothing => "(a) nothing attached",
-            Mode::Empty => "(b) empty raw tracepoints",
+            Mode::Baseline(Baseline::Empty) => "(b) empty raw tracepoints",
+            Mode::Baseline(Baseline::ClockFloor) => "(f) clock floor (2 clock reads)",
+            Mode::Baseline(Baseline::SyscallTracepoints) => "(s) empty per-syscall tracepoints",
             Mode::Tracer => "(c) telemetryd tracer",
         }
     }
@@ -52,8 +69,8 @@ impl Mode {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let rounds: usize = args.next().map_or(Ok(7), |a| a.parse())?;
-    let calls: u64 = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
+    let cycles: usize = args.next().map_or(Ok(150), |a| a.parse())?;
+    let batch: u64 = args.next().map_or(Ok(30_000), |a| a.parse())?;
 
     let config = SyscallsConfig {
         attach: SyscallAttach::Tracepoint,
@@ -78,81 +95,93 @@ fn main() -> anyhow::Result<()> {
     );
 
     println!(
-        "syscall_bench: {rounds} rounds x {calls} calls per loop, kernel {}, tracked: {}",
+        "syscall_bench: {cycles} cycles x {} modes, batches of {batch} calls, kernel {}, \
+         attach tracepoint, tracked: {}",
+        MODES.len(),
         support.release,
         config.track.join(",")
     );
-    let mut read_ns: [Vec<f64>; 3] = Default::default();
-    let mut getppid_ns: [Vec<f64>; 3] = Default::default();
-    let mut pingpong_ns: [Vec<f64>; 3] = Default::default();
-    let trips = (calls / 20).max(1);
+    // [mode][cycle] = ns per call.
+    let mut read_ns = vec![Vec::with_capacity(cycles); MODES.len()];
+    let mut getppid_ns = vec![Vec::with_capacity(cycles); MODES.len()];
+    for cycle in 0..cycles {
+        for k in 0..MODES.len() {
+            let i = (k + cycle) % MODES.len();
+            let guard = attach(&mut object, MODES[i], &config, &support)?;
+            read_ns[i].push(time_reads(fd, batch));
+            getppid_ns[i].push(time_getppid(batch));
+            drop(guard);
+        }
+    }
+
+    println!("\nns per call (median over cycles):");
+    println!("  {:<36} {:>9} {:>9}", "mode", "read", "getppid");
+    for (i, mode) in MODES.iter().enumerate() {
+        println!(
+            "  {:<36} {:>9.1} {:>9.1}",
+            mode.label(),
+            quantile(&read_ns[i], 0.5),
+            quantile(&getppid_ns[i], 0.5)
+        );
+    }
+    println!("\nadded cost relative to (b), (x-a)/(b-a) per cycle: median [quartiles]:");
+    println!("  {:<36} {:>22} {:>22}", "mode", "read", "getppid");
+    for (i, mode) in MODES.iter().enumerate().skip(EMPTY + 1) {
+        let read = ratios(&read_ns, i);
+        let getppid = ratios(&getppid_ns, i);
+        println!(
+            "  {:<36} {:>5.2} [{:.2}, {:.2}]      {:>5.2} [{:.2}, {:.2}]",
+            mode.label(),
+            quantile(&read, 0.5),
+            quantile(&read, 0.25),
+            quantile(&read, 0.75),
+            quantile(&getppid, 0.5),
+            quantile(&getppid, 0.25),
+            quantile(&getppid, 0.75),
+        );
+    }
+    println!("  targets for (c): read <= 1.25, getppid <= 1.00");
+
+    // The ping-pong: fewer, longer rounds (a round trip is two context
+    // switches, ~50 us here), modes (a), (b), (c) interleaved.
+    let trips = 20_000;
+    let rounds = 5;
+    let mut pingpong_ns = [Vec::new(), Vec::new(), Vec::new()];
+    let pingpong_modes = [MODES[NOTHING], MODES[EMPTY], Mode::Tracer];
     for _ in 0..rounds {
-        for (i, &mode) in MODES.iter().enumerate() {
+        for (i, &mode) in pingpong_modes.iter().enumerate() {
             let guard = attach(&mut object, mode, &config, &support)?;
-            read_ns[i].push(time_reads(fd, calls));
-            getppid_ns[i].push(time_getppid(calls));
             pingpong_ns[i].push(time_pingpong(trips));
             drop(guard);
         }
     }
-    // Median, and minimum (on a shared machine other load only ever adds
-    // time, so the fastest round is the least disturbed one).
-    for (stat, pick) in [
-        ("median", median as fn(&mut [f64]) -> f64),
-        ("minimum", minimum),
-    ] {
-        let read: Vec<f64> = read_ns.iter_mut().map(|v| pick(v)).collect();
-        let getppid: Vec<f64> = getppid_ns.iter_mut().map(|v| pick(v)).collect();
-        let pingpong: Vec<f64> = pingpong_ns.iter_mut().map(|v| pick(v)).collect();
+    println!(
+        "\npipe ping-pong, ns per round trip (median of {rounds} rounds of {trips}; no target):"
+    );
+    for (i, mode) in pingpong_modes.iter().enumerate() {
         println!(
-            "\nns per call ({stat} of {rounds} rounds; ping-pong: per round trip, {trips} trips):"
-        );
-        println!(
-            "  {:<28} {:>10} {:>10} {:>10}",
-            "mode", "read", "getppid", "ping-pong"
-        );
-        for (i, mode) in MODES.iter().enumerate() {
-            println!(
-                "  {:<28} {:>10.1} {:>10.1} {:>10.1}",
-                mode.label(),
-                read[i],
-                getppid[i],
-                pingpong[i]
-            );
-        }
-        let ratio = |v: &[f64]| (v[2] - v[0]) / (v[1] - v[0]);
-        println!("\nadded cost (c-a)/(b-a), {stat}s:");
-        println!(
-            "  read    {:.2}  (added: tracer {:.1} ns, empty {:.1} ns; target <= 1.25)",
-            ratio(&read),
-            read[2] - read[0],
-            read[1] - read[0]
-        );
-        println!(
-            "  getppid {:.2}  (added: tracer {:.1} ns, empty {:.1} ns; target <= 1.00)",
-            ratio(&getppid),
-            getppid[2] - getppid[0],
-            getppid[1] - getppid[0]
-        );
-        println!(
-            "  ping-pong {:.2}  (added per round trip: tracer {:.1} ns, empty {:.1} ns; no target)",
-            ratio(&pingpong),
-            pingpong[2] - pingpong[0],
-            pingpong[1] - pingpong[0]
+            "  {:<36} {:>9.1}",
+            mode.label(),
+            quantile(&pingpong_ns[i], 0.5)
         );
     }
 
     // Kernel-side run time per program, with stats on for this pass only.
     let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
-    println!("\nBPF run-time statistics (BPF_ENABLE_STATS, one more round of each loop):");
+    println!("\nBPF run-time statistics (BPF_ENABLE_STATS, one more batch of each loop):");
     // The tracer twice: the read and getppid loops (few context switches,
     // the fast path), then the ping-pong (every read blocks: slow path and
     // a sched_switch hand-off per read).
-    let passes: [(Mode, &str, &[&'static str]); 4] = [
+    let passes: [(Mode, &str, &[&'static str]); 5] = [
         (
-            Mode::Empty,
+            MODES[EMPTY],
             "read + getppid loops",
             &[sc::EMPTY_ENTER, sc::EMPTY_EXIT],
+        ),
+        (
+            Mode::Baseline(Baseline::ClockFloor),
+            "read + getppid loops",
+            &[sc::CLOCK_FLOOR_ENTER, sc::CLOCK_FLOOR_EXIT],
         ),
         (
             Mode::Tracer,
@@ -178,6 +207,7 @@ fn main() -> anyhow::Result<()> {
             ],
         ),
     ];
+    let calls = batch * 10;
     for (mode, workload, programs) in passes {
         println!("  {} during the {workload}:", mode.label());
         let before = program_stats(&object, programs);
@@ -214,9 +244,23 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Per cycle, the added cost of mode `i` over the empty programs' added cost.
+fn ratios(ns: &[Vec<f64>], i: usize) -> Vec<f64> {
+    (0..ns[i].len())
+        .map(|c| (ns[i][c] - ns[NOTHING][c]) / (ns[EMPTY][c] - ns[NOTHING][c]))
+        .collect()
+}
+
+/// The `q` quantile (0..=1) of `values`, nearest rank.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
 enum Attached {
     Nothing,
-    Empty(#[allow(dead_code)] EmptyTracepoints),
+    Baseline(#[allow(dead_code)] BaselinePrograms),
     Tracer(#[allow(dead_code)] SyscallTracer),
 }
 
@@ -228,9 +272,9 @@ fn attach(
 ) -> anyhow::Result<Attached> {
     Ok(match mode {
         Mode::Nothing => Attached::Nothing,
-        Mode::Empty => {
-            Attached::Empty(EmptyTracepoints::attach(object).map_err(anyhow::Error::msg)?)
-        }
+        Mode::Baseline(baseline) => Attached::Baseline(
+            BaselinePrograms::attach(object, baseline, config).map_err(anyhow::Error::msg)?,
+        ),
         Mode::Tracer => Attached::Tracer(SyscallTracer::start(object, config, support)?),
     })
 }
@@ -315,13 +359,4 @@ fn time_pingpong(trips: u64) -> f64 {
         unsafe { libc::close(fd) };
     }
     elapsed
-}
-
-fn minimum(values: &mut [f64]) -> f64 {
-    values.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
 }

@@ -58,11 +58,11 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
     },
-    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, PerCpuArray},
     programs::{
         BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
-        RetProbeContext,
+        RetProbeContext, TracePointContext,
     },
     Global,
 };
@@ -270,6 +270,58 @@ pub fn sys_enter_empty(_ctx: RawTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_empty(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// Benchmark floor of timing at all: the two clock reads any latency
+/// tracer on these tracepoints must make for a tracked call (one at entry,
+/// one at exit), behind the same tracked-or-not test, and nothing else: no
+/// thread, no filters, no histogram. The benchmark shows how much of the
+/// tracer's cost is this floor.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_clock_floor(ctx: RawTracePointContext) -> i32 {
+    let nr: u64 = ctx.arg(1);
+    if slot_of(nr).is_some() {
+        if let Some(start) = CLOCK_FLOOR.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot of a per-CPU array, preemption off.
+            unsafe { *start = bpf_ktime_get_ns() };
+        }
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_clock_floor(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u64 = ctx.arg(0);
+    // SAFETY: as in `syscall_exit_tp_btf`.
+    let nr = unsafe { *regs.wrapping_add(PT_REGS_NR_INDEX) };
+    if slot_of(nr).is_some() {
+        if let Some(start) = CLOCK_FLOOR.get_ptr_mut(0) {
+            // SAFETY: as above.
+            unsafe { *start = bpf_ktime_get_ns().wrapping_sub(*start) };
+        }
+    }
+    0
+}
+
+/// Scratch of the clock-floor programs (benchmark only).
+#[map(name = "SYSCALL_CLOCK_FLOOR")]
+static CLOCK_FLOOR: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+// The per-syscall tracepoints `syscalls:sys_enter_<name>` /
+// `sys_exit_<name>` are the other way to hook syscalls: the kernel runs one
+// C probe on the raw tracepoints that tests a bitmap of enabled syscalls, so
+// an untracked call never enters BPF, but a tracked one pays for the perf
+// trace buffer and argument copies before the program runs. The benchmark
+// puts empty programs there, on the tracked syscalls, to show that trade.
+
+#[tracepoint]
+pub fn sys_enter_syscall_tp_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_syscall_tp_empty(_ctx: TracePointContext) -> u32 {
     0
 }
 

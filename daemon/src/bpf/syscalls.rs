@@ -17,7 +17,10 @@ use aya::programs::fexit::FExitLink;
 use aya::programs::kprobe::KProbeLink;
 use aya::programs::raw_trace_point::RawTracePointLink;
 use aya::programs::tp_btf::BtfTracePointLink;
-use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint};
+use aya::programs::trace_point::TracePointLink;
+use aya::programs::{
+    BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint,
+};
 use aya::Btf;
 use telemetryd_common::syscalls as sc;
 use tracing::{info, warn};
@@ -499,18 +502,84 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The benchmark's floor: empty programs on `sys_enter` / `sys_exit`.
-pub struct EmptyTracepoints {
-    _links: Vec<RawTracePointLink>,
+/// The benchmark's comparison programs (see `examples/syscall_bench.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Baseline {
+    /// Empty programs on the raw `sys_enter` / `sys_exit`: the floor of
+    /// the tracepoint method.
+    Empty,
+    /// Two clock reads per tracked call on the same tracepoints and nothing
+    /// else: the floor of timing anything there.
+    ClockFloor,
+    /// Empty programs on `syscalls:sys_enter_<name>` / `sys_exit_<name>`
+    /// of the tracked syscalls.
+    SyscallTracepoints,
 }
 
-impl EmptyTracepoints {
-    pub fn attach(object: &mut LoadedObject) -> Result<Self, String> {
-        let exit = attach_raw_tracepoint(object, sc::EMPTY_EXIT, "sys_exit")?;
-        let enter = attach_raw_tracepoint(object, sc::EMPTY_ENTER, "sys_enter")?;
-        Ok(Self {
-            _links: vec![exit, enter],
-        })
+/// A [`Baseline`] attached; detaches on drop.
+pub struct BaselinePrograms {
+    _raw: Vec<RawTracePointLink>,
+    _btf: Vec<BtfTracePointLink>,
+    _syscall: Vec<TracePointLink>,
+}
+
+impl BaselinePrograms {
+    /// Attaches `baseline`; `config.track` names the tracked syscalls
+    /// (written into the slot map, which the clock floor consults).
+    pub fn attach(
+        object: &mut LoadedObject,
+        baseline: Baseline,
+        config: &SyscallsConfig,
+    ) -> Result<Self, String> {
+        let tracked = tracked(config).map_err(|e| e.to_string())?;
+        write_slots(object, &tracked).map_err(|e| e.to_string())?;
+        let mut programs = Self {
+            _raw: Vec::new(),
+            _btf: Vec::new(),
+            _syscall: Vec::new(),
+        };
+        match baseline {
+            Baseline::Empty => {
+                programs
+                    ._raw
+                    .push(attach_raw_tracepoint(object, sc::EMPTY_EXIT, "sys_exit")?);
+                programs
+                    ._raw
+                    .push(attach_raw_tracepoint(object, sc::EMPTY_ENTER, "sys_enter")?);
+            }
+            Baseline::ClockFloor => {
+                programs
+                    ._btf
+                    .push(attach_tp_btf(object, sc::CLOCK_FLOOR_EXIT, "sys_exit")?);
+                programs._raw.push(attach_raw_tracepoint(
+                    object,
+                    sc::CLOCK_FLOOR_ENTER,
+                    "sys_enter",
+                )?);
+            }
+            Baseline::SyscallTracepoints => {
+                for (program, side) in [
+                    (sc::SYSCALL_TP_EMPTY_EXIT, "exit"),
+                    (sc::SYSCALL_TP_EMPTY_ENTER, "enter"),
+                ] {
+                    let tp: &mut TracePoint = program_mut(object, program)?;
+                    if tp.fd().is_err() {
+                        tp.load().map_err(|e| load_reason(program, e))?;
+                    }
+                    for t in &tracked {
+                        let name = format!("sys_{side}_{}", t.name);
+                        let id = tp
+                            .attach("syscalls", &name)
+                            .map_err(|e| attach_reason(program, &name, e))?;
+                        programs._syscall.push(
+                            tp.take_link(id)
+                                .map_err(|e| attach_reason(program, &name, e))?,
+                        );
+                    }
+                }
+            }
+        }
+        Ok(programs)
     }
 }
 

@@ -13,6 +13,22 @@ pub const EVENTS_SOURCE: &str = "packet_events";
 pub const EVENT_COUNTERS_MAP: &str = "PACKET_EVENT_COUNTS";
 /// Global (`u32`, read-only data): publish 1 frame in N; 0 = off, 1 = every frame.
 pub const SAMPLE_RATE_GLOBAL: &str = "PACKET_SAMPLE_RATE";
+/// Global (`u32`, read-only data): [`sample_threshold`] of the rate. A frame
+/// is picked when `bpf_get_prandom_u32() < threshold`: a compare instead of
+/// a division per frame.
+pub const SAMPLE_THRESHOLD_GLOBAL: &str = "PACKET_SAMPLE_THRESHOLD";
+
+/// The threshold that picks 1 frame in `rate` from a uniform 32-bit random
+/// number: `floor(2^32 / rate)`, so the chance is `1/rate` to within
+/// `rate / 2^32` (2.3e-8 at 1 in 100). Rates 0 (off) and 1 (every frame)
+/// never reach the compare; they give 0.
+pub const fn sample_threshold(rate: u32) -> u32 {
+    if rate <= 1 {
+        0
+    } else {
+        ((1u64 << 32) / rate as u64) as u32
+    }
+}
 
 pub const DEFAULT_RING_BUFFER_SIZE: u32 = 256 * 1024;
 
@@ -82,3 +98,26 @@ const _: () = assert!(core::mem::offset_of!(PacketEvent, family) == 56);
 // the padding spelled out as a field (asserted 64 bytes above), so it has no
 // implicit padding and every bit pattern is a valid value.
 unsafe impl aya::Pod for PacketEvent {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_picks_one_in_rate() {
+        assert_eq!(sample_threshold(0), 0);
+        assert_eq!(sample_threshold(1), 0);
+        assert_eq!(sample_threshold(2), 1 << 31);
+        assert_eq!(sample_threshold(100), 42_949_672);
+        assert_eq!(sample_threshold(u32::MAX), 1);
+        // The chance threshold / 2^32 is within rate / 2^32 of 1 / rate.
+        for rate in [2u32, 3, 7, 100, 1000, 65_537, 1 << 20] {
+            let chance = f64::from(sample_threshold(rate)) / 2f64.powi(32);
+            let error = (chance - 1.0 / f64::from(rate)).abs();
+            assert!(
+                error <= f64::from(rate) / 2f64.powi(32),
+                "rate {rate}: {chance}"
+            );
+        }
+    }
+}

@@ -21,6 +21,10 @@ use crate::xdp_counter::{bytes_at, Classification};
 /// (read-only data, so the verifier sees a constant).
 #[unsafe(no_mangle)]
 static PACKET_SAMPLE_RATE: u32 = 0;
+/// `floor(2^32 / PACKET_SAMPLE_RATE)`, set with it (see
+/// `telemetryd_common::events::sample_threshold`).
+#[unsafe(no_mangle)]
+static PACKET_SAMPLE_THRESHOLD: u32 = 0;
 
 #[map(name = "PACKET_EVENTS")]
 static PACKET_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BUFFER_SIZE, 0);
@@ -56,8 +60,14 @@ pub fn sample(ctx: &XdpContext, class: &Classification, len: u64) {
     if rate == 0 {
         return;
     }
-    // SAFETY: a helper without arguments or preconditions.
-    if rate != 1 && unsafe { bpf_get_prandom_u32() } % rate != 0 {
+    // 1 in `rate`: a uniform random number below floor(2^32 / rate). A
+    // compare, where `% rate` was a division on every frame.
+    // SAFETY: as above, for the threshold; the helper has no arguments or
+    // preconditions.
+    if rate != 1
+        && unsafe { bpf_get_prandom_u32() }
+            >= unsafe { core::ptr::read_volatile(&PACKET_SAMPLE_THRESHOLD) }
+    {
         return;
     }
     bump(EventCounter::Sampled);

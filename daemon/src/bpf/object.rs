@@ -1,7 +1,10 @@
 //! The embedded eBPF object and loading it.
 
 use aya::{Ebpf, EbpfLoader};
-use telemetryd_common::events::{DEFAULT_RING_BUFFER_SIZE, EVENTS_MAP, SAMPLE_RATE_GLOBAL};
+use telemetryd_common::events::{
+    sample_threshold, DEFAULT_RING_BUFFER_SIZE, EVENTS_MAP, SAMPLE_RATE_GLOBAL,
+    SAMPLE_THRESHOLD_GLOBAL,
+};
 use telemetryd_common::syscalls as sc;
 use tracing::debug;
 
@@ -134,6 +137,7 @@ impl LoadedObject {
         check_ring_buffer_size(options.ring_buffer_size, page_size())?;
         raise_memlock_limit();
         let filter_pids = u32::from(options.filter_pids);
+        let threshold = sample_threshold(options.sample_rate);
         let mut loader = EbpfLoader::new();
         // Rust eBPF programs carry no CO-RE relocations, so the kernel BTF
         // is not needed as a relocation target; programs that need it
@@ -141,6 +145,7 @@ impl LoadedObject {
         loader
             .btf(None)
             .override_global(SAMPLE_RATE_GLOBAL, &options.sample_rate, true)
+            .override_global(SAMPLE_THRESHOLD_GLOBAL, &threshold, true)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_size)
             .map_max_entries(sc::IN_FLIGHT_MAP, options.max_in_flight)
             .override_global(sc::SELF_TGID_GLOBAL, &options.self_tgid, true)

@@ -5,8 +5,18 @@ use core::mem::size_of;
 /// Name of the XDP program in the eBPF object.
 pub const PROGRAM_NAME: &str = "xdp_packet_counter";
 
-/// Array: interface index (`u32`, below [`DIRECT_IFINDEX_LIMIT`]) -> its
-/// counter slot + 1 (0: no slot). Written by user space at attach.
+/// Per-CPU array of one element, a [`LowIfindexCounters`] table: the
+/// counters of every interface with an ifindex below [`LOW_IFINDEX_LIMIT`]
+/// (a node's own NICs, bridges and tunnels, in practice), indexed by the
+/// ifindex itself. The fastest path: the table's address does not depend on
+/// the frame, so the only chain of loads per frame is ctx -> ifindex ->
+/// counter. User space never writes it (a write would replace every
+/// interface's counters at once); it notes an entry's value when it attaches
+/// and counts from there.
+pub const LOW_IFINDEX_COUNTERS_MAP: &str = "XDP_LOW_IFINDEX_COUNTERS";
+/// Array: interface index (`u32`, from [`LOW_IFINDEX_LIMIT`] up to
+/// [`DIRECT_IFINDEX_LIMIT`]) -> its counter slot + 1 (0: no slot). Written
+/// by user space at attach.
 pub const SLOTS_MAP: &str = "XDP_SLOTS";
 /// Per-CPU array: counter slot -> [`InterfaceCounters`]. The fast path:
 /// two inlined array lookups per frame, no hashing.
@@ -24,7 +34,11 @@ pub const MAX_INTERFACES: u32 = 1024;
 /// Interfaces with an ifindex below this get a slot in [`SLOTS_MAP`].
 pub const DIRECT_IFINDEX_LIMIT: u32 = 16384;
 /// Number of counter slots in [`SLOT_COUNTERS_MAP`].
-pub const COUNTER_SLOTS: u32 = 256;
+pub const COUNTER_SLOTS: u32 = 128;
+/// Interfaces with an ifindex below this are counted in
+/// [`LOW_IFINDEX_COUNTERS_MAP`]. 128 x 200 bytes keeps the table within
+/// the kernel's 32 KiB limit on a per-CPU value.
+pub const LOW_IFINDEX_LIMIT: u32 = 128;
 
 /// Address family slot, first index of the counter tables.
 pub const FAMILY_IPV4: usize = 0;
@@ -68,6 +82,40 @@ pub struct InterfaceCounters {
 
 const _: () = assert!(size_of::<InterfaceCounters>() == 2 * FAMILIES * PROTOCOLS * 8 + 8);
 
+impl InterfaceCounters {
+    /// Adds `other` to these counters.
+    pub fn add(&mut self, other: &Self) {
+        for (family, row) in other.packets.iter().enumerate() {
+            for (protocol, packets) in row.iter().enumerate() {
+                self.packets[family][protocol] += packets;
+                self.bytes[family][protocol] += other.bytes[family][protocol];
+            }
+        }
+        self.malformed += other.malformed;
+    }
+
+    /// What these (monotonic) counters gained since `earlier`.
+    pub fn since(&self, earlier: &Self) -> Self {
+        let mut gained = *self;
+        for (family, row) in earlier.packets.iter().enumerate() {
+            for (protocol, packets) in row.iter().enumerate() {
+                gained.packets[family][protocol] =
+                    gained.packets[family][protocol].wrapping_sub(*packets);
+                gained.bytes[family][protocol] =
+                    gained.bytes[family][protocol].wrapping_sub(earlier.bytes[family][protocol]);
+            }
+        }
+        gained.malformed = gained.malformed.wrapping_sub(earlier.malformed);
+        gained
+    }
+}
+
+/// One CPU's value of [`LOW_IFINDEX_COUNTERS_MAP`].
+pub type LowIfindexCounters = [InterfaceCounters; LOW_IFINDEX_LIMIT as usize];
+
+// The kernel refuses per-CPU values above PCPU_MIN_UNIT_SIZE (32 KiB).
+const _: () = assert!(size_of::<LowIfindexCounters>() <= 32 * 1024);
+
 /// Slots of [`ERRORS_MAP`]: the program's own failures. On any of them the
 /// packet still passes; only the counter moves.
 #[repr(u32)]
@@ -84,3 +132,27 @@ pub const PROGRAM_ERROR_LABELS: [&str; PROGRAM_ERROR_SLOTS as usize] = ["counter
 // SAFETY: `InterfaceCounters` is `#[repr(C)]`, made only of `u64`s (no
 // padding, no pointers), so every bit pattern is a valid value.
 unsafe impl aya::Pod for InterfaceCounters {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_and_gain_since_a_baseline() {
+        let mut a = InterfaceCounters::default();
+        a.packets[FAMILY_IPV4][PROTOCOL_UDP] = 5;
+        a.bytes[FAMILY_IPV4][PROTOCOL_UDP] = 500;
+        a.malformed = 1;
+        let mut b = a;
+        b.packets[FAMILY_IPV6][PROTOCOL_TCP] = 2;
+        b.bytes[FAMILY_IPV6][PROTOCOL_TCP] = 120;
+        let mut sum = a;
+        sum.add(&b);
+        assert_eq!(sum.packets[FAMILY_IPV4][PROTOCOL_UDP], 10);
+        assert_eq!(sum.bytes[FAMILY_IPV6][PROTOCOL_TCP], 120);
+        assert_eq!(sum.malformed, 2);
+        let gained = sum.since(&a);
+        assert_eq!(gained, b);
+        assert_eq!(a.since(&a), InterfaceCounters::default());
+    }
+}

@@ -43,20 +43,33 @@ pub fn init(format: LogFormat, level: &str) -> Result<LogControl, String> {
     let (filter, handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
-        .with(format_layer(format, std::io::stderr))
+        .with(format_layer(format, std::io::stderr, colour_for_stderr()))
         .try_init()
         .map_err(|e| format!("installing the log subscriber: {e}"))?;
     Ok(LogControl { handle })
 }
 
-/// The formatting layer for `format`, writing through `writer`.
-pub fn format_layer<S, W>(format: LogFormat, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+/// Colour only for a person at a terminal: under systemd (the journal), in
+/// a file or a pipe, escape codes would land in the log lines. `NO_COLOR`
+/// (no-color.org) turns it off at a terminal too.
+fn colour_for_stderr() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// The formatting layer for `format`, writing through `writer`; `ansi`
+/// colours the text format.
+pub fn format_layer<S, W>(
+    format: LogFormat,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     match format {
-        LogFormat::Text => fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Text => fmt::layer().with_writer(writer).with_ansi(ansi).boxed(),
         LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
@@ -162,7 +175,7 @@ mod tests {
         let captured = CapturedLog::default();
         let subscriber = tracing_subscriber::registry()
             .with(EnvFilter::new("info"))
-            .with(format_layer(LogFormat::Json, captured.clone()));
+            .with(format_layer(LogFormat::Json, captured.clone(), false));
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(device = "eth0", suppressed = 3u64, "xdp attach failed");
             tracing::debug!("filtered out");

@@ -42,10 +42,17 @@ const REAL_TCP_CONNECTS: u64 = 3;
 /// SYN with Linux's default options (MSS, SACK, timestamps, window scale).
 const SYN_FRAME_LEN: u64 = 14 + 20 + 40;
 
-fn counts_every_frame_exactly(mode: &str, expected_attach: &str) {
+/// `a_index`: the receiving end's ifindex, which decides where the program
+/// counts it (`expected_counters`, as the attach log names it).
+fn counts_every_frame_exactly(
+    mode: &str,
+    expected_attach: &str,
+    a_index: Option<u32>,
+    expected_counters: &str,
+) {
     require_root();
     let (ns_a, ns_b) = (NetNs::new(), NetNs::new());
-    let veth = VethPair::new(&ns_a, &ns_b);
+    let veth = VethPair::with_a_index(&ns_a, &ns_b, a_index);
     let daemon = Daemon::start(&ns_a, &config(&[&veth.a], mode));
     let device = veth.a.clone();
 
@@ -167,19 +174,33 @@ fn counts_every_frame_exactly(mode: &str, expected_attach: &str) {
         Some(0.0)
     );
     promtool_accepts(&after);
-    // Counted through the slot fast path, not the fallback hash.
+    // Counted through the fast path it was meant for, not the fallback hash.
     let log = daemon.log_text();
-    assert!(!log.contains("counted through the hash"), "{log}");
+    assert!(
+        log.contains(&format!("counters=\"{expected_counters}\"")),
+        "{log}"
+    );
+    if expected_counters != "hash" {
+        assert!(!log.contains("counted through the hash"), "{log}");
+    }
 }
 
+/// A fresh namespace's first veth has a small ifindex: the low-ifindex table.
 #[test]
 fn counts_every_frame_exactly_in_native_mode() {
-    counts_every_frame_exactly("native", "xdp-native");
+    counts_every_frame_exactly("native", "xdp-native", None, "low-ifindex table");
 }
 
+/// Ifindex 300 is beyond the low-ifindex table: a counter slot.
 #[test]
 fn counts_every_frame_exactly_in_generic_mode() {
-    counts_every_frame_exactly("generic", "xdp-generic");
+    counts_every_frame_exactly("generic", "xdp-generic", Some(300), "slot");
+}
+
+/// Ifindex 20000 is beyond the slot table too: the fallback hash alone.
+#[test]
+fn counts_every_frame_exactly_through_the_hash() {
+    counts_every_frame_exactly("native", "xdp-native", Some(20_000), "hash");
 }
 
 #[test]

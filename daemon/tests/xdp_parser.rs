@@ -6,47 +6,40 @@
 
 mod support;
 
-use aya::maps::{MapData, PerCpuHashMap};
 use telemetryd::bpf::xdp::PacketCounter;
 use telemetryd::bpf::LoadedObject;
-use telemetryd_common::xdp::{InterfaceCounters, COUNTERS_MAP, FAMILY_LABELS, PROTOCOL_LABELS};
+use telemetryd_common::xdp::{FAMILY_LABELS, PROTOCOL_LABELS};
 
 use support::frames::*;
 use support::require_root;
 
 const XDP_PASS: u32 = 2;
-/// BPF_PROG_TEST_RUN runs XDP as if the frame arrived on loopback.
+/// BPF_PROG_TEST_RUN runs XDP as if the frame arrived on loopback, whose
+/// ifindex puts it in the low-ifindex table.
 const TEST_RUN_IFINDEX: u32 = 1;
 
-type Counters = PerCpuHashMap<MapData, u32, InterfaceCounters>;
-
 /// (family label, protocol label, malformed) -> how many, summed over CPUs.
-fn read(counters: &Counters) -> (Vec<u64>, Vec<u64>, u64) {
+fn read(xdp: &PacketCounter<'_>) -> (Vec<u64>, Vec<u64>, u64) {
     let mut packets = vec![0; 12];
     let mut bytes = vec![0; 12];
     let mut malformed = 0;
-    if let Ok(per_cpu) = counters.get(&TEST_RUN_IFINDEX, 0) {
-        for cpu in per_cpu.iter() {
-            for f in 0..3 {
-                for p in 0..4 {
-                    packets[f * 4 + p] += cpu.packets[f][p];
-                    bytes[f * 4 + p] += cpu.bytes[f][p];
-                }
-            }
-            malformed += cpu.malformed;
+    let counters = xdp
+        .low_ifindex_counters(TEST_RUN_IFINDEX)
+        .expect("reading the low-ifindex table");
+    for f in 0..3 {
+        for p in 0..4 {
+            packets[f * 4 + p] += counters.packets[f][p];
+            bytes[f * 4 + p] += counters.bytes[f][p];
         }
     }
+    malformed += counters.malformed;
     (packets, bytes, malformed)
 }
 
 /// Runs one frame and returns (family, protocol, malformed, bytes) of the
 /// single slot that moved; panics unless exactly one packet was counted.
-fn classify(
-    xdp: &PacketCounter<'_>,
-    counters: &Counters,
-    frame: &[u8],
-) -> (&'static str, &'static str, bool, u64) {
-    let (p0, b0, m0) = read(counters);
+fn classify(xdp: &PacketCounter<'_>, frame: &[u8]) -> (&'static str, &'static str, bool, u64) {
+    let (p0, b0, m0) = read(xdp);
     let (action, _) = xdp.test_run(frame, 1).expect("BPF_PROG_TEST_RUN");
     assert_eq!(
         action,
@@ -54,7 +47,7 @@ fn classify(
         "frame of {} bytes was not passed",
         frame.len()
     );
-    let (p1, b1, m1) = read(counters);
+    let (p1, b1, m1) = read(xdp);
     let moved: Vec<usize> = (0..12).filter(|&i| p1[i] != p0[i]).collect();
     assert_eq!(
         moved.len(),
@@ -73,19 +66,17 @@ fn classify(
     )
 }
 
-fn load() -> (LoadedObject, Counters) {
+fn load() -> LoadedObject {
     require_root();
-    let mut object = LoadedObject::load().expect("loading the embedded eBPF object");
-    let counters: Counters = object.take_map(COUNTERS_MAP).expect("counters map");
-    (object, counters)
+    LoadedObject::load().expect("loading the embedded eBPF object")
 }
 
 #[test]
 fn every_frame_kind_lands_in_its_slot() {
-    let (mut object, counters) = load();
+    let mut object = load();
     let xdp = PacketCounter::load(&mut object).expect("the verifier accepts xdp_packet_counter");
     for case in cases() {
-        let got = classify(&xdp, &counters, &case.frame);
+        let got = classify(&xdp, &case.frame);
         assert_eq!(
             got,
             (
@@ -104,7 +95,7 @@ fn every_frame_kind_lands_in_its_slot() {
 /// needs is cut, and classified like the whole frame once they are all in.
 #[test]
 fn every_truncation_is_passed_and_counted_once() {
-    let (mut object, counters) = load();
+    let mut object = load();
     let xdp = PacketCounter::load(&mut object).expect("the verifier accepts xdp_packet_counter");
     let deep = [
         (
@@ -145,7 +136,7 @@ fn every_truncation_is_passed_and_counted_once() {
     for (what, frame, headers_len, (family, protocol)) in deep {
         // BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header.
         for len in 14..=frame.len() {
-            let (f, p, malformed, bytes) = classify(&xdp, &counters, &frame[..len]);
+            let (f, p, malformed, bytes) = classify(&xdp, &frame[..len]);
             assert_eq!(bytes, len as u64, "{what} cut at {len}");
             assert_eq!(
                 malformed,

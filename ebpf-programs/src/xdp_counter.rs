@@ -14,10 +14,15 @@ use aya_log_ebpf::error;
 
 use crate::packet_events;
 use telemetryd_common::xdp::{
-    InterfaceCounters, ProgramError, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT, FAMILY_IPV4, FAMILY_IPV6,
-    FAMILY_OTHER, MAX_INTERFACES, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROGRAM_ERROR_SLOTS,
-    PROTOCOL_ICMP, PROTOCOL_OTHER, PROTOCOL_TCP, PROTOCOL_UDP,
+    InterfaceCounters, LowIfindexCounters, ProgramError, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT,
+    FAMILY_IPV4, FAMILY_IPV6, FAMILY_OTHER, LOW_IFINDEX_LIMIT, MAX_INTERFACES,
+    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROGRAM_ERROR_SLOTS, PROTOCOL_ICMP, PROTOCOL_OTHER,
+    PROTOCOL_TCP, PROTOCOL_UDP,
 };
+
+#[map(name = "XDP_LOW_IFINDEX_COUNTERS")]
+static XDP_LOW_IFINDEX_COUNTERS: PerCpuArray<LowIfindexCounters> =
+    PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "XDP_SLOTS")]
 static XDP_SLOTS: Array<u32> = Array::with_max_entries(DIRECT_IFINDEX_LIMIT, 0);
@@ -331,10 +336,22 @@ fn transport(
     }
 }
 
-/// This interface's counters on this CPU: its slot when user space gave it
-/// one (two array lookups, both inlined by the verifier), else the hash.
+/// This interface's counters on this CPU: its entry of the low-ifindex
+/// table (one inlined lookup whose address does not depend on the frame),
+/// else its slot when user space gave it one (two array lookups, both
+/// inlined by the verifier, each depending on the last), else the hash.
 #[inline(always)]
 fn counters_of(ifindex: u32) -> Option<*mut InterfaceCounters> {
+    if ifindex < LOW_IFINDEX_LIMIT {
+        if let Some(table) = XDP_LOW_IFINDEX_COUNTERS.get_ptr_mut(0) {
+            // SAFETY: this CPU's value from a successful lookup; nothing
+            // else writes this CPU's value while XDP runs on it.
+            let table = unsafe { &mut *table };
+            if let Some(counters) = table.get_mut(ifindex as usize) {
+                return Some(counters);
+            }
+        }
+    }
     if let Some(&slot) = XDP_SLOTS.get(ifindex) {
         if slot != 0 {
             if let Some(counters) = XDP_SLOT_COUNTERS.get_ptr_mut(slot - 1) {

@@ -33,17 +33,29 @@ impl VethNamespaces {
         for ns in [rx_ns, tx_ns] {
             sh(&["ip", "netns", "add", ns]);
         }
-        sh(&[
-            "ip", "link", "add", rx_dev, "netns", rx_ns, "type", "veth", "peer", "name", tx_dev,
-            "netns", tx_ns,
+        guard.add_pair(rx_dev, tx_dev, None);
+        guard
+    }
+
+    /// Another veth pair between the two namespaces, the receiving end with
+    /// interface index `rx_index` when given.
+    pub fn add_pair(&self, rx_dev: &str, tx_dev: &str, rx_index: Option<u32>) {
+        let (rx_ns, tx_ns) = (self.rx_ns, self.tx_ns);
+        let index = rx_index.map(|i| i.to_string());
+        let mut args = vec!["ip", "link", "add", rx_dev];
+        if let Some(index) = &index {
+            args.extend(["index", index.as_str()]);
+        }
+        args.extend([
+            "netns", rx_ns, "type", "veth", "peer", "name", tx_dev, "netns", tx_ns,
         ]);
+        sh(&args);
         for (ns, dev) in [(rx_ns, rx_dev), (tx_ns, tx_dev)] {
             let sysctl = format!("net.ipv6.conf.{dev}.disable_ipv6=1");
             sh(&["ip", "netns", "exec", ns, "sysctl", "-q", "-w", &sysctl]);
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
-        guard
     }
 
     fn remove(&self) {

@@ -7,8 +7,8 @@ use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as KernelXdpMode};
 use telemetryd_common::xdp::{
-    InterfaceCounters, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT, PROGRAM_NAME, SLOTS_MAP,
-    SLOT_COUNTERS_MAP,
+    InterfaceCounters, LowIfindexCounters, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT,
+    LOW_IFINDEX_COUNTERS_MAP, LOW_IFINDEX_LIMIT, PROGRAM_NAME, SLOTS_MAP, SLOT_COUNTERS_MAP,
 };
 use tracing::{debug, info, warn};
 
@@ -39,9 +39,34 @@ impl AttachMode {
 pub struct Attachment {
     pub interface: Interface,
     pub mode: AttachMode,
-    /// Its counter slot; `None`: counted through the fallback hash.
-    pub slot: Option<u32>,
+    /// Where the program counts its frames (the fallback hash aside).
+    pub counters: CounterPlace,
     link: XdpLinkId,
+}
+
+/// Where the program counts an attached interface's frames, besides the
+/// fallback hash (which catches frames that raced the attach).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CounterPlace {
+    /// Its entry of the low-ifindex table (ifindex below
+    /// `LOW_IFINDEX_LIMIT`); `baseline` is what the entry held when it was
+    /// attached (left by an earlier interface with the same ifindex).
+    LowIfindex { baseline: InterfaceCounters },
+    /// A counter slot, zeroed when it was given out.
+    Slot(u32),
+    /// The fallback hash alone.
+    Hash,
+}
+
+impl CounterPlace {
+    /// A label for the log.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CounterPlace::LowIfindex { .. } => "low-ifindex table",
+            CounterPlace::Slot(_) => "slot",
+            CounterPlace::Hash => "hash",
+        }
+    }
 }
 
 /// Why an interface could not be attached. None of these stop the daemon.
@@ -112,6 +137,7 @@ pub struct PacketCounter<'a> {
 /// A slot's counters are zeroed when it is given out, after which its
 /// ifindex mapping is written; only then is the program attached.
 struct CounterSlots {
+    low_ifindex: PerCpuArray<MapData, LowIfindexCounters>,
     by_ifindex: Array<MapData, u32>,
     counters: PerCpuArray<MapData, InterfaceCounters>,
     free: VecDeque<u32>,
@@ -121,6 +147,7 @@ impl<'a> PacketCounter<'a> {
     /// Loads the program through the verifier (once; later calls reuse it).
     pub fn load(object: &'a mut LoadedObject) -> Result<Self, LoadError> {
         let slots = CounterSlots {
+            low_ifindex: object.take_map(LOW_IFINDEX_COUNTERS_MAP)?,
             by_ifindex: object.take_map(SLOTS_MAP)?,
             counters: object.take_map(SLOT_COUNTERS_MAP)?,
             free: (0..COUNTER_SLOTS).collect(),
@@ -201,7 +228,7 @@ impl<'a> PacketCounter<'a> {
             XdpMode::Native => &[AttachMode::Native],
             XdpMode::Generic => &[AttachMode::Generic],
         };
-        let slot = self.slots.assign(interface.ifindex);
+        let place = self.slots.assign(interface.ifindex);
         let mut last_error = None;
         for &attempt in attempts {
             let kernel_mode = match attempt {
@@ -217,21 +244,22 @@ impl<'a> PacketCounter<'a> {
                         device = %interface.name,
                         ifindex = interface.ifindex,
                         mode = attempt.label(),
+                        counters = place.label(),
                         "xdp attached"
                     );
                     return Ok(Attachment {
                         interface,
                         mode: attempt,
-                        slot,
+                        counters: place,
                         link,
                     });
                 }
                 Err(error) if is_busy(&error) => {
-                    self.slots.release(interface.ifindex, slot);
+                    self.slots.release(interface.ifindex, &place);
                     return Err(AttachError::Busy(name.to_owned()));
                 }
                 Err(error) if is_permission(&error) => {
-                    self.slots.release(interface.ifindex, slot);
+                    self.slots.release(interface.ifindex, &place);
                     return Err(AttachError::Permission {
                         name: name.to_owned(),
                         source: error,
@@ -253,18 +281,50 @@ impl<'a> PacketCounter<'a> {
                 }
             }
         }
-        self.slots.release(interface.ifindex, slot);
+        self.slots.release(interface.ifindex, &place);
         Err(last_error.expect("at least one attach mode was tried"))
     }
 
-    /// This interface's counters from its slot, summed over CPUs (zero
-    /// without a slot). The fallback hash is the collector's to add.
-    pub fn slot_counters(
-        &self,
-        attachment: &Attachment,
-    ) -> Option<PerCpuValues<InterfaceCounters>> {
-        let slot = attachment.slot?;
-        self.slots.counters.get(&slot, 0).ok()
+    /// The counters of each of `attachments` (in order) from its
+    /// low-ifindex entry or its slot, summed over CPUs; zero for those
+    /// counted by the hash alone, which is the collector's to add. Reads
+    /// the low-ifindex table once, whatever the number of attachments.
+    pub fn fast_path_counters(&self, attachments: &[Attachment]) -> Vec<InterfaceCounters> {
+        let needs_table = attachments
+            .iter()
+            .any(|a| matches!(a.counters, CounterPlace::LowIfindex { .. }));
+        let table = if needs_table {
+            self.slots.read_low_ifindex()
+        } else {
+            None
+        };
+        attachments
+            .iter()
+            .map(|attachment| match &attachment.counters {
+                CounterPlace::LowIfindex { baseline } => table
+                    .as_ref()
+                    .map(|table| low_ifindex_entry(table, attachment.interface.ifindex))
+                    .unwrap_or_default()
+                    .since(baseline),
+                CounterPlace::Slot(slot) => {
+                    let mut sum = InterfaceCounters::default();
+                    if let Ok(per_cpu) = self.slots.counters.get(slot, 0) {
+                        per_cpu.iter().for_each(|cpu| sum.add(cpu));
+                    }
+                    sum
+                }
+                CounterPlace::Hash => InterfaceCounters::default(),
+            })
+            .collect()
+    }
+
+    /// The low-ifindex table's entry of `ifindex`, summed over CPUs, as it
+    /// stands (no baseline): for tests that drive the program themselves.
+    pub fn low_ifindex_counters(&self, ifindex: u32) -> Option<InterfaceCounters> {
+        (ifindex < LOW_IFINDEX_LIMIT)
+            .then(|| self.slots.read_low_ifindex())
+            .flatten()
+            .map(|table| low_ifindex_entry(&table, ifindex))
     }
 
     /// Runs the program `repeat` times on `frame` through BPF_PROG_TEST_RUN,
@@ -288,15 +348,54 @@ impl<'a> PacketCounter<'a> {
             info!(device = %attachment.interface.name, "xdp detached");
         }
         self.slots
-            .release(attachment.interface.ifindex, attachment.slot);
+            .release(attachment.interface.ifindex, &attachment.counters);
     }
 }
 
+/// `ifindex`'s entry of the low-ifindex table, summed over CPUs.
+fn low_ifindex_entry(table: &PerCpuValues<LowIfindexCounters>, ifindex: u32) -> InterfaceCounters {
+    let mut sum = InterfaceCounters::default();
+    for cpu in table.iter() {
+        if let Some(entry) = cpu.get(ifindex as usize) {
+            sum.add(entry);
+        }
+    }
+    sum
+}
+
 impl CounterSlots {
-    /// Gives `ifindex` a zeroed slot, or `None` (the hash then counts it):
-    /// its ifindex is beyond the direct table, every slot is taken, or a
-    /// map write failed (logged).
-    fn assign(&mut self, ifindex: u32) -> Option<u32> {
+    /// Where `ifindex` is to be counted: its low-ifindex entry (noting
+    /// what the entry holds now), else a zeroed slot, else the hash alone:
+    /// its ifindex is beyond the slot table, every slot is taken, or a map
+    /// access failed (logged).
+    fn assign(&mut self, ifindex: u32) -> CounterPlace {
+        if ifindex < LOW_IFINDEX_LIMIT {
+            match self.read_low_ifindex() {
+                Some(table) => {
+                    return CounterPlace::LowIfindex {
+                        baseline: low_ifindex_entry(&table, ifindex),
+                    };
+                }
+                None => {
+                    warn!(
+                        ifindex,
+                        "reading the low-ifindex table; counted through the hash"
+                    );
+                    return CounterPlace::Hash;
+                }
+            }
+        }
+        self.assign_slot(ifindex)
+            .map_or(CounterPlace::Hash, CounterPlace::Slot)
+    }
+
+    /// The low-ifindex table of every CPU, `None` when the read failed.
+    fn read_low_ifindex(&self) -> Option<PerCpuValues<LowIfindexCounters>> {
+        self.low_ifindex.get(&0, 0).ok()
+    }
+
+    /// A zeroed slot for `ifindex`, or `None`, see [`CounterSlots::assign`].
+    fn assign_slot(&mut self, ifindex: u32) -> Option<u32> {
         if ifindex >= DIRECT_IFINDEX_LIMIT {
             debug!(
                 ifindex,
@@ -330,9 +429,13 @@ impl CounterSlots {
         }
     }
 
-    /// Unmaps `ifindex` and queues its slot for reuse, last.
-    fn release(&mut self, ifindex: u32, slot: Option<u32>) {
-        let Some(slot) = slot else { return };
+    /// Unmaps `ifindex` and queues its slot for reuse, last. A low-ifindex
+    /// entry needs nothing: the next interface with this ifindex notes
+    /// where it starts from.
+    fn release(&mut self, ifindex: u32, place: &CounterPlace) {
+        let CounterPlace::Slot(slot) = *place else {
+            return;
+        };
         if let Err(error) = self.by_ifindex.set(ifindex, 0, 0) {
             // The slot stays mapped; never hand it to another interface.
             warn!(ifindex, slot, %error, "unmapping a counter slot; it is not reused");

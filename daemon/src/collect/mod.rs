@@ -43,14 +43,15 @@ impl XdpCollector {
         snapshot: &mut Snapshot,
     ) {
         let attached: HashSet<u32> = attachments.iter().map(|a| a.interface.ifindex).collect();
-        for attachment in attachments {
+        let fast_path = counter.map_or_else(Vec::new, |c| c.fast_path_counters(attachments));
+        for (i, attachment) in attachments.iter().enumerate() {
             let iface = &attachment.interface;
             let mut stats = InterfaceStats {
                 ifindex: iface.ifindex,
                 ..Default::default()
             };
-            if let Some(per_cpu) = counter.and_then(|c| c.slot_counters(attachment)) {
-                add_counters(&mut stats, &per_cpu);
+            if let Some(counters) = fast_path.get(i) {
+                add_summed(&mut stats, counters);
             }
             // Frames that took the fallback hash (no slot, or raced the attach).
             if let Ok(per_cpu) = self.counters.get(&iface.ifindex, 0) {
@@ -94,14 +95,19 @@ impl XdpCollector {
 /// Sums one interface's per-CPU counters into `stats`.
 fn add_counters(stats: &mut InterfaceStats, per_cpu: &PerCpuValues<InterfaceCounters>) {
     for cpu in per_cpu.iter() {
-        for (family, row) in cpu.packets.iter().enumerate() {
-            for (protocol, packets) in row.iter().enumerate() {
-                stats.packets[family][protocol] += packets;
-                stats.bytes[family][protocol] += cpu.bytes[family][protocol];
-            }
-        }
-        stats.malformed += cpu.malformed;
+        add_summed(stats, cpu);
     }
+}
+
+/// Adds counters (already summed over CPUs) into `stats`.
+fn add_summed(stats: &mut InterfaceStats, counters: &InterfaceCounters) {
+    for (family, row) in counters.packets.iter().enumerate() {
+        for (protocol, packets) in row.iter().enumerate() {
+            stats.packets[family][protocol] += packets;
+            stats.bytes[family][protocol] += counters.bytes[family][protocol];
+        }
+    }
+    stats.malformed += counters.malformed;
 }
 
 fn read_kernel_statistics(device: &str, stats: &mut InterfaceStats) {

@@ -114,16 +114,25 @@ pub struct VethPair {
 
 impl VethPair {
     pub fn new(ns_a: &NetNs, ns_b: &NetNs) -> Self {
+        Self::with_a_index(ns_a, ns_b, None)
+    }
+
+    /// Like [`VethPair::new`], with end `a` given interface index
+    /// `a_index` (in a fresh namespace every index is free).
+    pub fn with_a_index(ns_a: &NetNs, ns_b: &NetNs, a_index: Option<u32>) -> Self {
         let a = unique_name("a");
         let b = unique_name("b");
         let (a_mac, b_mac) = ("02:00:00:00:00:0a", "02:00:00:00:00:0b");
-        run(
-            "ip",
-            &[
-                "link", "add", &a, "netns", &ns_a.name, "address", a_mac, "type", "veth", "peer",
-                "name", &b, "netns", &ns_b.name, "address", b_mac,
-            ],
-        );
+        let index = a_index.map(|i| i.to_string());
+        let mut args = vec!["link", "add", &a];
+        if let Some(index) = &index {
+            args.extend(["index", index.as_str()]);
+        }
+        args.extend([
+            "netns", &ns_a.name, "address", a_mac, "type", "veth", "peer", "name", &b, "netns",
+            &ns_b.name, "address", b_mac,
+        ]);
+        run("ip", &args);
         let (a_ip, b_ip) = ("10.203.0.1", "10.203.0.2");
         for (ns, dev, ip, peer_ip, peer_mac) in
             [(ns_a, &a, a_ip, b_ip, b_mac), (ns_b, &b, b_ip, a_ip, a_mac)]

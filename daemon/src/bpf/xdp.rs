@@ -166,9 +166,17 @@ impl<'a> PacketCounter<'a> {
         if program.fd().is_err() {
             program.load().map_err(|source| {
                 let refused = match &source {
-                    ProgramError::LoadError { io_error, .. } => {
-                        matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES))
-                    }
+                    // EACCES is also how the verifier rejects a program; it
+                    // is a missing privilege only when the kernel refused
+                    // before verifying anything (no verifier output).
+                    ProgramError::LoadError {
+                        io_error,
+                        verifier_log,
+                    } => match io_error.raw_os_error() {
+                        Some(libc::EPERM) => true,
+                        Some(libc::EACCES) => verifier_log.to_string().trim().is_empty(),
+                        _ => false,
+                    },
                     other => is_permission(other),
                 };
                 if refused {

@@ -27,6 +27,9 @@
 //! Targets (issue 3): (c-a) <= 1.25 x (b-a) for read; for getppid,
 //! (c-a) <= (b-a).
 
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
 use std::ffi::CString;
 use std::time::Instant;
 
@@ -36,6 +39,8 @@ use telemetryd::bpf::LoadOptions;
 use telemetryd::bpf::LoadedObject;
 use telemetryd::config::{SyscallAttach, SyscallsConfig};
 use telemetryd_common::syscalls as sc;
+
+use bench_support::quantile;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -249,13 +254,6 @@ fn ratios(ns: &[Vec<f64>], i: usize) -> Vec<f64> {
     (0..ns[i].len())
         .map(|c| (ns[i][c] - ns[NOTHING][c]) / (ns[EMPTY][c] - ns[NOTHING][c]))
         .collect()
-}
-
-/// The `q` quantile (0..=1) of `values`, nearest rank.
-fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 enum Attached {

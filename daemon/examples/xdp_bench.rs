@@ -28,7 +28,7 @@ use telemetryd::bpf::LoadedObject;
 use telemetryd::collect::snapshot::{InterfaceStats, SyscallStats};
 use telemetryd::collect::Snapshot;
 
-use bench_support::{enter, ifindex, udp_frame, VethNamespaces};
+use bench_support::{enter, ifindex, quantile, udp_frame, VethNamespaces};
 
 const NS_RX: &str = "tdtbenchrx";
 const NS_TX: &str = "tdtbenchtx";
@@ -271,11 +271,4 @@ fn report(label: &str, unit: &str, samples: [Vec<f64>; 3]) {
         q(&over_touch, 0.25),
         q(&over_touch, 0.75),
     );
-}
-
-/// The `q` quantile (0..=1) of `values`, nearest rank.
-fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }

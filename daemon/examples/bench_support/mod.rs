@@ -104,6 +104,13 @@ pub fn udp_frame(payload: usize) -> Vec<u8> {
     f
 }
 
+/// The `q` quantile (0..=1) of `values`, nearest rank.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]

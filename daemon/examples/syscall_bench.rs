@@ -40,7 +40,7 @@ use telemetryd::bpf::LoadedObject;
 use telemetryd::config::{SyscallAttach, SyscallsConfig};
 use telemetryd_common::syscalls as sc;
 
-use bench_support::quantile;
+use bench_support::{quantile, spread};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -135,14 +135,10 @@ fn main() -> anyhow::Result<()> {
         let read = ratios(&read_ns, i);
         let getppid = ratios(&getppid_ns, i);
         println!(
-            "  {:<36} {:>5.2} [{:.2}, {:.2}]      {:>5.2} [{:.2}, {:.2}]",
+            "  {:<36} {:>22} {:>22}",
             mode.label(),
-            quantile(&read, 0.5),
-            quantile(&read, 0.25),
-            quantile(&read, 0.75),
-            quantile(&getppid, 0.5),
-            quantile(&getppid, 0.25),
-            quantile(&getppid, 0.75),
+            spread(&read, 2),
+            spread(&getppid, 2),
         );
     }
     println!("  targets for (c): read <= 1.25, getppid <= 1.00");

@@ -28,7 +28,7 @@ use telemetryd::bpf::LoadedObject;
 use telemetryd::collect::snapshot::{InterfaceStats, SyscallStats};
 use telemetryd::collect::Snapshot;
 
-use bench_support::{enter, ifindex, quantile, udp_frame, VethNamespaces};
+use bench_support::{enter, ifindex, quantile, spread, udp_frame, VethNamespaces};
 
 const NS_RX: &str = "tdtbenchrx";
 const NS_TX: &str = "tdtbenchtx";
@@ -262,13 +262,9 @@ fn report(label: &str, unit: &str, samples: [Vec<f64>; 3]) {
         q(touch, 0.5),
     );
     println!(
-        "          added over empty, paired per round: median {:.1} [quartiles {:.1}, {:.1}] (target <= 15 ns); \
-         over header-touch: {:.1} [{:.1}, {:.1}]",
-        q(&over_empty, 0.5),
-        q(&over_empty, 0.25),
-        q(&over_empty, 0.75),
-        q(&over_touch, 0.5),
-        q(&over_touch, 0.25),
-        q(&over_touch, 0.75),
+        "          added over empty, paired per round: median [quartiles] {} (target <= 15 ns); \
+         over header-touch: {}",
+        spread(&over_empty, 1),
+        spread(&over_touch, 1),
     );
 }

@@ -111,6 +111,16 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
+/// "median [first quartile, third quartile]" of `values`, to `decimals`.
+pub fn spread(values: &[f64], decimals: usize) -> String {
+    format!(
+        "{:.decimals$} [{:.decimals$}, {:.decimals$}]",
+        quantile(values, 0.5),
+        quantile(values, 0.25),
+        quantile(values, 0.75),
+    )
+}
+
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]

@@ -18,20 +18,22 @@ pub const LOW_IFINDEX_COUNTERS_MAP: &str = "XDP_LOW_IFINDEX_COUNTERS";
 /// [`DIRECT_IFINDEX_LIMIT`]) -> its counter slot + 1 (0: no slot). Written
 /// by user space at attach.
 pub const SLOTS_MAP: &str = "XDP_SLOTS";
-/// Per-CPU array: counter slot -> [`InterfaceCounters`]. The fast path:
-/// two inlined array lookups per frame, no hashing.
+/// Per-CPU array: counter slot -> [`InterfaceCounters`]. The path of
+/// ifindexes from [`LOW_IFINDEX_LIMIT`] up: two inlined array lookups per
+/// frame, no hashing.
 pub const SLOT_COUNTERS_MAP: &str = "XDP_SLOT_COUNTERS";
 /// Per-CPU hash map: interface index (`u32`) -> [`InterfaceCounters`], for
-/// frames on interfaces without a slot (an ifindex beyond
-/// [`DIRECT_IFINDEX_LIMIT`], every slot taken, or a frame that raced the
-/// attach). User space adds both sources up.
+/// frames on interfaces with neither a low-ifindex entry nor a slot (an
+/// ifindex beyond [`DIRECT_IFINDEX_LIMIT`], every slot taken, or a frame
+/// that raced the attach). User space adds it to the other source.
 pub const COUNTERS_MAP: &str = "XDP_COUNTERS";
 /// Per-CPU array: [`ProgramError`] slot -> number of times it happened (`u64`).
 pub const ERRORS_MAP: &str = "XDP_ERRORS";
 
 /// Upper bound of interfaces tracked at once by [`COUNTERS_MAP`].
 pub const MAX_INTERFACES: u32 = 1024;
-/// Interfaces with an ifindex below this get a slot in [`SLOTS_MAP`].
+/// Interfaces with an ifindex from [`LOW_IFINDEX_LIMIT`] up to below this
+/// get a slot in [`SLOTS_MAP`].
 pub const DIRECT_IFINDEX_LIMIT: u32 = 16384;
 /// Number of counter slots in [`SLOT_COUNTERS_MAP`].
 pub const COUNTER_SLOTS: u32 = 128;

@@ -129,7 +129,8 @@ pub struct PacketCounter<'a> {
     slots: CounterSlots,
 }
 
-/// The fast path's bookkeeping: which interface has which counter slot.
+/// The fast paths' bookkeeping: the low-ifindex table (read only: see
+/// [`CounterPlace::LowIfindex`]) and which interface has which counter slot.
 ///
 /// A freed slot goes to the back of the free queue, so it is reused as late
 /// as possible: long after any frame still in flight on the old interface

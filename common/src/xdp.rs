@@ -2,18 +2,38 @@
 
 use core::mem::size_of;
 
-/// Name of the XDP program in the eBPF object.
+/// Name of the XDP program in the eBPF object, and in the daemon's metrics
+/// and logs whichever of its two builds is loaded.
 pub const PROGRAM_NAME: &str = "xdp_packet_counter";
+/// The same program with packet events compiled in, loaded instead of
+/// [`PROGRAM_NAME`] when `sample_rate` is not 0.
+pub const SAMPLED_PROGRAM_NAME: &str = "xdp_packet_counter_sampled";
 
-/// Per-CPU array of one element, a [`LowIfindexCounters`] table: the
+/// The object's entry point for a sample rate (0: events off).
+pub const fn program_symbol(sample_rate: u32) -> &'static str {
+    if sample_rate == 0 {
+        PROGRAM_NAME
+    } else {
+        SAMPLED_PROGRAM_NAME
+    }
+}
+
+/// Array (mmapable, so its values start on a page) of one
+/// [`LowIfindexCounters`] table per CPU, indexed by CPU id; user space sets
+/// its size to the highest possible CPU id + 1 at load. A table holds the
 /// counters of every interface with an ifindex below [`LOW_IFINDEX_LIMIT`]
 /// (a node's own NICs, bridges and tunnels, in practice), indexed by the
-/// ifindex itself. The fastest path: the table's address does not depend on
-/// the frame, so the only chain of loads per frame is ctx -> ifindex ->
-/// counter. User space never writes it (a write would replace every
-/// interface's counters at once); it notes an entry's value when it attaches
-/// and counts from there.
+/// ifindex itself. The fastest path: the counter's address is computed
+/// from the CPU id and the ifindex, with no load from the map (a per-CPU
+/// map would need one, through its per-CPU pointer), so the only chain of
+/// loads per frame is ctx -> ifindex -> counter. Each CPU writes only its
+/// own table, as with a per-CPU map. User space never writes it (a write
+/// would race the program); it notes an entry's value when it attaches and
+/// counts from there.
 pub const LOW_IFINDEX_COUNTERS_MAP: &str = "XDP_LOW_IFINDEX_COUNTERS";
+/// The benchmark's `xdp_count_floor` counts in a table like
+/// [`LOW_IFINDEX_COUNTERS_MAP`], sized the same way at load.
+pub const FLOOR_COUNTERS_MAP: &str = "XDP_FLOOR_COUNTERS";
 /// Array: interface index (`u32`, from [`LOW_IFINDEX_LIMIT`] up to
 /// [`DIRECT_IFINDEX_LIMIT`]) -> its counter slot + 1 (0: no slot). Written
 /// by user space at attach.
@@ -38,8 +58,7 @@ pub const DIRECT_IFINDEX_LIMIT: u32 = 16384;
 /// Number of counter slots in [`SLOT_COUNTERS_MAP`].
 pub const COUNTER_SLOTS: u32 = 128;
 /// Interfaces with an ifindex below this are counted in
-/// [`LOW_IFINDEX_COUNTERS_MAP`]. 128 x 200 bytes keeps the table within
-/// the kernel's 32 KiB limit on a per-CPU value.
+/// [`LOW_IFINDEX_COUNTERS_MAP`]: 128 x 200 bytes, 25 KiB per CPU.
 pub const LOW_IFINDEX_LIMIT: u32 = 128;
 
 /// Address family slot, first index of the counter tables.
@@ -112,11 +131,12 @@ impl InterfaceCounters {
     }
 }
 
-/// One CPU's value of [`LOW_IFINDEX_COUNTERS_MAP`].
+/// One CPU's table in [`LOW_IFINDEX_COUNTERS_MAP`].
 pub type LowIfindexCounters = [InterfaceCounters; LOW_IFINDEX_LIMIT as usize];
 
-// The kernel refuses per-CPU values above PCPU_MIN_UNIT_SIZE (32 KiB).
-const _: () = assert!(size_of::<LowIfindexCounters>() <= 32 * 1024);
+// CPUs' tables must not share a cache line: the values start on a page,
+// so a table must be a whole number of lines.
+const _: () = assert!(size_of::<LowIfindexCounters>().is_multiple_of(64));
 
 /// Slots of [`ERRORS_MAP`]: the program's own failures. On any of them the
 /// packet still passes; only the counter moves.
@@ -129,6 +149,14 @@ pub enum ProgramError {
 
 pub const PROGRAM_ERROR_SLOTS: u32 = 1;
 pub const PROGRAM_ERROR_LABELS: [&str; PROGRAM_ERROR_SLOTS as usize] = ["counters_map_full"];
+
+#[cfg(test)]
+#[test]
+fn the_sampled_build_is_chosen_by_the_rate() {
+    assert_eq!(program_symbol(0), PROGRAM_NAME);
+    assert_eq!(program_symbol(1), SAMPLED_PROGRAM_NAME);
+    assert_eq!(program_symbol(100), SAMPLED_PROGRAM_NAME);
+}
 
 #[cfg(feature = "user")]
 // SAFETY: `InterfaceCounters` is `#[repr(C)]`, made only of `u64`s (no

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use aya::programs::{Xdp, XdpMode};
 use telemetryd::bpf::{LoadOptions, LoadedObject};
 use telemetryd::collect::events::{self, EventRing, KernelEventCounts};
-use telemetryd_common::xdp::PROGRAM_NAME;
 
 use bench_support::{enter, ifindex, median, send_frames, udp_frame, VethNamespaces};
 
@@ -60,7 +59,8 @@ fn throughput_and_latency(frame: &[u8], ifindex: u32) {
     };
     let mut object = LoadedObject::load_with(&options).expect("loading the eBPF object");
     let (ring, counts) = events::take(&mut object).expect("event maps");
-    let program = xdp(&mut object, PROGRAM_NAME);
+    let name = object.xdp_program;
+    let program = xdp(&mut object, name);
     let link = program
         .attach_to_if_index(ifindex, XdpMode::Driver)
         .expect("native attach");
@@ -198,7 +198,7 @@ fn cost_per_packet(frame: &[u8], ifindex: u32) {
         let name = if i == 3 {
             "xdp_pass_baseline"
         } else {
-            PROGRAM_NAME
+            object.xdp_program
         };
         xdp(object, name);
     }
@@ -210,12 +210,12 @@ fn cost_per_packet(frame: &[u8], ifindex: u32) {
     for round in 0..ROUNDS {
         for k in 0..LABELS.len() {
             let which = (round + k) % LABELS.len();
+            let (object, ring, _) = &mut objects[which];
             let name = if which == 3 {
                 "xdp_pass_baseline"
             } else {
-                PROGRAM_NAME
+                object.xdp_program
             };
-            let (object, ring, _) = &mut objects[which];
             let program: &mut Xdp = object.ebpf.program_mut(name).unwrap().try_into().unwrap();
             let link = program
                 .attach_to_if_index(ifindex, XdpMode::Driver)
@@ -234,10 +234,11 @@ fn cost_per_packet(frame: &[u8], ifindex: u32) {
             }
         }
     }
-    // With sampling off the verifier sees the read-only rate as the
-    // constant 0 and removes the event code: compare the translated sizes.
+    // With sampling off the daemon loads the build without event code:
+    // compare the translated sizes.
     for (i, (object, _, _)) in objects.iter_mut().enumerate().take(3) {
-        let info = xdp(object, PROGRAM_NAME).info().unwrap();
+        let name = object.xdp_program;
+        let info = xdp(object, name).info().unwrap();
         println!(
             "{:>14}: {} bytes of translated BPF, {} bytes jitted",
             LABELS[i],

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use aya::programs::{Xdp, XdpMode};
 use telemetryd::bpf::{LoadOptions, LoadedObject};
 use telemetryd::collect::events::{self, PacketRecord, Received};
-use telemetryd_common::xdp::PROGRAM_NAME;
+use telemetryd_common::xdp::SAMPLED_PROGRAM_NAME;
 
 use support::frames::*;
 use support::metrics::{promtool_accepts, Scrape};
@@ -247,9 +247,10 @@ fn attach(
 ) -> (LoadedObject, events::EventRing, events::KernelEventCounts) {
     let mut object = LoadedObject::load_with(&options).expect("loading the eBPF object");
     let (ring, counts) = events::take(&mut object).expect("packet event maps");
+    assert_eq!(object.xdp_program, SAMPLED_PROGRAM_NAME);
     let program: &mut Xdp = object
         .ebpf
-        .program_mut(PROGRAM_NAME)
+        .program_mut(SAMPLED_PROGRAM_NAME)
         .expect("program")
         .try_into()
         .expect("xdp program");

@@ -1,4 +1,5 @@
-//! Packet events: `xdp_packet_counter` publishes one frame in
+//! Packet events: `xdp_packet_counter_sampled` (the build of
+//! `xdp_packet_counter` loaded when sampling is on) publishes one frame in
 //! `PACKET_SAMPLE_RATE` to the `PACKET_EVENTS` ring buffer. Observe only:
 //! a full ring buffer costs the event (counted in `PACKET_EVENT_COUNTS`),
 //! never the frame.
@@ -51,7 +52,8 @@ struct Parsed {
 #[map(name = "PACKET_EVENT_PARSED")]
 static PACKET_EVENT_PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
 
-/// With sampling off this is one load and one branch.
+/// Called only by `xdp_packet_counter_sampled`, which user space loads when
+/// the rate is not 0; with the rate 0 the verifier removes the rest.
 #[inline(always)]
 pub fn sample(ctx: &XdpContext, class: &Classification, len: u64) {
     // SAFETY: a plain read of a static; volatile so the compiler does not

@@ -6,6 +6,7 @@ use telemetryd_common::events::{
     SAMPLE_THRESHOLD_GLOBAL,
 };
 use telemetryd_common::syscalls as sc;
+use telemetryd_common::xdp;
 use tracing::debug;
 
 /// The object built from `ebpf-programs/` by `build.rs`, embedded so the
@@ -57,6 +58,9 @@ pub enum LoadError {
 /// are loaded one by one, only those the configuration asks for.
 pub struct LoadedObject {
     pub ebpf: Ebpf,
+    /// The XDP entry point for this object's sample rate, see
+    /// [`telemetryd_common::xdp::program_symbol`].
+    pub xdp_program: &'static str,
 }
 
 /// Load-time settings of the object: map sizes and read-only globals, which
@@ -147,6 +151,8 @@ impl LoadedObject {
             .override_global(SAMPLE_RATE_GLOBAL, &options.sample_rate, true)
             .override_global(SAMPLE_THRESHOLD_GLOBAL, &threshold, true)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_size)
+            .map_max_entries(xdp::LOW_IFINDEX_COUNTERS_MAP, cpu_id_bound())
+            .map_max_entries(xdp::FLOOR_COUNTERS_MAP, cpu_id_bound())
             .map_max_entries(sc::IN_FLIGHT_MAP, options.max_in_flight)
             .override_global(sc::SELF_TGID_GLOBAL, &options.self_tgid, true)
             .override_global(sc::FILTER_PIDS_GLOBAL, &filter_pids, true)
@@ -156,7 +162,10 @@ impl LoadedObject {
             loader.override_global(name, *value, true);
         }
         let ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            xdp_program: xdp::program_symbol(options.sample_rate),
+        })
     }
 
     /// Routes the programs' `aya-log` records to the daemon's log. Returns
@@ -193,6 +202,27 @@ fn check_ring_buffer_size(size: u32, page_size: u64) -> Result<(), LoadError> {
     } else {
         Err(LoadError::RingBufferSize { size, page_size })
     }
+}
+
+/// Highest possible CPU id + 1: the rows of the XDP low-ifindex table,
+/// which the program indexes by CPU id. Possible CPUs are `0..n` on every
+/// kernel we know; should the list have holes, the table still covers the
+/// highest id. Unreadable: as many rows as aya counts CPUs (a CPU beyond
+/// the table is counted through the hash, so nothing is lost).
+fn cpu_id_bound() -> u32 {
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|list| highest_cpu_in(&list))
+        .map(|highest| highest + 1)
+        .unwrap_or_else(|| aya::util::nr_cpus().map_or(1, |n| n as u32))
+}
+
+/// The highest id of a kernel CPU list ("0-3,8-11\n" -> 11).
+fn highest_cpu_in(list: &str) -> Option<u32> {
+    list.trim()
+        .split(',')
+        .filter_map(|range| range.rsplit('-').next()?.trim().parse::<u32>().ok())
+        .max()
 }
 
 fn page_size() -> u64 {
@@ -233,5 +263,20 @@ mod tests {
         assert!(check_ring_buffer_size(16384, 16384).is_ok());
         assert!(check_ring_buffer_size(3 * 4096, 4096).is_err());
         assert!(page_size() >= 4096);
+    }
+
+    #[test]
+    fn the_cpu_table_covers_the_highest_possible_cpu() {
+        assert_eq!(highest_cpu_in("0\n"), Some(0));
+        assert_eq!(highest_cpu_in("0-1\n"), Some(1));
+        assert_eq!(highest_cpu_in("0-3,8-11\n"), Some(11));
+        assert_eq!(highest_cpu_in("0,2,5"), Some(5));
+        assert_eq!(highest_cpu_in(""), None);
+        assert_eq!(highest_cpu_in("x-y"), None);
+        let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+        assert!(
+            cpu_id_bound() as usize >= aya::util::nr_cpus().unwrap(),
+            "{possible}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use aya::programs::xdp::XdpLinkId;
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as KernelXdpMode};
 use telemetryd_common::xdp::{
     InterfaceCounters, LowIfindexCounters, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT,
-    LOW_IFINDEX_COUNTERS_MAP, LOW_IFINDEX_LIMIT, PROGRAM_NAME, SLOTS_MAP, SLOT_COUNTERS_MAP,
+    LOW_IFINDEX_COUNTERS_MAP, LOW_IFINDEX_LIMIT, SLOTS_MAP, SLOT_COUNTERS_MAP,
 };
 use tracing::{debug, info, warn};
 
@@ -138,7 +138,7 @@ pub struct PacketCounter<'a> {
 /// A slot's counters are zeroed when it is given out, after which its
 /// ifindex mapping is written; only then is the program attached.
 struct CounterSlots {
-    low_ifindex: PerCpuArray<MapData, LowIfindexCounters>,
+    low_ifindex: Array<MapData, LowIfindexCounters>,
     by_ifindex: Array<MapData, u32>,
     counters: PerCpuArray<MapData, InterfaceCounters>,
     free: VecDeque<u32>,
@@ -147,6 +147,9 @@ struct CounterSlots {
 impl<'a> PacketCounter<'a> {
     /// Loads the program through the verifier (once; later calls reuse it).
     pub fn load(object: &'a mut LoadedObject) -> Result<Self, LoadError> {
+        // The build with or without packet events, as the object was
+        // loaded for; both count the same way.
+        let name = object.xdp_program;
         let slots = CounterSlots {
             low_ifindex: object.take_map(LOW_IFINDEX_COUNTERS_MAP)?,
             by_ifindex: object.take_map(SLOTS_MAP)?,
@@ -155,13 +158,11 @@ impl<'a> PacketCounter<'a> {
         };
         let program: &mut Xdp = object
             .ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(LoadError::MissingProgram {
-                program: PROGRAM_NAME,
-            })?
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram { program: name })?
             .try_into()
             .map_err(|source| LoadError::Program {
-                program: PROGRAM_NAME,
+                program: name,
                 source,
             })?;
         if program.fd().is_err() {
@@ -184,13 +185,13 @@ impl<'a> PacketCounter<'a> {
                     // The kernel wants CAP_NET_ADMIN for networking programs
                     // (bpf_net_capable) on top of CAP_BPF.
                     LoadError::NotPermitted {
-                        program: PROGRAM_NAME,
+                        program: name,
                         needs: "CAP_NET_ADMIN and CAP_BPF",
                         source,
                     }
                 } else {
                     LoadError::Program {
-                        program: PROGRAM_NAME,
+                        program: name,
                         source,
                     }
                 }
@@ -362,9 +363,9 @@ impl<'a> PacketCounter<'a> {
 }
 
 /// `ifindex`'s entry of the low-ifindex table, summed over CPUs.
-fn low_ifindex_entry(table: &PerCpuValues<LowIfindexCounters>, ifindex: u32) -> InterfaceCounters {
+fn low_ifindex_entry(table: &[LowIfindexCounters], ifindex: u32) -> InterfaceCounters {
     let mut sum = InterfaceCounters::default();
-    for cpu in table.iter() {
+    for cpu in table {
         if let Some(entry) = cpu.get(ifindex as usize) {
             sum.add(entry);
         }
@@ -398,9 +399,11 @@ impl CounterSlots {
             .map_or(CounterPlace::Hash, CounterPlace::Slot)
     }
 
-    /// The low-ifindex table of every CPU, `None` when the read failed.
-    fn read_low_ifindex(&self) -> Option<PerCpuValues<LowIfindexCounters>> {
-        self.low_ifindex.get(&0, 0).ok()
+    /// The low-ifindex table of every CPU, `None` when a read failed.
+    fn read_low_ifindex(&self) -> Option<Vec<LowIfindexCounters>> {
+        (0..self.low_ifindex.len())
+            .map(|cpu| self.low_ifindex.get(&cpu, 0).ok())
+            .collect()
     }
 
     /// A zeroed slot for `ifindex`, or `None`, see [`CounterSlots::assign`].

@@ -175,3 +175,35 @@ pub fn send_frames(ns: &str, dev: &str, frame: &[u8], count: u64, rate: Option<u
         libc::close(fd);
     }
 }
+
+/// Turns GRO on for `dev` in the calling thread's namespace (the ethtool
+/// ioctl, ETHTOOL_SGRO). A veth runs NAPI, and so receives frames sent to
+/// it with XDP_TX, when it has GRO on or a native XDP program.
+pub fn enable_gro(dev: &str) {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: 1,
+    };
+    // SAFETY: an ifreq with the name and a pointer to `value`, which lives
+    // across the ioctl; the socket is closed before returning.
+    unsafe {
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in request.ifr_name.iter_mut().zip(dev.bytes()) {
+            *slot = byte as libc::c_char;
+        }
+        request.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0);
+        let ret = libc::ioctl(fd, SIOCETHTOOL, &mut request);
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(ret, 0, "ETHTOOL_SGRO on {dev}: {error}");
+    }
+}

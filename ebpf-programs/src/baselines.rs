@@ -50,9 +50,9 @@ pub fn xdp_count_floor(ctx: XdpContext) -> u32 {
             // SAFETY: this CPU's row from a successful lookup, written by
             // this CPU alone.
             let table = unsafe { &mut *table };
-            if let Some(counters) = table.get_mut(ifindex as usize) {
-                counters.packets[FAMILY_OTHER][PROTOCOL_OTHER] += 1;
-                counters.bytes[FAMILY_OTHER][PROTOCOL_OTHER] += len;
+            if let Some(entry) = table.get_mut(ifindex as usize) {
+                entry.counters.packets[FAMILY_OTHER][PROTOCOL_OTHER] += 1;
+                entry.counters.bytes[FAMILY_OTHER][PROTOCOL_OTHER] += len;
             }
         }
     }

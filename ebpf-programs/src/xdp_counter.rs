@@ -389,8 +389,8 @@ fn counters_of(ifindex: u32) -> Option<NonNull<InterfaceCounters>> {
             // SAFETY: this CPU's row from a successful lookup; only this
             // CPU writes it, and XDP does not nest on a CPU.
             let table = unsafe { &mut *table };
-            if let Some(counters) = table.get_mut(ifindex as usize) {
-                return Some(NonNull::from(counters));
+            if let Some(entry) = table.get_mut(ifindex as usize) {
+                return Some(NonNull::from(&mut entry.counters));
             }
         }
     }

@@ -367,7 +367,7 @@ fn low_ifindex_entry(table: &[LowIfindexCounters], ifindex: u32) -> InterfaceCou
     let mut sum = InterfaceCounters::default();
     for cpu in table {
         if let Some(entry) = cpu.get(ifindex as usize) {
-            sum.add(entry);
+            sum.add(&entry.counters);
         }
     }
     sum

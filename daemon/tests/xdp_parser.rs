@@ -66,6 +66,65 @@ fn classify(xdp: &PacketCounter<'_>, frame: &[u8]) -> (&'static str, &'static st
     )
 }
 
+/// The low-ifindex table has a row per CPU, indexed by the CPU id the
+/// program reads: frames run on CPU k land in row k alone, and the sum is
+/// what the collector reports.
+#[test]
+fn each_cpu_counts_in_its_own_row() {
+    let mut object = load();
+    let xdp = PacketCounter::load(&mut object).expect("the verifier accepts xdp_packet_counter");
+    let frame = ethernet(ETH_P_IP, &[], &ipv4(IPPROTO_UDP, &[], 0, &udp(8)));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let before = xdp.low_ifindex_counters_by_cpu(TEST_RUN_IFINDEX).unwrap();
+    assert!(
+        before.len() >= cpus,
+        "{} rows for {cpus} CPUs",
+        before.len()
+    );
+    // CPU k runs k + 1 frames, so a row that took another's frames shows.
+    let mut online = Vec::new();
+    for cpu in 0..before.len() {
+        if !pin_this_thread_to(cpu) {
+            continue; // possible but not online
+        }
+        let repeat = cpu as u32 + 1;
+        xdp.test_run(&frame, repeat).expect("BPF_PROG_TEST_RUN");
+        online.push(cpu);
+    }
+    let after = xdp.low_ifindex_counters_by_cpu(TEST_RUN_IFINDEX).unwrap();
+    assert!(online.len() >= 2 || cpus == 1, "ran on CPUs {online:?}");
+    for (cpu, (a, b)) in after.iter().zip(&before).enumerate() {
+        let gained = a.since(b);
+        let expected = if online.contains(&cpu) {
+            cpu as u64 + 1
+        } else {
+            0
+        };
+        assert_eq!(gained.packets[0][1], expected, "CPU {cpu}: ipv4/udp frames");
+        assert_eq!(
+            gained.bytes[0][1],
+            expected * frame.len() as u64,
+            "CPU {cpu}: bytes"
+        );
+    }
+    let total: u64 = online.iter().map(|&cpu| cpu as u64 + 1).sum();
+    let sum = xdp.low_ifindex_counters(TEST_RUN_IFINDEX).unwrap();
+    let sum_before = before.iter().map(|c| c.packets[0][1]).sum::<u64>();
+    assert_eq!(sum.packets[0][1] - sum_before, total);
+}
+
+/// Moves the calling thread to `cpu`; false when the kernel refuses (the
+/// CPU is not online). BPF_PROG_TEST_RUN runs on the caller's CPU.
+fn pin_this_thread_to(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t with one bit set, passed by reference for
+    // this thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
 fn load() -> LoadedObject {
     require_root();
     LoadedObject::load().expect("loading the embedded eBPF object")

@@ -337,6 +337,15 @@ impl<'a> PacketCounter<'a> {
             .map(|table| low_ifindex_entry(&table, ifindex))
     }
 
+    /// The same entry in each CPU's table, indexed by CPU id.
+    pub fn low_ifindex_counters_by_cpu(&self, ifindex: u32) -> Option<Vec<InterfaceCounters>> {
+        let table = self.slots.read_low_ifindex()?;
+        table
+            .iter()
+            .map(|cpu| cpu.get(ifindex as usize).map(|entry| entry.counters))
+            .collect()
+    }
+
     /// Runs the program `repeat` times on `frame` through BPF_PROG_TEST_RUN,
     /// as if it had arrived on loopback (ifindex 1); returns the XDP action
     /// and the kernel's average run time. For tests and the benchmark: the

@@ -165,14 +165,6 @@ pub enum ProgramError {
 pub const PROGRAM_ERROR_SLOTS: u32 = 1;
 pub const PROGRAM_ERROR_LABELS: [&str; PROGRAM_ERROR_SLOTS as usize] = ["counters_map_full"];
 
-#[cfg(test)]
-#[test]
-fn the_sampled_build_is_chosen_by_the_rate() {
-    assert_eq!(program_symbol(0), PROGRAM_NAME);
-    assert_eq!(program_symbol(1), SAMPLED_PROGRAM_NAME);
-    assert_eq!(program_symbol(100), SAMPLED_PROGRAM_NAME);
-}
-
 #[cfg(feature = "user")]
 // SAFETY: `InterfaceCounters` is `#[repr(C)]`, made only of `u64`s (no
 // padding, no pointers), so every bit pattern is a valid value.
@@ -185,6 +177,13 @@ unsafe impl aya::Pod for LowIfindexEntry {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sampled_build_is_chosen_by_the_rate() {
+        assert_eq!(program_symbol(0), PROGRAM_NAME);
+        assert_eq!(program_symbol(1), SAMPLED_PROGRAM_NAME);
+        assert_eq!(program_symbol(100), SAMPLED_PROGRAM_NAME);
+    }
 
     #[test]
     fn counters_add_and_gain_since_a_baseline() {

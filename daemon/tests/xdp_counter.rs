@@ -285,3 +285,78 @@ fn kill_9_leaves_nothing_attached() {
         veth.a
     );
 }
+
+/// Counters are reused: an interface that gets the low-ifindex entry an
+/// earlier one used (the same small ifindex again) or its slot (handed out
+/// again after every other slot has been given out once) counts from zero,
+/// not from what the earlier one left.
+#[test]
+fn a_reused_counter_entry_counts_from_zero() {
+    use telemetryd::bpf::xdp::{CounterPlace, PacketCounter};
+    use telemetryd::bpf::LoadedObject;
+    use telemetryd::config::XdpMode;
+    use telemetryd_common::xdp::COUNTER_SLOTS;
+
+    require_root();
+    for (a_index, label) in [(None, "low-ifindex table"), (Some(300), "slot")] {
+        let (ns_a, ns_b) = (NetNs::new(), NetNs::new());
+        let veth = VethPair::with_a_index(&ns_a, &ns_b, a_index);
+        let (a, b, ns_b_name) = (veth.a.clone(), veth.b.clone(), ns_b.name.clone());
+        let seen = ns_a.enter_with_sysfs(move || {
+            let mut object = LoadedObject::load().expect("loading the eBPF object");
+            let mut xdp = PacketCounter::load(&mut object).expect("loading xdp_packet_counter");
+            let frame = support::frames::ethernet(
+                support::frames::ETH_P_IP,
+                &[],
+                &support::frames::ipv4(
+                    support::frames::IPPROTO_UDP,
+                    &[],
+                    0,
+                    &support::frames::udp(8),
+                ),
+            );
+            let mut seen = Vec::new();
+            // One more round than there are slots: the last gets the first
+            // one's slot back.
+            for round in 0..=COUNTER_SLOTS {
+                let attachment = xdp.attach(&a, XdpMode::Generic, false).expect("attach");
+                let place = attachment.counters.clone();
+                let sent = match round {
+                    0 => 7,
+                    r if r == COUNTER_SLOTS => 3,
+                    _ => 0,
+                };
+                if sent > 0 {
+                    let (b, frame, ns) = (b.clone(), frame.clone(), ns_b_name.clone());
+                    support::netns::in_namespace(&ns, move || {
+                        let socket = PacketSocket::open(&b).expect("packet socket");
+                        for _ in 0..sent {
+                            socket.send(&frame).expect("send");
+                        }
+                    });
+                    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                    while xdp.fast_path_counters(std::slice::from_ref(&attachment))[0].packets[0][1]
+                        < sent
+                        && std::time::Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                    let counted =
+                        xdp.fast_path_counters(std::slice::from_ref(&attachment))[0].packets[0][1];
+                    seen.push((round, place, counted));
+                }
+                xdp.detach(attachment);
+            }
+            seen
+        });
+        let (first, last) = (&seen[0], &seen[1]);
+        assert_eq!(first.1.label(), label, "{seen:?}");
+        assert_eq!(last.1.label(), label, "{seen:?}");
+        if let (CounterPlace::Slot(s0), CounterPlace::Slot(s1)) = (&first.1, &last.1) {
+            assert_eq!(s0, s1, "the last round reuses the first round's slot");
+        }
+        assert_eq!(first.2, 7, "first interface's frames: {seen:?}");
+        assert_eq!(last.2, 3, "the reused entry counts from zero: {seen:?}");
+    }
+}

@@ -87,6 +87,48 @@ impl NetNs {
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         in_namespace(&self.name, f)
     }
+
+    /// Like [`NetNs::enter`], and the thread also sees this namespace's
+    /// interfaces in /sys/class/net (which shows the namespace sysfs was
+    /// mounted in): it gets a mount namespace of its own with a fresh
+    /// sysfs, as `ip netns exec` does. For code that reads interfaces from
+    /// sysfs, such as the daemon's attach.
+    pub fn enter_with_sysfs<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_namespace(&self.name, move || {
+            // SAFETY: these calls change only this thread's mount namespace
+            // (unshare gives the thread its own, and its own fs state); the
+            // strings are NUL-terminated literals.
+            unsafe {
+                assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare(CLONE_NEWNS)");
+                let none = std::ptr::null();
+                assert_eq!(
+                    libc::mount(
+                        c"none".as_ptr(),
+                        c"/".as_ptr(),
+                        none,
+                        libc::MS_SLAVE | libc::MS_REC,
+                        std::ptr::null()
+                    ),
+                    0,
+                    "making / a slave mount"
+                );
+                libc::umount2(c"/sys".as_ptr(), libc::MNT_DETACH);
+                assert_eq!(
+                    libc::mount(
+                        c"sysfs".as_ptr(),
+                        c"/sys".as_ptr(),
+                        c"sysfs".as_ptr(),
+                        0,
+                        std::ptr::null()
+                    ),
+                    0,
+                    "mounting sysfs: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            f()
+        })
+    }
 }
 
 impl Drop for NetNs {

@@ -142,6 +142,7 @@ impl LoadedObject {
         raise_memlock_limit();
         let filter_pids = u32::from(options.filter_pids);
         let threshold = sample_threshold(options.sample_rate);
+        let cpus = cpu_id_bound();
         let mut loader = EbpfLoader::new();
         // Rust eBPF programs carry no CO-RE relocations, so the kernel BTF
         // is not needed as a relocation target; programs that need it
@@ -151,8 +152,8 @@ impl LoadedObject {
             .override_global(SAMPLE_RATE_GLOBAL, &options.sample_rate, true)
             .override_global(SAMPLE_THRESHOLD_GLOBAL, &threshold, true)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_size)
-            .map_max_entries(xdp::LOW_IFINDEX_COUNTERS_MAP, cpu_id_bound())
-            .map_max_entries(xdp::FLOOR_COUNTERS_MAP, cpu_id_bound())
+            .map_max_entries(xdp::LOW_IFINDEX_COUNTERS_MAP, cpus)
+            .map_max_entries(xdp::FLOOR_COUNTERS_MAP, cpus)
             .map_max_entries(sc::IN_FLIGHT_MAP, options.max_in_flight)
             .override_global(sc::SELF_TGID_GLOBAL, &options.self_tgid, true)
             .override_global(sc::FILTER_PIDS_GLOBAL, &filter_pids, true)

@@ -172,18 +172,32 @@ fn debian_packages() -> Result<()> {
 }
 
 /// Namespaces left behind by a test run that was killed (their Drop guards
-/// never ran): the tests name every namespace they create `tdt...`.
+/// never ran): the tests name every namespace they create `tdt...`. Only
+/// namespaces older than [`STALE_AFTER`] are removed: a younger one may
+/// belong to a test run still going on beside this one (another checkout's
+/// suite on the same machine), and a killed run's leftovers do not collide
+/// with new ones (their names carry the creating process id).
 pub fn remove_stale_test_namespaces() {
     let Ok(list) = output("ip", &["netns", "list"]) else {
         return;
     };
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        if name.starts_with("tdt") {
+        if !name.starts_with("tdt") {
+            continue;
+        }
+        let age = std::fs::metadata(format!("/run/netns/{name}"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|age| age > STALE_AFTER) {
             step(&format!("removing stale test namespace {name}"));
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
 }
+
+/// No test run takes this long, so a test namespace this old is stale.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
 
 fn on_path(command: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();

@@ -6,6 +6,7 @@
 
 mod install;
 mod setup;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,12 +38,31 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite (unit and root integration tests).
+    /// Run the whole test suite: unit and root integration tests on this
+    /// machine's kernel, then the kernel matrix (`vm-test`).
     Test {
+        /// Only this machine's kernel: no guests.
+        #[arg(long)]
+        host_only: bool,
         /// Arguments passed on to `cargo test` (a test name filter, ...).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The kernel matrix alone: boot Debian's 6.1 and 6.12 LTS kernels under
+    /// qemu (fetched and cached under target/vm/), run the kernel-dependent
+    /// root tests in them, and the systemd unit under a real systemd.
+    VmTest {
+        /// Guests to run: 6.1, 6.12 (the suite on that kernel), systemd.
+        /// Default: all.
+        guests: Vec<String>,
+        /// Install telemetryd in the systemd guest from this Debian package
+        /// instead of with `cargo xtask install`.
+        #[arg(long, value_name = "DEB")]
+        deb: Option<PathBuf>,
+    },
+    /// Put the last run's kernel matrix table (target/vm/matrix.md) into
+    /// README.md.
+    VmReadme,
     /// Build in release mode and install the binary, the systemd unit and
     /// the default configuration (kept if present). Without --prefix:
     /// /usr/local/bin, /etc/systemd/system, /etc/telemetryd (needs root).
@@ -88,15 +108,32 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Test { args } => {
+        Task::Test { host_only, args } => {
             setup::all()?;
             require_root("the integration tests load eBPF programs and create network namespaces")?;
             setup::remove_stale_test_namespaces();
-            let mut full = vec!["test"];
-            let extra: Vec<&str> = args.iter().map(String::as_str).collect();
-            full.extend(extra);
-            cargo(&root, &full)
+            let mut stages = vm::Stages::default();
+            let started = std::time::Instant::now();
+            let host = vm::host_suite(&root, &args);
+            stages.add("host suite", started.elapsed());
+            let host = host?;
+            if host_only {
+                return Ok(());
+            }
+            let matrix = vm::vm_test(&root, &[], &vm::Install::Xtask, Some(host), &mut stages);
+            stages.print();
+            matrix
         }
+        Task::VmTest { guests, deb } => {
+            setup::all()?;
+            require_root("qemu's 9p export of / must read every file")?;
+            let install = deb.map_or(vm::Install::Xtask, vm::Install::DebPackage);
+            let mut stages = vm::Stages::default();
+            let result = vm::vm_test(&root, &guests, &install, None, &mut stages);
+            stages.print();
+            result
+        }
+        Task::VmReadme => vm::vm_readme(&root),
         Task::Install { prefix } => {
             setup::build_tools()?;
             if prefix.is_none() {
@@ -170,7 +207,7 @@ pub fn step(message: &str) {
     eprintln!("xtask: {message}");
 }
 
-fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     step(&format!("cargo {}", args.join(" ")));
     let status = Command::new(env!("CARGO"))
         .args(args)

@@ -7,6 +7,8 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of this module
 
 pub mod frames;
+pub mod kernel;
+pub mod matrix;
 pub mod metrics;
 pub mod netns;
 pub mod process;

@@ -109,9 +109,8 @@ impl Guest {
             Mode::Chroot => "chroot",
             Mode::Systemd => "systemd",
         };
-        let mut append = format!(
-            "console=ttyS0 panic=-1 oops=panic loglevel=4 mtx.mode={mode} net.ifnames=0"
-        );
+        let mut append =
+            format!("console=ttyS0 panic=-1 oops=panic loglevel=4 mtx.mode={mode} net.ifnames=0");
         if self.mode == Mode::Systemd {
             append.push_str(
                 " systemd.unit=mtx.target systemd.show_status=false systemd.journald.forward_to_console=0",

@@ -199,7 +199,11 @@ fn unpack(package: &str, version: &str, dir: &Path) -> Result<()> {
     fs::write(modules.join("load-order"), list)?;
     fs::write(
         dir.join("release"),
-        release.file_name().unwrap_or_default().to_string_lossy().as_bytes(),
+        release
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .as_bytes(),
     )?;
     fs::remove_dir_all(&tree)?;
     fs::remove_dir_all(&download)?;
@@ -244,7 +248,11 @@ fn single_dir(parent: &Path) -> Result<PathBuf> {
         .filter(|p| p.is_dir())
         .collect();
     if dirs.len() != 1 {
-        bail!("{} holds {} kernel releases, not one", parent.display(), dirs.len());
+        bail!(
+            "{} holds {} kernel releases, not one",
+            parent.display(),
+            dirs.len()
+        );
     }
     Ok(dirs.remove(0))
 }
@@ -286,7 +294,12 @@ impl ModuleIndex {
         Ok(order)
     }
 
-    fn visit(&self, name: &str, seen: &mut BTreeSet<String>, order: &mut Vec<String>) -> Result<()> {
+    fn visit(
+        &self,
+        name: &str,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<String>,
+    ) -> Result<()> {
         if !seen.insert(name.to_owned()) {
             return Ok(());
         }
@@ -294,8 +307,21 @@ impl ModuleIndex {
             .files
             .get(name)
             .with_context(|| format!("module {name} is a dependency but has no file"))?;
-        for dep in depends(&decompress(file)?) {
+        let module = decompress(file)?;
+        for dep in depends(&module) {
             self.visit(&dep, seen, order)?;
+        }
+        // `softdep=pre:` names what must be there before the module's init
+        // runs (libcrc32c asks the crypto API for "crc32c"). Such a name is
+        // an algorithm, not always a file: its portable implementation is
+        // `<name>_generic`.
+        for soft in soft_pre_depends(&module) {
+            let generic = format!("{soft}_generic");
+            if self.files.contains_key(&soft) {
+                self.visit(&soft, seen, order)?;
+            } else if self.files.contains_key(&generic) {
+                self.visit(&generic, seen, order)?;
+            }
         }
         order.push(name.to_owned());
         Ok(())
@@ -311,19 +337,45 @@ fn module_name(path: &Path) -> Option<String> {
     Some(stem.replace('-', "_"))
 }
 
-/// The `depends=` list of a module's `.modinfo` section.
-fn depends(module: &[u8]) -> Vec<String> {
-    let key = b"depends=";
-    let Some(at) = module.windows(key.len()).position(|w| w == key) else {
-        return Vec::new();
-    };
+/// The value of `key=` in a module's `.modinfo` section.
+fn modinfo<'a>(module: &'a [u8], key: &str) -> Option<std::borrow::Cow<'a, str>> {
+    let key = format!("\0{key}=");
+    let at = module
+        .windows(key.len())
+        .position(|w| w == key.as_bytes())?;
     let rest = &module[at + key.len()..];
     let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-    String::from_utf8_lossy(&rest[..end])
-        .split(',')
-        .filter(|d| !d.is_empty())
-        .map(|d| d.replace('-', "_"))
-        .collect()
+    Some(String::from_utf8_lossy(&rest[..end]))
+}
+
+/// The `depends=` list of a module.
+fn depends(module: &[u8]) -> Vec<String> {
+    modinfo(module, "depends")
+        .map(|list| {
+            list.split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.replace('-', "_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `pre:` names of a module's `softdep=` (`softdep=pre: crc32c`).
+fn soft_pre_depends(module: &[u8]) -> Vec<String> {
+    let Some(soft) = modinfo(module, "softdep") else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    let mut pre = false;
+    for word in soft.split_whitespace() {
+        match word {
+            "pre:" => pre = true,
+            "post:" => pre = false,
+            name if pre => names.push(name.replace('-', "_")),
+            _ => {}
+        }
+    }
+    names
 }
 
 fn decompress(path: &Path) -> Result<Vec<u8>> {
@@ -395,6 +447,10 @@ mod tests {
         assert_eq!(depends(modinfo), ["netfs", "9pnet"]);
         assert!(depends(b"\0depends=\0name=veth\0").is_empty());
         assert!(depends(b"no modinfo").is_empty());
+        assert_eq!(
+            soft_pre_depends(b"\0softdep=pre: crc32c post: x\0depends=\0"),
+            ["crc32c"]
+        );
     }
 
     #[test]

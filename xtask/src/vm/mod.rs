@@ -85,7 +85,14 @@ impl Install {
         match self {
             Install::Xtask => crate::cargo(
                 root,
-                &["build", "--release", "--package", "telemetryd", "--package", "xtask"],
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "telemetryd",
+                    "--package",
+                    "xtask",
+                ],
             ),
             Install::DebPackage(deb) if deb.exists() => Ok(()),
             Install::DebPackage(deb) => bail!("no package {}", deb.display()),
@@ -149,7 +156,10 @@ pub fn vm_test(
         let wanted = names.iter().any(|n| n == series.name)
             || (series.name == plan::SYSTEMD_SERIES && names.iter().any(|n| n == "systemd"));
         if wanted {
-            kernels.insert(series.name, kernel::fetch(*series, &vm_dir.join("kernels"))?);
+            kernels.insert(
+                series.name,
+                kernel::fetch(*series, &vm_dir.join("kernels"))?,
+            );
         }
     }
     stages.add("kernel packages", started.elapsed());
@@ -161,7 +171,10 @@ pub fn vm_test(
         } else {
             (&kernels[name.as_str()], plan::suite())
         };
-        guests.push((plan.clone(), make_guest(root, kernel, &plan, &binaries, install)?));
+        guests.push((
+            plan.clone(),
+            make_guest(root, kernel, &plan, &binaries, install)?,
+        ));
     }
 
     let started = Instant::now();
@@ -196,8 +209,14 @@ pub fn vm_test(
         "wrote {} (`cargo xtask vm-readme` puts it into README.md)",
         vm_dir.join("matrix.md").display()
     ));
-    let passed: usize = reports.iter().map(|r| r.results.count(Outcome::Passed)).sum();
-    let failed: usize = reports.iter().map(|r| r.results.count(Outcome::Failed)).sum();
+    let passed: usize = reports
+        .iter()
+        .map(|r| r.results.count(Outcome::Passed))
+        .sum();
+    let failed: usize = reports
+        .iter()
+        .map(|r| r.results.count(Outcome::Failed))
+        .sum();
     println!("kernel matrix: {passed} passed, {failed} failed");
     if !problems.is_empty() {
         bail!("the kernel matrix failed:\n  {}", problems.join("\n  "));
@@ -308,10 +327,7 @@ fn make_guest(
     }
     job.push_str("echo \"$status\" > /vm/out/job-exit\nexit \"$status\"\n");
     Ok(Guest {
-        name: format!(
-            "{}-{}",
-            kernel.series.name, plan.kind
-        ),
+        name: format!("{}-{}", kernel.series.name, plan.kind),
         kernel: kernel.clone(),
         mode: plan.mode,
         job,
@@ -431,7 +447,10 @@ fn collect(
         let log = fs::read_to_string(outcome.out.join(format!("{name}.log")));
         let rc = fs::read_to_string(outcome.out.join(format!("{name}.rc")));
         let (Ok(log), Ok(rc)) = (log, rc) else {
-            problems.push(format!("guest {}: {name} did not run to its end", guest.name));
+            problems.push(format!(
+                "guest {}: {name} did not run to its end",
+                guest.name
+            ));
             continue;
         };
         let mut this = TestResults::default();

@@ -54,7 +54,8 @@ impl TestResults {
                 continue;
             }
             if let Some((name, outcome)) = parse_test_line(line) {
-                self.tests.insert((binary.clone(), name.to_owned()), outcome);
+                self.tests
+                    .insert((binary.clone(), name.to_owned()), outcome);
             }
         }
     }
@@ -150,10 +151,7 @@ pub fn rows(reports: &[KernelReport]) -> Vec<Row> {
                 let failed: Vec<String> = tests
                     .iter()
                     .filter(|(b, t)| {
-                        report
-                            .results
-                            .tests
-                            .get(&(b.to_string(), t.to_string()))
+                        report.results.tests.get(&(b.to_string(), t.to_string()))
                             != Some(&Outcome::Passed)
                     })
                     .map(|(b, t)| format!("{b}::{t}"))
@@ -177,7 +175,8 @@ pub fn rows(reports: &[KernelReport]) -> Vec<Row> {
 
 /// The Markdown table, with each kernel's totals under it.
 pub fn render(reports: &[KernelReport]) -> String {
-    let mut out = String::from("| kernel | feature | attach path | result |\n| --- | --- | --- | --- |\n");
+    let mut out =
+        String::from("| kernel | feature | attach path | result |\n| --- | --- | --- | --- |\n");
     let mut last_kernel = String::new();
     for row in rows(reports) {
         let kernel = if row.kernel == last_kernel {
@@ -255,7 +254,9 @@ mod tests {
     fn a_row_fails_when_a_test_that_saw_it_failed() {
         let mut results = TestResults::default();
         results.add_libtest_output("s", "test one ... ok\ntest two ... FAILED\n");
-        let records = parse_records("s\tone\tsyscalls\tfentry\ns\ttwo\tsyscalls\tfentry\ns\tone\txdp\tnative\n");
+        let records = parse_records(
+            "s\tone\tsyscalls\tfentry\ns\ttwo\tsyscalls\tfentry\ns\tone\txdp\tnative\n",
+        );
         let report = KernelReport {
             kernel: "k".into(),
             results,
@@ -267,8 +268,14 @@ mod tests {
         assert_eq!(rows[0].result, "FAIL: s::two");
         assert_eq!(rows[1].result, "pass (1 tests)");
         let table = render(&[report]);
-        assert!(table.contains("| k | syscalls | fentry | FAIL: s::two |"), "{table}");
-        assert!(table.contains("|  | xdp | native | pass (1 tests) |"), "{table}");
+        assert!(
+            table.contains("| k | syscalls | fentry | FAIL: s::two |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("|  | xdp | native | pass (1 tests) |"),
+            "{table}"
+        );
     }
 
     #[test]

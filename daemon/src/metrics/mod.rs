@@ -155,6 +155,11 @@ fn snapshot_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
             attached,
         ),
         gauge(
+            "telemetryd_source_up",
+            "1 while the signal's eBPF programs are attached and polled, else 0.",
+            source_up(snapshot),
+        ),
+        gauge(
             "telemetryd_build_info",
             "Always 1; the labels describe this build.",
             vec![Sample::new(&[("version", VERSION)], 1.0)],
@@ -162,6 +167,27 @@ fn snapshot_families(snapshot: &Snapshot) -> Vec<MetricFamily> {
     ];
     families.extend(drops::families(snapshot));
     families
+}
+
+/// The signals of `telemetryd_source_up` and the program each one needs
+/// attached: packet counts (XDP), syscall latency, kernel drops and TCP
+/// retransmits.
+pub const SOURCES: [(&str, &str); 4] = [
+    ("xdp", telemetryd_common::xdp::PROGRAM_NAME),
+    ("syscalls", telemetryd_common::syscalls::PROGRAM_LABEL),
+    ("kernel_drops", telemetryd_common::drops::DROPS_PROGRAM),
+    ("tcp_retransmits", telemetryd_common::drops::RETRANSMITS_PROGRAM),
+];
+
+/// Every source, 1 when this poll found its program attached.
+fn source_up(snapshot: &Snapshot) -> Vec<Sample> {
+    SOURCES
+        .iter()
+        .map(|(source, program)| {
+            let up = snapshot.attachments.iter().any(|a| a.program == *program);
+            Sample::new(&[("source", source)], f64::from(u8::from(up)))
+        })
+        .collect()
 }
 
 const NANOS_PER_SECOND: f64 = 1e9;
@@ -304,6 +330,8 @@ mod tests {
             r#"telemetryd_xdp_packets_total{device="veth0",family="other",protocol="other"} 0"#,
             r#"telemetryd_xdp_malformed_packets_total{device="veth0"} 2"#,
             r#"telemetryd_ebpf_program_attached{attach="xdp-generic",device="veth0",program="xdp_packet_counter"} 1"#,
+            r#"telemetryd_source_up{source="xdp"} 1"#,
+            r#"telemetryd_source_up{source="syscalls"} 0"#,
             "# TYPE telemetryd_xdp_packets_total counter",
             "# TYPE telemetryd_build_info gauge",
         ] {
@@ -329,14 +357,14 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_snapshot_renders_build_info_only() {
+    fn an_empty_snapshot_renders_build_info_and_every_source_down() {
         let text = render(&Snapshot::default(), Vec::new()).unwrap();
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(
-            samples,
-            [format!("telemetryd_build_info{{version=\"{VERSION}\"}} 1")],
-            "{text}"
-        );
+        let mut want = vec![format!("telemetryd_build_info{{version=\"{VERSION}\"}} 1")];
+        for (source, _) in SOURCES {
+            want.push(format!("telemetryd_source_up{{source=\"{source}\"}} 0"));
+        }
+        assert_eq!(samples, want, "{text}");
     }
 
     #[test]

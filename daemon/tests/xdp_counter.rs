@@ -224,7 +224,10 @@ fn counts_every_frame_on(
     } else {
         "generic"
     };
-    assert_eq!(kernel_mode, want_kernel_mode, "the kernel's word for the mode");
+    assert_eq!(
+        kernel_mode, want_kernel_mode,
+        "the kernel's word for the mode"
+    );
     record(
         &format!("XDP packet counter on {link_kind}"),
         &format!("{expected_attach} ({kernel_mode} mode), {expected_counters}"),

@@ -388,7 +388,11 @@ pub fn prepare() -> DropsSetup {
     let btf = match KernelBtf::from_sys_fs() {
         Ok(btf) => Some(btf),
         Err(error) => {
-            warn!(%error, "no kernel BTF: drop reasons are numbered, drops not attributed to devices");
+            warn!(
+                %error,
+                "no kernel BTF: drop reasons are not read (every drop counts as {OVERFLOW_REASON_LABEL}) \
+                 and drops are not attributed to devices"
+            );
             None
         }
     };
@@ -421,7 +425,8 @@ pub fn prepare() -> DropsSetup {
         }
         None => 0,
     };
-    if layout.kfree_skb_args < KFREE_SKB_ARGS_WITH_REASON {
+    // Without BTF that was said above, once.
+    if btf.is_some() && layout.kfree_skb_args < KFREE_SKB_ARGS_WITH_REASON {
         warn!(
             arguments = layout.kfree_skb_args,
             "kfree_skb passes no drop reason on this kernel: drops are counted as OTHER"
@@ -463,7 +468,10 @@ pub fn describe() -> String {
                 Err(e) => out.push_str(&format!("  device attribution   no   {e}\n")),
             }
         }
-        Err(e) => out.push_str(&format!("  drop reasons         no   {e}\n")),
+        Err(e) => {
+            out.push_str(&format!("  drop reasons         no   {e}\n"));
+            out.push_str("  device attribution   no   needs the kernel's BTF for struct offsets\n");
+        }
     }
     out.push_str(&format!(
         "  tcp retransmits      raw tracepoint {RETRANSMITS_TRACEPOINT}, /proc/net/snmp\n"

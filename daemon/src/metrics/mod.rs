@@ -176,7 +176,10 @@ pub const SOURCES: [(&str, &str); 4] = [
     ("xdp", telemetryd_common::xdp::PROGRAM_NAME),
     ("syscalls", telemetryd_common::syscalls::PROGRAM_LABEL),
     ("kernel_drops", telemetryd_common::drops::DROPS_PROGRAM),
-    ("tcp_retransmits", telemetryd_common::drops::RETRANSMITS_PROGRAM),
+    (
+        "tcp_retransmits",
+        telemetryd_common::drops::RETRANSMITS_PROGRAM,
+    ),
 ];
 
 /// Every source, 1 when this poll found its program attached.

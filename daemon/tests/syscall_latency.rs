@@ -713,7 +713,10 @@ fn hooked_functions() -> std::collections::BTreeSet<String> {
     let text = fs::read_to_string(path).unwrap_or_else(|e| {
         panic!("reading {path} (tracefs must be mounted on /sys/kernel/tracing): {e}")
     });
+    // A hooked function's line starts with its name; indented lines under
+    // it describe the hook (`direct-->bpf_trampoline_...`).
     text.lines()
+        .filter(|l| !l.starts_with(char::is_whitespace))
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_owned)
         .collect()

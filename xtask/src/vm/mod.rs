@@ -64,7 +64,9 @@ impl Install {
     /// Shell commands run as root in the systemd guest, from the checkout.
     fn guest_commands(&self) -> String {
         match self {
-            Install::Xtask => "cargo xtask install".to_owned(),
+            // As README says: install, then tell systemd.
+            Install::Xtask => "cargo xtask install && systemctl daemon-reload".to_owned(),
+            // The package's maintainer scripts tell systemd themselves.
             Install::DebPackage(deb) => format!(
                 "apt-get install -y --no-install-recommends {}",
                 shell_quote(&deb.display().to_string())
@@ -74,7 +76,9 @@ impl Install {
 
     fn describe(&self) -> String {
         match self {
-            Install::Xtask => "cargo xtask install".to_owned(),
+            // As README says: install, then tell systemd.
+            Install::Xtask => "cargo xtask install && systemctl daemon-reload".to_owned(),
+            // The package's maintainer scripts tell systemd themselves.
             Install::DebPackage(deb) => format!("the Debian package {}", deb.display()),
         }
     }

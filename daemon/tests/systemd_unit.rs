@@ -53,6 +53,26 @@ fn show(property: &str) -> String {
     text.trim().to_owned()
 }
 
+/// A time span as `systemctl show` prints it: `30s`, `1min 30s`, `500ms`.
+fn systemd_duration(text: &str) -> Duration {
+    let mut total = Duration::ZERO;
+    for part in text.split_whitespace() {
+        let digits = part.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let n: u64 = digits
+            .parse()
+            .unwrap_or_else(|_| panic!("unreadable duration {text:?}"));
+        total += match &part[digits.len()..] {
+            "us" => Duration::from_micros(n),
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "min" => Duration::from_secs(60 * n),
+            "h" => Duration::from_secs(3600 * n),
+            unit => panic!("unknown unit {unit:?} in {text:?}"),
+        };
+    }
+    total
+}
+
 fn main_pid() -> u32 {
     show("MainPID").parse().expect("MainPID")
 }
@@ -399,12 +419,12 @@ fn the_unit_under_systemd_from_start_to_stop() {
         .chain(linked_programs())
         .collect();
     assert!(!old_programs.is_empty());
-    let watchdog_usec: u64 = show("WatchdogUSec").parse().unwrap_or(0);
-    assert!(watchdog_usec > 0, "the unit has a watchdog");
+    let watchdog = systemd_duration(&show("WatchdogUSec"));
+    assert!(watchdog > Duration::ZERO, "the unit has a watchdog");
     // SAFETY: kill on the service's main pid, read from systemd just now.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
     let stalled = Instant::now();
-    let limit = Duration::from_micros(watchdog_usec) + Duration::from_secs(90);
+    let limit = watchdog + Duration::from_secs(90);
     let restarted = wait_until(limit, || {
         let now = main_pid();
         now != 0 && now != pid && show("SubState") == "running"
@@ -418,9 +438,8 @@ fn the_unit_under_systemd_from_start_to_stop() {
     );
     let new_pid = main_pid();
     println!(
-        "SIGSTOP: watchdog kill and restart after {:?} (WatchdogSec {} s)",
-        stalled.elapsed(),
-        watchdog_usec / 1_000_000
+        "SIGSTOP: watchdog kill and restart after {:?} (WatchdogSec {watchdog:?})",
+        stalled.elapsed()
     );
     assert_eq!(show("NRestarts"), "1");
     let unit_log = run("journalctl", &["--no-pager", "-u", UNIT, "-o", "cat"]);

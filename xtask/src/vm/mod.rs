@@ -76,9 +76,7 @@ impl Install {
 
     fn describe(&self) -> String {
         match self {
-            // As README says: install, then tell systemd.
-            Install::Xtask => "cargo xtask install && systemctl daemon-reload".to_owned(),
-            // The package's maintainer scripts tell systemd themselves.
+            Install::Xtask => "cargo xtask install".to_owned(),
             Install::DebPackage(deb) => format!("the Debian package {}", deb.display()),
         }
     }
@@ -87,17 +85,9 @@ impl Install {
     /// then only checks that it is fresh: building under TCG takes ages).
     fn prepare(&self, root: &Path) -> Result<()> {
         match self {
-            Install::Xtask => crate::cargo(
-                root,
-                &[
-                    "build",
-                    "--release",
-                    "--package",
-                    "telemetryd",
-                    "--package",
-                    "xtask",
-                ],
-            ),
+            Install::Xtask => {
+                crate::cargo(root, &["build", "--release", "--package", "telemetryd"])
+            }
             Install::DebPackage(deb) if deb.exists() => Ok(()),
             Install::DebPackage(deb) => bail!("no package {}", deb.display()),
         }

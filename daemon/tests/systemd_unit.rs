@@ -95,17 +95,23 @@ fn exec_start() -> (String, String) {
     (words[0].to_owned(), (*config).to_owned())
 }
 
-/// The unit's capabilities as a /proc/PID/status mask.
-fn unit_capability_mask() -> String {
+/// The installed unit's capability set, as it names them.
+fn unit_capabilities() -> Vec<String> {
     let (code, unit) = systemctl(&["cat", UNIT]);
     assert_eq!(code, 0, "{unit}");
-    let caps = unit
-        .lines()
+    unit.lines()
         .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .expect("the unit sets CapabilityBoundingSet");
+        .expect("the unit sets CapabilityBoundingSet")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The unit's capabilities as a /proc/PID/status mask.
+fn unit_capability_mask() -> String {
     let mut mask = 0u64;
-    for cap in caps.split_whitespace() {
-        let bit = match cap {
+    for cap in unit_capabilities() {
+        let bit = match cap.as_str() {
             "CAP_NET_ADMIN" => 12,
             "CAP_PERFMON" => 38,
             "CAP_BPF" => 39,
@@ -386,9 +392,9 @@ fn the_unit_under_systemd_from_start_to_stop() {
             systemd_version.lines().next().unwrap_or("systemd").trim()
         ),
         &format!(
-            "installed by the operator's command; DynamicUser uid {}, caps {mask}; XDP native, \
-             syscalls {want_mode}, drop tracers raw tracepoints",
-            uids[0]
+            "installed as an operator does; DynamicUser with exactly {}; XDP native, \
+             syscalls {want_mode}, drop tracers raw tracepoints; reload, watchdog restart, stop",
+            unit_capabilities().join(" ")
         ),
     );
 

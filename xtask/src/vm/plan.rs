@@ -4,8 +4,9 @@
 //! TCG runs a root test binary at 10-40x its host time, so not everything
 //! runs everywhere. Every guest kernel runs what depends on the kernel: the
 //! syscall tracer in all three attach modes, XDP (veth native and generic,
-//! and native on virtio-net), the drop tracers and BTF, the unit's
-//! capability set, and the daemon without BTF. The systemd guest runs the
+//! and native on virtio-net), packet events through the ring buffer, the
+//! drop tracers and BTF, the unit's capability set, and the daemon without
+//! BTF. The systemd guest runs the
 //! unit under a real systemd. The host's kernel runs the whole suite.
 
 use std::time::Duration;
@@ -50,13 +51,18 @@ pub fn suite() -> GuestPlan {
             },
             Run {
                 binary: "xdp_counter",
-                filters: &["counts_every_frame_exactly", "kill_9_leaves_nothing"],
+                filters: &[],
                 ignored: false,
             },
             Run {
                 binary: "xdp_counter",
                 filters: &["on_virtio_net"],
                 ignored: true,
+            },
+            Run {
+                binary: "packet_events",
+                filters: &[],
+                ignored: false,
             },
             Run {
                 binary: "operations",

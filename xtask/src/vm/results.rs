@@ -262,7 +262,7 @@ mod tests {
             results,
             records,
         };
-        let rows = rows(&[report.clone()]);
+        let rows = rows(std::slice::from_ref(&report));
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].feature, "syscalls");
         assert_eq!(rows[0].result, "FAIL: s::two");

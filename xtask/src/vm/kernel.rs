@@ -13,6 +13,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::setup::{output, run};
 use crate::step;
 
 /// A kernel line the matrix covers, and how apt names its packages.
@@ -400,32 +401,6 @@ fn decompress(path: &Path) -> Result<Vec<u8>> {
 pub fn path_str(path: &Path) -> Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))
-}
-
-fn output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn run(program: &str, args: &[&str]) -> Result<()> {
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {program}"))?;
-    if !status.success() {
-        bail!("{program} {} failed ({status})", args.join(" "));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -163,7 +163,7 @@ pub fn vm_test(
         let (kernel, plan) = if name == "systemd" {
             (&kernels[plan::SYSTEMD_SERIES], plan::systemd())
         } else {
-            (&kernels[name.as_str()], plan::suite())
+            (&kernels[name.as_str()], plan::suite(name))
         };
         guests.push((
             plan.clone(),
@@ -191,6 +191,7 @@ pub fn vm_test(
             Some(existing) => {
                 existing.results.tests.extend(report.results.tests);
                 existing.records.extend(report.records);
+                existing.not_run.extend(report.not_run);
             }
             None => reports.push(report),
         }
@@ -343,7 +344,7 @@ run() {
   shift
   echo "mtx-job: $name"
   started=$(date +%s)
-  timeout --kill-after=10 1200 "$@" > "/vm/out/$name.log" 2>&1
+  timeout --kill-after=10 600 "$@" > "/vm/out/$name.log" 2>&1
   code=$?
   echo "$code $(($(date +%s) - started))" > "/vm/out/$name.rc"
   echo "mtx-job: $name exited $code after $(($(date +%s) - started)) s"
@@ -487,10 +488,18 @@ fn collect(
     let records = fs::read_to_string(outcome.out.join("matrix.tsv"))
         .map(|t| results::parse_records(&t))
         .unwrap_or_default();
+    for (feature, why) in &plan.not_run {
+        step(&format!("guest {}: not run: {feature}: {why}", guest.name));
+    }
     KernelReport {
         kernel: format!("Debian {}", guest.kernel.describe()),
         results,
         records,
+        not_run: plan
+            .not_run
+            .iter()
+            .map(|(f, w)| (f.to_string(), w.to_string()))
+            .collect(),
     }
 }
 
@@ -540,5 +549,6 @@ pub fn host_suite(root: &Path, args: &[String]) -> Result<KernelReport> {
         records: fs::read_to_string(&records)
             .map(|t| results::parse_records(&t))
             .unwrap_or_default(),
+        not_run: Vec::new(),
     })
 }

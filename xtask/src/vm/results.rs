@@ -116,6 +116,8 @@ pub struct KernelReport {
     pub kernel: String,
     pub results: TestResults,
     pub records: Vec<Record>,
+    /// Features the plan leaves out on this kernel: `(feature, why)`.
+    pub not_run: Vec<(String, String)>,
 }
 
 /// One row: on `kernel`, `feature` took `path`; `result` says whether
@@ -157,7 +159,8 @@ pub fn rows(reports: &[KernelReport]) -> Vec<Row> {
                     .map(|(b, t)| format!("{b}::{t}"))
                     .collect();
                 let result = if failed.is_empty() {
-                    format!("pass ({} tests)", tests.len())
+                    let n = tests.len();
+                    format!("pass ({n} test{})", if n == 1 { "" } else { "s" })
                 } else {
                     format!("FAIL: {}", failed.join(", "))
                 };
@@ -168,6 +171,14 @@ pub fn rows(reports: &[KernelReport]) -> Vec<Row> {
                     result,
                 });
             }
+        }
+        for (feature, why) in &report.not_run {
+            rows.push(Row {
+                kernel: report.kernel.clone(),
+                feature: feature.clone(),
+                path: "-".into(),
+                result: format!("NOT RUN: {why}"),
+            });
         }
     }
     rows
@@ -261,19 +272,21 @@ mod tests {
             kernel: "k".into(),
             results,
             records,
+            not_run: vec![("events".into(), "a known defect".into())],
         };
         let rows = rows(std::slice::from_ref(&report));
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[2].result, "NOT RUN: a known defect");
         assert_eq!(rows[0].feature, "syscalls");
         assert_eq!(rows[0].result, "FAIL: s::two");
-        assert_eq!(rows[1].result, "pass (1 tests)");
+        assert_eq!(rows[1].result, "pass (1 test)");
         let table = render(&[report]);
         assert!(
             table.contains("| k | syscalls | fentry | FAIL: s::two |"),
             "{table}"
         );
         assert!(
-            table.contains("|  | xdp | native | pass (1 tests) |"),
+            table.contains("|  | xdp | native | pass (1 test) |"),
             "{table}"
         );
     }

@@ -399,7 +399,7 @@ fn attach(
             // keep the link (it holds the program), unload our handle and
             // load again for the next symbol.
             for t in tracked {
-                let symbol = format!("{}_wrong", syscall_table::entry_symbol(&t.name));
+                let symbol = syscall_table::entry_symbol(&t.name);
                 let fexit: &mut FExit = program_mut(object, sc::FEXIT_EXIT)?;
                 fexit
                     .load(&symbol, &btf)

@@ -204,6 +204,10 @@ pub fn vm_test(
         "wrote {} (`cargo xtask vm-readme` puts it into README.md)",
         vm_dir.join("matrix.md").display()
     ));
+    let readme = fs::read_to_string(root.join("README.md")).unwrap_or_default();
+    if results::splice(&readme, &table).is_some_and(|updated| updated != readme) {
+        step("README.md's kernel matrix table differs from this run's (new kernel versions, or other results)");
+    }
     let passed: usize = reports
         .iter()
         .map(|r| r.results.count(Outcome::Passed))

@@ -294,8 +294,6 @@ fn make_guest(
         job.push_str("export CI=true\n");
     }
     if plan.mode == Mode::Systemd {
-        // Where the guest's boot went, for whoever wants it faster.
-        job.push_str("systemd-analyze blame --no-pager > /vm/out/boot-blame.txt 2>&1\n");
         let _ = writeln!(
             job,
             "echo 'mtx-job: installing telemetryd: {}'\n\

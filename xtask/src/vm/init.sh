@@ -39,6 +39,10 @@ if [ "$mode" = systemd ]; then
   $bb cp -r /units/. /newroot/etc/systemd/system/
   # Timers (apt, man-db, ...) would start jobs of the host's in the guest.
   $bb ln -sf /dev/null /newroot/etc/systemd/system/timers.target
+  # tmpfiles' `D /tmp` would empty the host's /tmp in the overlay at boot
+  # (slowly, over 9p), and with it a checkout that lives there.
+  $bb mkdir -p /newroot/etc/tmpfiles.d
+  : > /newroot/etc/tmpfiles.d/tmp.conf
   for fs in proc sys dev; do
     $bb mount --move "/$fs" "/newroot/$fs"
   done
@@ -50,7 +54,8 @@ $bb mount -t devtmpfs devtmpfs /newroot/dev
 $bb mkdir -p /newroot/dev/pts /newroot/dev/shm
 $bb mount -t devpts devpts /newroot/dev/pts
 $bb mount -t tmpfs tmpfs /newroot/dev/shm
-$bb mount -t tmpfs tmpfs /newroot/tmp
+# No tmpfs on /tmp: the overlay is writable, and the checkout under test may
+# live in the host's /tmp.
 $bb mount -t tmpfs tmpfs /newroot/run
 $bb mkdir -p /newroot/run/netns
 $bb mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup

@@ -289,7 +289,11 @@ fn make_guest(
     install: &Install,
 ) -> Result<Guest> {
     let mut job = String::from(JOB_HEADER);
-    let _ = writeln!(job, "cd {}", shell_quote(&root.display().to_string()));
+    let _ = writeln!(
+        job,
+        "cd {0} || {{ echo 'mtx-job: no checkout at {0} in the guest'; echo 1 > /vm/out/job-exit; exit 1; }}",
+        shell_quote(&root.display().to_string())
+    );
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         job.push_str("export CI=true\n");
     }

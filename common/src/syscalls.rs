@@ -51,7 +51,7 @@ pub const IN_FLIGHT_MAP: &str = "SYSCALL_IN_FLIGHT";
 pub const HISTOGRAMS_MAP: &str = "SYSCALL_HISTOGRAMS";
 /// Hash: tgid (`u32`) -> 1 (`u32`); consulted only when [`FILTER_PIDS_GLOBAL`] is 1.
 pub const PIDS_MAP: &str = "SYSCALL_PIDS";
-/// Per-CPU array: [`ProgramError`] slot -> count (`u64`).
+/// Per-CPU array: [`TracerError`] slot -> count (`u64`).
 pub const ERRORS_MAP: &str = "SYSCALL_ERRORS";
 
 /// Global (`u32`): the daemon's own tgid, never traced.
@@ -147,7 +147,7 @@ const _: () = assert!(size_of::<SyscallHistogram>() == (BUCKETS + 3) * 8);
 /// never affected; only the counter moves.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProgramError {
+pub enum TracerError {
     /// [`IN_FLIGHT_MAP`] was full: the call was not timed.
     InFlightFull = 0,
     /// Reading the syscall number from `pt_regs` failed.

@@ -47,7 +47,7 @@ pub const SLOT_COUNTERS_MAP: &str = "XDP_SLOT_COUNTERS";
 /// ifindex beyond [`DIRECT_IFINDEX_LIMIT`], every slot taken, or a frame
 /// that raced the attach). User space adds it to the other source.
 pub const COUNTERS_MAP: &str = "XDP_COUNTERS";
-/// Per-CPU array: [`ProgramError`] slot -> number of times it happened (`u64`).
+/// Per-CPU array: [`XdpError`] slot -> number of times it happened (`u64`).
 pub const ERRORS_MAP: &str = "XDP_ERRORS";
 
 /// Upper bound of interfaces tracked at once by [`COUNTERS_MAP`].
@@ -157,7 +157,7 @@ const _: () = assert!(size_of::<LowIfindexCounters>().is_multiple_of(64));
 /// packet still passes; only the counter moves.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProgramError {
+pub enum XdpError {
     /// [`COUNTERS_MAP`] was full, the packet could not be counted.
     CountersMapFull = 0,
 }

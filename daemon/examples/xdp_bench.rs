@@ -44,11 +44,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aya::programs::{Xdp, XdpMode};
-use telemetryd::bpf::LoadedObject;
-use telemetryd::collect::snapshot::{InterfaceStats, SyscallStats};
-use telemetryd::collect::Snapshot;
+use telemetryd::loader::LoadedObject;
+use telemetryd::sources::events::EventsLoad;
+use telemetryd::sources::syscalls::{SyscallStats, SyscallsLoad, TracerStats};
+use telemetryd::sources::xdp::{InterfaceStats, XdpStats};
+use telemetryd::sources::Snapshot;
 
-use bench_support::{enter, ifindex, quantile, spread, udp_frame, VethNamespaces};
+use bench_support::{
+    enter, ifindex, load_bench_object, quantile, spread, udp_frame, VethNamespaces,
+};
+
+fn bench_object() -> LoadedObject {
+    load_bench_object(EventsLoad::default(), SyscallsLoad::default())
+}
 
 const NS_RX: &str = "tdtbenchrx";
 const NS_TX: &str = "tdtbenchtx";
@@ -87,9 +95,7 @@ fn main() {
     namespaces.add_pair(DEV_RX_HASH, DEV_TX_HASH, Some(HASH_IFINDEX));
     enter(NS_RX);
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
-    let mut objects: Vec<LoadedObject> = (0..COPIES)
-        .map(|_| LoadedObject::load().expect("loading the embedded eBPF object"))
-        .collect();
+    let mut objects: Vec<LoadedObject> = (0..COPIES).map(|_| bench_object()).collect();
     for object in &mut objects {
         for name in PROGRAMS {
             let program: &mut Xdp = object.ebpf.program_mut(name).unwrap().try_into().unwrap();
@@ -175,12 +181,12 @@ fn main() {
 
     println!("== /metrics render time");
     let snapshot = default_series_snapshot();
-    let families = telemetryd::metrics::render(&snapshot, Vec::new()).unwrap();
+    let families = snapshot.render(Vec::new()).unwrap();
     let series = families.lines().filter(|l| !l.starts_with('#')).count();
     let runs = 2_000;
     let start = Instant::now();
     for _ in 0..runs {
-        std::hint::black_box(telemetryd::metrics::render(&snapshot, Vec::new()).unwrap());
+        std::hint::black_box(snapshot.render(Vec::new()).unwrap());
     }
     let per = start.elapsed() / runs;
     println!(
@@ -222,7 +228,15 @@ fn counter_tiers(objects: &mut [LoadedObject], transmit: &LoadedObject, frame: &
             let (_, rx, tx) = TIERS[tier];
             let mut run = |name| {
                 let source = Source::Generator(transmit);
-                measure_attached(&mut objects[copy], name, XdpMode::Driver, rx, tx, frame, source)
+                measure_attached(
+                    &mut objects[copy],
+                    name,
+                    XdpMode::Driver,
+                    rx,
+                    tx,
+                    frame,
+                    source,
+                )
             };
             // Alternate which goes first, so neither always finds the caches warm.
             let (ours, empty) = if round % 2 == 0 {
@@ -266,7 +280,7 @@ enum Source<'a> {
 /// A separate object for the generator, so that it never shares a round
 /// with the measured programs' maps.
 fn load_transmitter() -> LoadedObject {
-    let mut object = LoadedObject::load().expect("loading the embedded eBPF object");
+    let mut object = bench_object();
     let program: &mut Xdp = object
         .ebpf
         .program_mut("xdp_bench_transmit")
@@ -353,7 +367,13 @@ fn send_frames_on(tx: &'static str, frame: &[u8], count: u64) {
 }
 
 fn default_series_snapshot() -> Snapshot {
-    let mut snapshot = Snapshot::default();
+    let mut xdp = XdpStats::default();
+    let mut tracer = TracerStats {
+        attach: telemetryd::config::SyscallAttach::Tracepoint,
+        sched_switch: true,
+        syscalls: Default::default(),
+        errors: Default::default(),
+    };
     for (i, name) in ["eth0", "eth1", "wg0", "br0"].iter().enumerate() {
         let mut stats = InterfaceStats {
             ifindex: i as u32 + 2,
@@ -365,7 +385,7 @@ fn default_series_snapshot() -> Snapshot {
                 stats.bytes[f][p] = 1_500_000_000 * (f * 4 + p) as u64;
             }
         }
-        snapshot.interfaces.insert((*name).into(), stats);
+        xdp.interfaces.insert((*name).into(), stats);
     }
     for name in [
         "read", "write", "sendto", "recvfrom", "connect", "accept", "accept4",
@@ -376,9 +396,13 @@ fn default_series_snapshot() -> Snapshot {
         }
         stats.count = stats.buckets.iter().sum();
         stats.sum_ns = stats.count * 2000;
-        snapshot.syscalls.insert(name.into(), stats);
+        tracer.syscalls.insert(name.into(), stats);
     }
-    snapshot
+    Snapshot {
+        xdp: Some(xdp),
+        syscalls: Some(tracer),
+        ..Default::default()
+    }
 }
 
 fn rss_of_running_daemon(frame: &[u8]) {

@@ -115,11 +115,8 @@ fn child_bad_fd(fifo: &str, n: u64) -> u64 {
     // Far above anything open here, so `park` cannot reuse it.
     let fd = 987;
     // SAFETY: F_GETFD only queries the descriptor table.
-    assert_eq!(
-        unsafe { libc::fcntl(fd, libc::F_GETFD) },
-        -1,
-        "fd {fd} is open"
-    );
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    assert_eq!(flags, -1, "fd {fd} is open");
     park(fifo);
     for _ in 0..n {
         assert_eq!(read_one(fd), -1);

@@ -292,9 +292,9 @@ fn kill_9_leaves_nothing_attached() {
 /// not from what the earlier one left.
 #[test]
 fn a_reused_counter_entry_counts_from_zero() {
-    use telemetryd::bpf::xdp::{CounterPlace, PacketCounter};
-    use telemetryd::bpf::LoadedObject;
-    use telemetryd::config::XdpMode;
+    use telemetryd::config::{Choice, XdpMode};
+    use telemetryd::sources::load_default_object;
+    use telemetryd::sources::xdp::{CounterPlace, PacketCounter};
     use telemetryd_common::xdp::COUNTER_SLOTS;
 
     require_root();
@@ -303,8 +303,8 @@ fn a_reused_counter_entry_counts_from_zero() {
         let veth = VethPair::with_a_index(&ns_a, &ns_b, a_index);
         let (a, b, ns_b_name) = (veth.a.clone(), veth.b.clone(), ns_b.name.clone());
         let seen = ns_a.enter_with_sysfs(move || {
-            let mut object = LoadedObject::load().expect("loading the eBPF object");
-            let mut xdp = PacketCounter::load(&mut object).expect("loading xdp_packet_counter");
+            let mut object = load_default_object().expect("loading the eBPF object");
+            let mut xdp = PacketCounter::load(&mut object, 0).expect("loading xdp_packet_counter");
             let frame = support::frames::ethernet(
                 support::frames::ETH_P_IP,
                 &[],
@@ -319,7 +319,9 @@ fn a_reused_counter_entry_counts_from_zero() {
             // One more round than there are slots: the last gets the first
             // one's slot back.
             for round in 0..=COUNTER_SLOTS {
-                let attachment = xdp.attach(&a, XdpMode::Generic, false).expect("attach");
+                let attachment = xdp
+                    .attach(&a, Choice::Only(XdpMode::Generic), false)
+                    .expect("attach");
                 let place = attachment.counters.clone();
                 let sent = match round {
                     0 => 7,

@@ -15,7 +15,7 @@ use aya_log_ebpf::error;
 
 use crate::packet_events;
 use telemetryd_common::xdp::{
-    InterfaceCounters, LowIfindexCounters, ProgramError, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT,
+    InterfaceCounters, LowIfindexCounters, XdpError, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT,
     FAMILY_IPV4, FAMILY_IPV6, FAMILY_OTHER, LOW_IFINDEX_LIMIT, MAX_INTERFACES,
     MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROGRAM_ERROR_SLOTS, PROTOCOL_ICMP, PROTOCOL_OTHER,
     PROTOCOL_TCP, PROTOCOL_UDP,
@@ -445,7 +445,7 @@ fn first_counters(ctx: &XdpContext, ifindex: u32) -> Option<NonNull<InterfaceCou
     let _ = XDP_COUNTERS.insert(ifindex, InterfaceCounters::default(), BPF_NOEXIST as u64);
     let counters = XDP_COUNTERS.get_ptr_mut(ifindex).and_then(NonNull::new);
     if counters.is_none() {
-        record_error(ctx, ProgramError::CountersMapFull, ifindex);
+        record_error(ctx, XdpError::CountersMapFull, ifindex);
     }
     counters
 }
@@ -453,7 +453,7 @@ fn first_counters(ctx: &XdpContext, ifindex: u32) -> Option<NonNull<InterfaceCou
 /// Counts one of the program's own errors; logs it the first time it
 /// happens on this CPU, so a persistent fault costs one log line per CPU.
 #[inline(never)]
-fn record_error(ctx: &XdpContext, error: ProgramError, ifindex: u32) {
+fn record_error(ctx: &XdpContext, error: XdpError, ifindex: u32) {
     if let Some(slot) = XDP_ERRORS.get_ptr_mut(error as u32) {
         // SAFETY: per-CPU slot from a successful lookup, see `count`.
         let slot = unsafe { &mut *slot };

@@ -362,3 +362,48 @@ fn a_reused_counter_entry_counts_from_zero() {
         assert_eq!(last.2, 3, "the reused entry counts from zero: {seen:?}");
     }
 }
+
+/// A re-attach right after a detach succeeds even while another process
+/// still holds the link's descriptor: a child forked before the detach and
+/// not yet exec'd, which is what `Command::spawn` on another thread of the
+/// same process leaves for a moment. Detaching takes effect at once
+/// (`BPF_LINK_DETACH`), not when the link's last reference is gone; the
+/// hotplug and SIGHUP paths of the daemon detach and attach the same
+/// interface back to back.
+#[test]
+fn a_detach_takes_effect_while_a_child_still_holds_the_link() {
+    use telemetryd::config::{Choice, XdpMode};
+    use telemetryd::sources::load_default_object;
+    use telemetryd::sources::xdp::PacketCounter;
+
+    require_root();
+    let (ns_a, ns_b) = (NetNs::new(), NetNs::new());
+    let veth = VethPair::new(&ns_a, &ns_b);
+    let a = veth.a.clone();
+    ns_a.enter_with_sysfs(move || {
+        let mut object = load_default_object().expect("loading the eBPF object");
+        let mut xdp = PacketCounter::load(&mut object, 0).expect("loading xdp_packet_counter");
+        let generic = Choice::Only(XdpMode::Generic);
+        let attachment = xdp.attach(&a, generic, false).expect("attach");
+        // SAFETY: the child only sleeps and exits (both async-signal-safe),
+        // holding its copy of every descriptor, the link's included.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::sleep(5);
+                libc::_exit(0);
+            }
+        }
+        assert!(child > 0, "fork: {}", std::io::Error::last_os_error());
+        xdp.detach(attachment);
+        let again = xdp.attach(&a, generic, false);
+        // SAFETY: our own child, not yet reaped.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        let again = again.expect("re-attach while a child holds the detached link");
+        xdp.detach(again);
+    });
+}

@@ -18,28 +18,18 @@ use std::time::{Duration, Instant};
 use support::metrics::Scrape;
 use support::netns::unique_name;
 use support::process::BIN;
-use support::{require_root, Daemon, NetNs, Spawn};
+use support::{require_root, Daemon, NetNs, Spawn, TestConfig};
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/telemetryd.service");
 const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/telemetryd.toml");
 const NOBODY: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
 
 fn config(xdp: &str, poll: &str, level: &str) -> String {
-    format!(
-        r#"
-[daemon]
-poll_interval = "{poll}"
-[http]
-listen = "{listen}"
-[log]
-level = "{level}"
-[xdp]
-{xdp}
-[syscalls]
-enabled = false
-"#,
-        listen = support::process::LISTEN,
-    )
+    TestConfig::new()
+        .set("daemon.poll_interval", poll)
+        .set("log.level", level)
+        .lines("xdp", xdp)
+        .toml()
 }
 
 /// A veth pair with both ends inside `ns`, both up.

@@ -24,7 +24,7 @@ use telemetryd_common::xdp::{program_symbol, SAMPLED_PROGRAM_NAME};
 use support::frames::*;
 use support::metrics::{promtool_accepts, Scrape};
 use support::netns::in_namespace;
-use support::{require_root, Daemon, NetNs, VethPair};
+use support::{require_root, Daemon, NetNs, TestConfig, VethPair};
 
 const SOURCE: &str = "packet_events";
 
@@ -356,23 +356,12 @@ fn full_ring_buffer_with_paused_consumer_adds_up() {
 }
 
 fn config(device: &str, extra: &str) -> String {
-    format!(
-        r#"
-[daemon]
-poll_interval = "100ms"
-[http]
-listen = "{listen}"
-[log]
-level = "debug"
-[xdp]
-interfaces = ["{device}"]
-mode = "auto"
-{extra}
-[syscalls]
-enabled = false
-"#,
-        listen = support::process::LISTEN,
-    )
+    TestConfig::new()
+        .set("log.level", "debug")
+        .interfaces(&[device])
+        .set("xdp.mode", "auto")
+        .lines("xdp", extra)
+        .toml()
 }
 
 /// An IPv4 UDP frame from `src` of `payload` bytes.

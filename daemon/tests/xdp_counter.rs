@@ -9,27 +9,14 @@ use std::time::Duration;
 
 use support::frames::{cases, PacketSocket};
 use support::metrics::promtool_accepts;
-use support::{require_root, Daemon, NetNs, VethPair};
+use support::{require_root, Daemon, NetNs, TestConfig, VethPair};
 
 fn config(interfaces: &[&str], mode: &str) -> String {
-    let list: Vec<String> = interfaces.iter().map(|i| format!("{i:?}")).collect();
-    format!(
-        r#"
-[daemon]
-poll_interval = "100ms"
-[http]
-listen = "{listen}"
-[log]
-level = "debug"
-[xdp]
-interfaces = [{list}]
-mode = "{mode}"
-[syscalls]
-enabled = false
-"#,
-        listen = support::process::LISTEN,
-        list = list.join(", ")
-    )
+    TestConfig::new()
+        .set("log.level", "debug")
+        .interfaces(interfaces)
+        .set("xdp.mode", mode)
+        .toml()
 }
 
 const FAMILIES: [&str; 3] = ["ipv4", "ipv6", "other"];

@@ -10,12 +10,14 @@
     reason = "each test binary uses a different part of this module"
 )]
 
+pub mod config;
 pub mod frames;
 pub mod metrics;
 pub mod netns;
 pub mod process;
 pub mod traffic;
 
+pub use config::TestConfig;
 pub use netns::{NetNs, VethPair};
 pub use process::{Daemon, Spawn};
 

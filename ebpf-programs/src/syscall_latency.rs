@@ -44,10 +44,10 @@
 //! Hence at exit, a thread's in-flight entry is either in its CPU's slot
 //! (it never left the CPU) or in the hash (it left, and the switch moved
 //! it); never in both, never lost. Filters (self tgid, pids, cgroup) are
-//! applied at entry only, before anything is stored, as before; the daemon's
-//! own threads therefore never have an entry anywhere. A full hash at the
+//! applied at entry only, before anything is stored; the daemon's own
+//! threads therefore never have an entry anywhere. A full hash at the
 //! hand-off drops the entry and counts `in_flight_full`, as a full hash at
-//! entry did before.
+//! entry (kprobe and fentry modes) does.
 //!
 //! User space attaches `sched_switch` first and detaches it last, so the
 //! invariant holds while the entry program is attached.

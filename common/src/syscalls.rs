@@ -23,7 +23,9 @@ pub const KPROBE_ENTER: &str = "syscall_enter_kprobe";
 pub const KPROBE_EXIT: &str = "syscall_exit_kretprobe";
 pub const FENTRY_ENTER: &str = "syscall_enter_fentry";
 pub const FEXIT_EXIT: &str = "syscall_exit_fexit";
-/// Empty programs on the same raw tracepoints: the benchmark's floor.
+/// The syscall benchmark's references, in the benchmark object only
+/// (`ebpf-programs/src/baselines.rs`). Empty programs on the same raw
+/// tracepoints: the floor of the tracepoint method.
 pub const EMPTY_ENTER: &str = "sys_enter_empty";
 pub const EMPTY_EXIT: &str = "sys_exit_empty";
 /// Benchmark floor of timing: two clock reads per tracked call on the same

@@ -13,9 +13,7 @@ use std::os::unix::fs::MetadataExt as _;
 
 use aya::maps::{MapData, PerCpuArray};
 use aya::EbpfLoader;
-use telemetryd_common::syscalls::{
-    self as sc, SyscallHistogram, ERRORS_MAP, HISTOGRAMS_MAP, PROGRAM_ERROR_SLOTS,
-};
+use telemetryd_common::syscalls::{self as sc, SyscallHistogram, ERRORS_MAP, HISTOGRAMS_MAP};
 
 pub use attach::{plan, tracked, Skipped, StartError, SyscallTracer, TrackedSyscall};
 pub use stats::{SyscallStats, TracerStats, LATENCY_BUCKETS};
@@ -158,8 +156,6 @@ impl SyscallSource {
             .unwrap_or(0)
     }
 }
-
-const _: () = assert!(PROGRAM_ERROR_SLOTS == 2);
 
 /// Adds one CPU's histogram to `stats`.
 pub fn add(stats: &mut SyscallStats, cpu: &SyscallHistogram) {

@@ -136,3 +136,44 @@ fn top_level_modules_import_each_other_without_cycles() {
     assert!(edges["service"].contains("sources"), "{edges:?}");
     assert!(edges["mapek"].contains("sources"), "{edges:?}");
 }
+
+#[test]
+fn every_source_file_is_a_module() {
+    let files = sources();
+    let text_of = |path: &Path| {
+        files
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, t)| t.as_str())
+            .unwrap_or("")
+    };
+    let mut orphans = Vec::new();
+    for (path, _) in &files {
+        let name = path.file_stem().unwrap().to_string_lossy();
+        if path == Path::new("lib.rs") || path == Path::new("main.rs") {
+            continue;
+        }
+        // `a/b.rs` and `a/b/mod.rs` are declared in `a/mod.rs` (or lib.rs).
+        let (module, dir) = if name == "mod" {
+            let dir = path.parent().unwrap();
+            (
+                dir.file_name().unwrap().to_string_lossy(),
+                dir.parent().unwrap(),
+            )
+        } else {
+            (name.clone(), path.parent().unwrap())
+        };
+        let parent = if dir.as_os_str().is_empty() {
+            PathBuf::from("lib.rs")
+        } else {
+            dir.join("mod.rs")
+        };
+        let declared = code(text_of(&parent)).any(|l| {
+            l.contains(&format!("mod {module};")) || l.contains(&format!("mod {module} "))
+        });
+        if !declared {
+            orphans.push(path.display().to_string());
+        }
+    }
+    assert!(orphans.is_empty(), "not declared as modules: {orphans:?}");
+}

@@ -2,35 +2,46 @@
 
 use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
 
-use super::family::{counter, gauge, Sample};
-use crate::collect::snapshot::{DeliveryLatency, DELIVERY_BUCKETS};
-use crate::collect::Snapshot;
+use super::stats::{DeliveryLatency, EventStats, DELIVERY_BUCKETS};
+use crate::metrics::family::{counter, gauge, Series};
+use crate::sources::snapshot::{ProgramAttachment, ProgramErrorCount, Section};
 
-/// Nothing without packet events (XDP not loaded); otherwise every family,
-/// at zero before the first event.
-pub fn families(snapshot: &Snapshot) -> Vec<MetricFamily> {
-    let Some(events) = &snapshot.packet_events else {
-        return Vec::new();
-    };
+/// Every family, at zero before the first event. Its program is the XDP
+/// counter's, whose section reports it.
+impl Section for EventStats {
+    fn families(&self) -> Vec<MetricFamily> {
+        families(self)
+    }
+
+    fn attachments(&self) -> Vec<ProgramAttachment> {
+        Vec::new()
+    }
+
+    fn program_errors(&self) -> Vec<ProgramErrorCount> {
+        Vec::new()
+    }
+}
+
+fn families(events: &EventStats) -> Vec<MetricFamily> {
     let source = events.source.as_str();
     let mut families = vec![
         counter(
             "telemetryd_events_total",
             "Events delivered to user space, by ring buffer.",
-            vec![Sample::new(&[("source", source)], events.delivered as f64)],
+            vec![Series::new(&[("source", source)], events.delivered as f64)],
         ),
         counter(
             "telemetryd_events_lost_total",
             "Events lost: side=kernel when the ring buffer was full, side=user when user space received but could not decode them.",
             vec![
-                Sample::new(&[("source", source), ("side", "kernel")], events.lost_kernel as f64),
-                Sample::new(&[("source", source), ("side", "user")], events.lost_user as f64),
+                Series::new(&[("source", source), ("side", "kernel")], events.lost_kernel as f64),
+                Series::new(&[("source", source), ("side", "user")], events.lost_user as f64),
             ],
         ),
         counter(
             "telemetryd_events_sampled_total",
             "Frames the XDP sampler picked for an event (delivered + lost + still queued).",
-            vec![Sample::new(&[("source", source)], events.sampled as f64)],
+            vec![Series::new(&[("source", source)], events.sampled as f64)],
         ),
         delivery_histogram(
             "telemetryd_event_delivery_seconds",
@@ -41,33 +52,31 @@ pub fn families(snapshot: &Snapshot) -> Vec<MetricFamily> {
         gauge(
             "telemetryd_top_talkers_tracked",
             "Peers the top-talkers structure tracks now; never above telemetryd_top_talkers_capacity.",
-            vec![Sample::new(&[("source", source)], events.top_talkers_tracked as f64)],
+            vec![Series::new(&[("source", source)], events.top_talkers_tracked as f64)],
         ),
         gauge(
             "telemetryd_top_talkers_capacity",
             "Most peers the top-talkers structure can track (its memory bound).",
-            vec![Sample::new(&[("source", source)], events.top_talkers_bound as f64)],
+            vec![Series::new(&[("source", source)], events.top_talkers_bound as f64)],
         ),
     ];
-    if let Some(report) = &snapshot.top_talkers {
-        let mut packets = Vec::new();
-        let mut bytes = Vec::new();
-        for peer in &report.peers {
-            let labels = [("peer", peer.peer.as_str()), ("direction", peer.direction)];
-            packets.push(Sample::new(&labels, peer.packets));
-            bytes.push(Sample::new(&labels, peer.bytes));
-        }
-        families.push(gauge(
-            "telemetryd_top_talker_packets",
-            "Estimated packets from each of the top K peers over the top-talkers window (sampled count x sample rate).",
-            packets,
-        ));
-        families.push(gauge(
-            "telemetryd_top_talker_bytes",
-            "Estimated bytes (L2 frame length) from each of the top K peers over the top-talkers window.",
-            bytes,
-        ));
+    let mut packets = Vec::new();
+    let mut bytes = Vec::new();
+    for peer in &events.top_talkers.peers {
+        let labels = [("peer", peer.peer.as_str()), ("direction", peer.direction)];
+        packets.push(Series::new(&labels, peer.packets));
+        bytes.push(Series::new(&labels, peer.bytes));
     }
+    families.push(gauge(
+        "telemetryd_top_talker_packets",
+        "Estimated packets from each of the top K peers over the top-talkers window (sampled count x sample rate).",
+        packets,
+    ));
+    families.push(gauge(
+        "telemetryd_top_talker_bytes",
+        "Estimated bytes (L2 frame length) from each of the top K peers over the top-talkers window.",
+        bytes,
+    ));
     families
 }
 
@@ -94,7 +103,7 @@ fn delivery_histogram(
     histogram.set_bucket(buckets);
     histogram.set_sample_count(latency.count);
     histogram.set_sample_sum(latency.sum_seconds);
-    let mut metric = Metric::from_label(Sample::new(labels, 0.0).into_labels());
+    let mut metric = Metric::from_label(Series::new(labels, 0.0).into_labels());
     metric.set_histogram(histogram);
     let mut family = MetricFamily::default();
     family.set_name(name.to_owned());
@@ -107,21 +116,20 @@ fn delivery_histogram(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collect::snapshot::PacketEventStats;
-    use crate::metrics::render;
-    use crate::top_talkers::TopTalkers;
+    use crate::sources::events::TopTalkers;
+    use crate::sources::snapshot::Snapshot;
 
     #[test]
     fn event_series_exist_from_the_start_and_render_exactly() {
         let mut snapshot = Snapshot {
-            packet_events: Some(PacketEventStats {
+            events: Some(EventStats {
                 source: "packet_events".into(),
                 top_talkers_bound: 384,
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let text = render(&snapshot, Vec::new()).unwrap();
+        let text = snapshot.render(Vec::new()).unwrap();
         for line in [
             r#"telemetryd_events_total{source="packet_events"} 0"#,
             r#"telemetryd_events_lost_total{side="kernel",source="packet_events"} 0"#,
@@ -137,15 +145,15 @@ mod tests {
             );
         }
 
-        let events = snapshot.packet_events.as_mut().unwrap();
+        let events = snapshot.events.as_mut().unwrap();
         events.delivered = 3;
         events.delivery.record(0.0003);
         events.delivery.record(0.002);
         events.delivery.record(7.0);
         let mut top = TopTalkers::new(2, std::time::Duration::from_secs(60), 10);
         top.record(1, "10.0.0.2".parse().unwrap(), 100);
-        snapshot.top_talkers = Some(top.report(1));
-        let text = render(&snapshot, Vec::new()).unwrap();
+        events.top_talkers = top.report(1);
+        let text = snapshot.render(Vec::new()).unwrap();
         for line in [
             r#"telemetryd_events_total{source="packet_events"} 3"#,
             r#"telemetryd_event_delivery_seconds_bucket{source="packet_events",le="0.00025"} 0"#,

@@ -1,15 +1,13 @@
-//! Loading and attaching the syscall-latency tracer, with the strategy the
+//! Loading and attaching the syscall-latency tracer the way the
 //! configuration asks for (`syscalls.attach`).
 //!
 //! `auto` tries fentry, then kprobe, then the raw tracepoints: fentry and
 //! kprobes fire only for the tracked syscalls, the tracepoints fire for
 //! every syscall of the node (untracked ones leave after one array lookup).
-//! Modes the kernel compatibility table ([`super::probe`]) rules out are
+//! Modes the kernel compatibility table ([`crate::loader::probe`]) rules out are
 //! skipped without trying, with the table's reason; the others are tried,
 //! and a failed load or attach falls back to the next, its kernel reason
 //! logged once. An explicit mode that fails is a startup error.
-
-use std::os::unix::fs::MetadataExt as _;
 
 use aya::maps::{Array, HashMap as BpfHashMap};
 use aya::programs::fentry::FEntryLink;
@@ -17,41 +15,18 @@ use aya::programs::fexit::FExitLink;
 use aya::programs::kprobe::KProbeLink;
 use aya::programs::raw_trace_point::RawTracePointLink;
 use aya::programs::tp_btf::BtfTracePointLink;
-use aya::programs::trace_point::TracePointLink;
-use aya::programs::{
-    BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint,
-};
+use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, RawTracePoint};
 use aya::Btf;
 use telemetryd_common::syscalls as sc;
 use tracing::{info, warn};
 
-use super::object::{LoadError, LoadOptions, LoadedObject};
-use super::probe::{self, KernelSupport};
-use crate::config::{SyscallAttach, SyscallsConfig};
-use crate::syscall_table;
-
-/// How the tracer is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Strategy {
-    Fentry,
-    Kprobe,
-    Tracepoint,
-}
-
-impl Strategy {
-    /// The `attach` label of `telemetryd_ebpf_program_attached`, and the
-    /// configuration value selecting it.
-    pub fn label(self) -> &'static str {
-        match self {
-            Strategy::Fentry => "fentry",
-            Strategy::Kprobe => "kprobe",
-            Strategy::Tracepoint => "tracepoint",
-        }
-    }
-}
+use super::names::entry_symbol;
+use crate::config::{syscall_number, Choice, SyscallAttach, SyscallsConfig};
+use crate::loader::probe::{self, KernelSupport};
+use crate::loader::{LoadError, LoadedObject};
 
 /// Modes passed over, each with the reason.
-pub type Skipped = Vec<(Strategy, String)>;
+pub type Skipped = Vec<(SyscallAttach, String)>;
 
 /// One tracked syscall: its name, number and slot in the histogram map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +37,7 @@ pub struct TrackedSyscall {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TracerError {
+pub enum StartError {
     #[error("syscalls.attach = \"{mode}\": this kernel cannot: {reason}")]
     Unsupported { mode: &'static str, reason: String },
     #[error("syscalls.attach = \"{mode}\": {reason}")]
@@ -82,7 +57,7 @@ pub enum TracerError {
 }
 
 /// A link of one of the tracer's programs; dropping it detaches it.
-#[allow(dead_code)] // held for its Drop
+#[allow(dead_code, reason = "held for its Drop, never read")]
 enum TracerLink {
     RawTracePoint(RawTracePointLink),
     BtfTracePoint(BtfTracePointLink),
@@ -93,9 +68,9 @@ enum TracerLink {
 
 /// The attached tracer. Dropping it detaches every program.
 pub struct SyscallTracer {
-    pub strategy: Strategy,
+    pub attach: SyscallAttach,
     pub tracked: Vec<TrackedSyscall>,
-    /// Modes tried or skipped before `strategy`, with the reason.
+    /// Modes tried or skipped before `attach`, with the reason.
     pub skipped: Skipped,
     links: Vec<TracerLink>,
 }
@@ -103,47 +78,24 @@ pub struct SyscallTracer {
 impl std::fmt::Debug for SyscallTracer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SyscallTracer")
-            .field("strategy", &self.strategy)
+            .field("attach", &self.attach)
             .field("tracked", &self.tracked)
             .field("links", &self.links.len())
             .finish()
     }
 }
 
-/// The load-time options the `[syscalls]` configuration implies: the
-/// in-flight map size, the daemon's own tgid, the pid flag and the cgroup
-/// id (the inode number of the cgroup v2 directory; a missing path is an
-/// error).
-pub fn object_options(config: &SyscallsConfig) -> Result<LoadOptions, TracerError> {
-    let cgroup_id = if config.cgroup.is_empty() {
-        0
-    } else {
-        std::fs::metadata(&config.cgroup)
-            .map_err(|error| TracerError::Cgroup {
-                path: config.cgroup.clone(),
-                error,
-            })?
-            .ino()
-    };
-    Ok(LoadOptions {
-        max_in_flight: config.max_in_flight,
-        filter_pids: !config.pids.is_empty(),
-        cgroup_id,
-        ..LoadOptions::default()
-    })
-}
-
 /// Numbers and slots of the configured syscalls, in configuration order.
-pub fn tracked(config: &SyscallsConfig) -> Result<Vec<TrackedSyscall>, TracerError> {
+pub fn tracked(config: &SyscallsConfig) -> Result<Vec<TrackedSyscall>, StartError> {
     config
         .track
         .iter()
         .enumerate()
         .map(|(slot, name)| {
-            let nr = syscall_table::number(name)
-                .ok_or_else(|| TracerError::UnknownSyscall(name.clone()))?;
+            let nr =
+                syscall_number(name).ok_or_else(|| StartError::UnknownSyscall(name.clone()))?;
             if nr >= sc::MAX_SYSCALL_NR {
-                return Err(TracerError::NumberTooLarge {
+                return Err(StartError::NumberTooLarge {
                     name: name.clone(),
                     nr,
                     max: sc::MAX_SYSCALL_NR,
@@ -161,22 +113,17 @@ pub fn tracked(config: &SyscallsConfig) -> Result<Vec<TrackedSyscall>, TracerErr
 /// The modes to try, in order, and those the compatibility table rules out
 /// (with its reason). An explicit mode the table rules out is an error.
 pub fn plan(
-    attach: SyscallAttach,
+    attach: Choice<SyscallAttach>,
     support: &KernelSupport,
-) -> Result<(Vec<Strategy>, Skipped), TracerError> {
-    let wanted: &[Strategy] = match attach {
-        SyscallAttach::Auto => &[Strategy::Fentry, Strategy::Kprobe, Strategy::Tracepoint],
-        SyscallAttach::Fentry => &[Strategy::Fentry],
-        SyscallAttach::Kprobe => &[Strategy::Kprobe],
-        SyscallAttach::Tracepoint => &[Strategy::Tracepoint],
-    };
+) -> Result<(Vec<SyscallAttach>, Skipped), StartError> {
+    let wanted = attach.candidates();
     let mut attempts = Vec::new();
     let mut skipped = Vec::new();
     for &strategy in wanted {
         let feature = match strategy {
-            Strategy::Fentry => probe::FENTRY,
-            Strategy::Kprobe => probe::KPROBES,
-            Strategy::Tracepoint => probe::TRACEPOINTS,
+            SyscallAttach::Fentry => probe::FENTRY,
+            SyscallAttach::Kprobe => probe::KPROBES,
+            SyscallAttach::Tracepoint => probe::TRACEPOINTS,
         };
         if support.has(feature) {
             attempts.push(strategy);
@@ -195,10 +142,10 @@ pub fn plan(
             .map(|(s, r)| format!("{}: {r}", s.label()))
             .collect::<Vec<_>>()
             .join("; ");
-        return Err(if attach == SyscallAttach::Auto {
-            TracerError::Exhausted(reasons)
+        return Err(if attach == Choice::Auto {
+            StartError::Exhausted(reasons)
         } else {
-            TracerError::Unsupported {
+            StartError::Unsupported {
                 mode: wanted[0].label(),
                 reason: reasons,
             }
@@ -209,12 +156,12 @@ pub fn plan(
 
 impl SyscallTracer {
     /// Fills the slot and pid maps of `object` (loaded with
-    /// [`object_options`]) and attaches the tracer as `config.attach` says.
+    /// [`super::SyscallsLoad`]) and attaches the tracer as `config.attach` says.
     pub fn start(
         object: &mut LoadedObject,
         config: &SyscallsConfig,
         support: &KernelSupport,
-    ) -> Result<Self, TracerError> {
+    ) -> Result<Self, StartError> {
         let tracked = tracked(config)?;
         write_slots(object, &tracked)?;
         write_pids(object, &config.pids)?;
@@ -227,8 +174,11 @@ impl SyscallTracer {
             );
         }
         let last = attempts.len() - 1;
+        // aya's own BTF, for fentry and tp_btf loads: parsed once, at the
+        // first mode that needs it, and dropped when attaching is done.
+        let mut btf = None;
         for (i, &strategy) in attempts.iter().enumerate() {
-            match attach(object, strategy, &tracked) {
+            match attach(object, strategy, &tracked, &mut btf) {
                 Ok(links) => {
                     info!(
                         mode = strategy.label(),
@@ -236,7 +186,7 @@ impl SyscallTracer {
                         "syscall latency tracer attached"
                     );
                     return Ok(Self {
-                        strategy,
+                        attach: strategy,
                         tracked,
                         skipped,
                         links,
@@ -252,9 +202,9 @@ impl SyscallTracer {
                     skipped.push((strategy, reason));
                 }
                 Err(reason) => {
-                    return Err(if config.attach == SyscallAttach::Auto {
+                    return Err(if config.attach == Choice::Auto {
                         skipped.push((strategy, reason));
-                        TracerError::Exhausted(
+                        StartError::Exhausted(
                             skipped
                                 .iter()
                                 .map(|(s, r)| format!("{}: {r}", s.label()))
@@ -262,7 +212,7 @@ impl SyscallTracer {
                                 .join("; "),
                         )
                     } else {
-                        TracerError::Failed {
+                        StartError::Failed {
                             mode: strategy.label(),
                             reason,
                         }
@@ -273,14 +223,14 @@ impl SyscallTracer {
         unreachable!("plan returns at least one attempt")
     }
 
-    /// Programs attached (one row per strategy: the pair counts as one).
+    /// Links held (every program on every hook it is attached to).
     pub fn attached_programs(&self) -> usize {
         self.links.len()
     }
 
     /// Whether the `sched_switch` hand-off is attached (tracepoint mode).
     pub fn sched_switch_attached(&self) -> bool {
-        self.strategy == Strategy::Tracepoint
+        self.attach == SyscallAttach::Tracepoint
     }
 }
 
@@ -294,7 +244,10 @@ impl Drop for SyscallTracer {
     }
 }
 
-fn write_slots(object: &mut LoadedObject, tracked: &[TrackedSyscall]) -> Result<(), LoadError> {
+pub(super) fn write_slots(
+    object: &mut LoadedObject,
+    tracked: &[TrackedSyscall],
+) -> Result<(), LoadError> {
     let map = object
         .ebpf
         .map_mut(sc::SLOTS_MAP)
@@ -314,9 +267,9 @@ fn write_slots(object: &mut LoadedObject, tracked: &[TrackedSyscall]) -> Result<
     Ok(())
 }
 
-fn write_pids(object: &mut LoadedObject, pids: &[u32]) -> Result<(), TracerError> {
+fn write_pids(object: &mut LoadedObject, pids: &[u32]) -> Result<(), StartError> {
     if pids.len() > sc::MAX_PIDS as usize {
-        return Err(TracerError::TooManyPids(pids.len()));
+        return Err(StartError::TooManyPids(pids.len()));
     }
     let map = object
         .ebpf
@@ -340,12 +293,13 @@ fn write_pids(object: &mut LoadedObject, pids: &[u32]) -> Result<(), TracerError
 /// attached is detached again and the kernel's reason returned.
 fn attach(
     object: &mut LoadedObject,
-    strategy: Strategy,
+    strategy: SyscallAttach,
     tracked: &[TrackedSyscall],
+    btf: &mut Option<Btf>,
 ) -> Result<Vec<TracerLink>, String> {
     let mut links = Vec::new();
     match strategy {
-        Strategy::Tracepoint => {
+        SyscallAttach::Tracepoint => {
             // The sched_switch hand-off first: the entry program's per-CPU
             // fast path is only exact while it runs (see the eBPF side), so
             // it must be there before any entry is recorded. Detached last
@@ -358,7 +312,7 @@ fn attach(
             // Exit next: an entry recorded before its exit program exists
             // would only wait in the in-flight map. The BTF-typed exit is
             // cheaper; without BTF the raw one does the same work.
-            match attach_tp_btf(object, sc::TP_BTF_EXIT, "sys_exit") {
+            match attach_tp_btf(object, sc::TP_BTF_EXIT, "sys_exit", btf) {
                 Ok(link) => links.push(TracerLink::BtfTracePoint(link)),
                 Err(reason) => {
                     info!(%reason, "BTF tracepoint sys_exit unavailable, using the raw one");
@@ -375,14 +329,14 @@ fn attach(
                 "sys_enter",
             )?));
         }
-        Strategy::Kprobe => {
+        SyscallAttach::Kprobe => {
             for program in [sc::KPROBE_EXIT, sc::KPROBE_ENTER] {
                 let kprobe: &mut KProbe = program_mut(object, program)?;
                 if kprobe.fd().is_err() {
                     kprobe.load().map_err(|e| load_reason(program, e))?;
                 }
                 for t in tracked {
-                    let symbol = syscall_table::entry_symbol(&t.name);
+                    let symbol = entry_symbol(&t.name);
                     let id = kprobe
                         .attach(&symbol, 0)
                         .map_err(|e| attach_reason(program, &symbol, e))?;
@@ -393,16 +347,16 @@ fn attach(
                 }
             }
         }
-        Strategy::Fentry => {
-            let btf = Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
+        SyscallAttach::Fentry => {
+            let btf = kernel_btf(btf)?;
             // One program instance per target: load for a symbol, attach,
             // keep the link (it holds the program), unload our handle and
             // load again for the next symbol.
             for t in tracked {
-                let symbol = syscall_table::entry_symbol(&t.name);
+                let symbol = entry_symbol(&t.name);
                 let fexit: &mut FExit = program_mut(object, sc::FEXIT_EXIT)?;
                 fexit
-                    .load(&symbol, &btf)
+                    .load(&symbol, btf)
                     .map_err(|e| load_reason(sc::FEXIT_EXIT, e))?;
                 let attached = fexit.attach().and_then(|id| fexit.take_link(id));
                 let _ = fexit.unload();
@@ -411,7 +365,7 @@ fn attach(
                 ));
                 let fentry: &mut FEntry = program_mut(object, sc::FENTRY_ENTER)?;
                 fentry
-                    .load(&symbol, &btf)
+                    .load(&symbol, btf)
                     .map_err(|e| load_reason(sc::FENTRY_ENTER, e))?;
                 let attached = fentry.attach().and_then(|id| fentry.take_link(id));
                 let _ = fentry.unload();
@@ -424,7 +378,15 @@ fn attach(
     Ok(links)
 }
 
-fn attach_raw_tracepoint(
+/// The kernel's BTF as aya parses it, read at the first call.
+fn kernel_btf(btf: &mut Option<Btf>) -> Result<&Btf, String> {
+    if btf.is_none() {
+        *btf = Some(Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?);
+    }
+    Ok(btf.as_ref().expect("set above"))
+}
+
+pub(super) fn attach_raw_tracepoint(
     object: &mut LoadedObject,
     program: &'static str,
     tracepoint: &str,
@@ -440,15 +402,15 @@ fn attach_raw_tracepoint(
         .map_err(|e| attach_reason(program, tracepoint, e))
 }
 
-fn attach_tp_btf(
+pub(super) fn attach_tp_btf(
     object: &mut LoadedObject,
     program: &'static str,
     tracepoint: &str,
+    btf: &mut Option<Btf>,
 ) -> Result<BtfTracePointLink, String> {
     let tp: &mut BtfTracePoint = program_mut(object, program)?;
     if tp.fd().is_err() {
-        let btf = Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
-        tp.load(tracepoint, &btf)
+        tp.load(tracepoint, kernel_btf(btf)?)
             .map_err(|e| load_reason(program, e))?;
     }
     let id = tp
@@ -458,7 +420,10 @@ fn attach_tp_btf(
         .map_err(|e| attach_reason(program, tracepoint, e))
 }
 
-fn program_mut<'a, T>(object: &'a mut LoadedObject, name: &'static str) -> Result<&'a mut T, String>
+pub(super) fn program_mut<'a, T>(
+    object: &'a mut LoadedObject,
+    name: &'static str,
+) -> Result<&'a mut T, String>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -472,7 +437,7 @@ where
 
 /// The kernel's answer to a load, verifier log included (aya's error text
 /// carries it).
-fn load_reason(program: &str, error: ProgramError) -> String {
+pub(super) fn load_reason(program: &str, error: ProgramError) -> String {
     let text = error_chain(&error);
     let trimmed = text.trim_end();
     if trimmed.ends_with("Verifier output:") {
@@ -484,7 +449,7 @@ fn load_reason(program: &str, error: ProgramError) -> String {
     }
 }
 
-fn attach_reason(program: &str, target: &str, error: ProgramError) -> String {
+pub(super) fn attach_reason(program: &str, target: &str, error: ProgramError) -> String {
     format!("attaching {program} to {target}: {}", error_chain(&error))
 }
 
@@ -502,115 +467,10 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The benchmark's comparison programs (see `examples/syscall_bench.rs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Baseline {
-    /// Empty programs on the raw `sys_enter` / `sys_exit`: the floor of
-    /// the tracepoint method.
-    Empty,
-    /// Two clock reads per tracked call on the same tracepoints and nothing
-    /// else: the floor of timing anything there.
-    ClockFloor,
-    /// Empty programs on `syscalls:sys_enter_<name>` / `sys_exit_<name>`
-    /// of the tracked syscalls.
-    SyscallTracepoints,
-}
-
-/// A [`Baseline`] attached; detaches on drop.
-pub struct BaselinePrograms {
-    _raw: Vec<RawTracePointLink>,
-    _btf: Vec<BtfTracePointLink>,
-    _syscall: Vec<TracePointLink>,
-}
-
-impl BaselinePrograms {
-    /// Attaches `baseline`; `config.track` names the tracked syscalls
-    /// (written into the slot map, which the clock floor consults).
-    pub fn attach(
-        object: &mut LoadedObject,
-        baseline: Baseline,
-        config: &SyscallsConfig,
-    ) -> Result<Self, String> {
-        let tracked = tracked(config).map_err(|e| e.to_string())?;
-        write_slots(object, &tracked).map_err(|e| e.to_string())?;
-        let mut programs = Self {
-            _raw: Vec::new(),
-            _btf: Vec::new(),
-            _syscall: Vec::new(),
-        };
-        match baseline {
-            Baseline::Empty => {
-                programs
-                    ._raw
-                    .push(attach_raw_tracepoint(object, sc::EMPTY_EXIT, "sys_exit")?);
-                programs
-                    ._raw
-                    .push(attach_raw_tracepoint(object, sc::EMPTY_ENTER, "sys_enter")?);
-            }
-            Baseline::ClockFloor => {
-                programs
-                    ._btf
-                    .push(attach_tp_btf(object, sc::CLOCK_FLOOR_EXIT, "sys_exit")?);
-                programs._raw.push(attach_raw_tracepoint(
-                    object,
-                    sc::CLOCK_FLOOR_ENTER,
-                    "sys_enter",
-                )?);
-            }
-            Baseline::SyscallTracepoints => {
-                for (program, side) in [
-                    (sc::SYSCALL_TP_EMPTY_EXIT, "exit"),
-                    (sc::SYSCALL_TP_EMPTY_ENTER, "enter"),
-                ] {
-                    let tp: &mut TracePoint = program_mut(object, program)?;
-                    if tp.fd().is_err() {
-                        tp.load().map_err(|e| load_reason(program, e))?;
-                    }
-                    for t in &tracked {
-                        let name = format!("sys_{side}_{}", t.name);
-                        let id = tp
-                            .attach("syscalls", &name)
-                            .map_err(|e| attach_reason(program, &name, e))?;
-                        programs._syscall.push(
-                            tp.take_link(id)
-                                .map_err(|e| attach_reason(program, &name, e))?,
-                        );
-                    }
-                }
-            }
-        }
-        Ok(programs)
-    }
-}
-
-/// Kernel run-time statistics of one loaded program (meaningful while BPF
-/// stats are enabled, see `aya::sys::enable_stats`).
-#[derive(Clone, Debug)]
-pub struct ProgramStats {
-    pub program: &'static str,
-    pub run_time_ns: u64,
-    pub run_count: u64,
-}
-
-/// Statistics of the named programs of `object` that are loaded.
-pub fn program_stats(object: &LoadedObject, programs: &[&'static str]) -> Vec<ProgramStats> {
-    programs
-        .iter()
-        .filter_map(|&name| {
-            let info = object.ebpf.program(name)?.info().ok()?;
-            Some(ProgramStats {
-                program: name,
-                run_time_ns: info.run_time().as_nanos() as u64,
-                run_count: info.run_count(),
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf::probe::Feature;
+    use crate::loader::probe::Feature;
 
     fn support(fentry: bool, kprobes: bool, tracepoints: bool) -> KernelSupport {
         let feature = |name, available, detail: &str| Feature {
@@ -630,16 +490,20 @@ mod tests {
 
     #[test]
     fn auto_tries_the_cheapest_first_and_says_why_others_are_skipped() {
-        let (attempts, skipped) = plan(SyscallAttach::Auto, &support(true, false, true)).unwrap();
-        assert_eq!(attempts, [Strategy::Fentry, Strategy::Tracepoint]);
+        let (attempts, skipped) = plan(Choice::Auto, &support(true, false, true)).unwrap();
+        assert_eq!(attempts, [SyscallAttach::Fentry, SyscallAttach::Tracepoint]);
         assert_eq!(skipped.len(), 1);
-        assert_eq!(skipped[0].0, Strategy::Kprobe);
+        assert_eq!(skipped[0].0, SyscallAttach::Kprobe);
         assert!(skipped[0].1.contains("CONFIG_KPROBES"));
     }
 
     #[test]
     fn explicit_mode_the_kernel_lacks_is_an_error_with_the_reason() {
-        let err = plan(SyscallAttach::Kprobe, &support(true, false, true)).unwrap_err();
+        let err = plan(
+            Choice::Only(SyscallAttach::Kprobe),
+            &support(true, false, true),
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains("kprobe") && text.contains("CONFIG_KPROBES"),
@@ -649,8 +513,8 @@ mod tests {
 
     #[test]
     fn auto_with_nothing_left_is_an_error() {
-        let err = plan(SyscallAttach::Auto, &support(false, false, false)).unwrap_err();
-        assert!(matches!(err, TracerError::Exhausted(_)), "{err}");
+        let err = plan(Choice::Auto, &support(false, false, false)).unwrap_err();
+        assert!(matches!(err, StartError::Exhausted(_)), "{err}");
     }
 
     #[test]
@@ -663,6 +527,6 @@ mod tests {
         assert_eq!(tracked[0].slot, 0);
         assert_eq!(tracked[1].name, "read");
         assert_eq!(tracked[1].slot, 1);
-        assert_eq!(tracked[1].nr, syscall_table::number("read").unwrap());
+        assert_eq!(tracked[1].nr, syscall_number("read").unwrap());
     }
 }

@@ -1,10 +1,14 @@
-//! A minimal rtnetlink (NETLINK_ROUTE) socket, by hand: link notifications
-//! for hotplug, and RTM_SETLINK to remove an XDP program that another tool
-//! attached through netlink (`xdp.replace = true`). Only the few message
-//! layouts used here are encoded; everything received is bounds-checked.
+//! A minimal rtnetlink (NETLINK_ROUTE) socket: link notifications for
+//! hotplug, and RTM_SETLINK to remove an XDP program that another tool
+//! attached through netlink (`xdp.replace = true`). Kept by hand rather than
+//! through a netlink crate: two message layouts (one sent, two counted)
+//! are all the daemon needs, and every byte received is bounds-checked.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+
+use rustix::net::netlink::SocketAddrNetlink;
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
 /// `RTMGRP_LINK`: notifications about links appearing, changing, vanishing.
 pub const RTMGRP_LINK: u32 = 1;
@@ -45,78 +49,30 @@ impl RouteSocket {
     /// Opens the socket, non-blocking and close-on-exec, subscribed to
     /// `groups` (0: none, for requests only).
     pub fn open(groups: u32) -> io::Result<Self> {
-        // SAFETY: plain socket(2); the returned descriptor is checked and
-        // owned by the OwnedFd at once.
-        #[allow(unsafe_code)]
-        let fd = unsafe {
-            let raw = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            );
-            if raw < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            OwnedFd::from_raw_fd(raw)
-        };
-        // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
-        #[allow(unsafe_code)]
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = groups;
-        // SAFETY: addr is a valid sockaddr_nl for the length passed.
-        #[allow(unsafe_code)]
-        let ret = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if ret != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = rustix::net::socket_with(
+            AddressFamily::NETLINK,
+            SocketType::RAW,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None, // NETLINK_ROUTE
+        )?;
+        rustix::net::bind(&fd, &SocketAddrNetlink::new(0, groups))?;
         Ok(Self { fd })
     }
 
     /// One datagram into `buf`; `WouldBlock` when none is queued.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: buf is valid for writes of buf.len() bytes.
-        #[allow(unsafe_code)]
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        let (received, _) = rustix::net::recv(&self.fd, buf, RecvFlags::DONTWAIT)?;
+        Ok(received)
     }
 
     fn send(&self, message: &[u8]) -> io::Result<()> {
-        // SAFETY: sockaddr_nl is plain data; all-zero (pid 0) is the kernel.
-        #[allow(unsafe_code)]
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: message and kernel are valid for the lengths passed.
-        #[allow(unsafe_code)]
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // pid 0 is the kernel.
+        rustix::net::sendto(
+            &self.fd,
+            message,
+            SendFlags::empty(),
+            &SocketAddrNetlink::new(0, 0),
+        )?;
         Ok(())
     }
 
@@ -153,12 +109,6 @@ impl RouteSocket {
 impl AsFd for RouteSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-}
-
-impl AsRawFd for RouteSocket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
     }
 }
 

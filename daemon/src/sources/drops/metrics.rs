@@ -3,35 +3,59 @@
 
 use prometheus::proto::MetricFamily;
 
-use super::family::{counter, Sample};
-use crate::collect::Snapshot;
+use telemetryd_common::drops::DROPS_ERROR_LABELS;
 
-pub fn families(snapshot: &Snapshot) -> Vec<MetricFamily> {
+use super::stats::DropStats;
+use crate::metrics::family::{counter, Series};
+use crate::sources::snapshot::{ProgramAttachment, ProgramErrorCount, Section};
+
+impl Section for DropStats {
+    fn families(&self) -> Vec<MetricFamily> {
+        families(self)
+    }
+
+    fn attachments(&self) -> Vec<ProgramAttachment> {
+        self.attached
+            .iter()
+            .map(|program| ProgramAttachment {
+                program: (*program).to_owned(),
+                attach: "tracepoint".to_owned(),
+                device: String::new(),
+            })
+            .collect()
+    }
+
+    fn program_errors(&self) -> Vec<ProgramErrorCount> {
+        DROPS_ERROR_LABELS
+            .iter()
+            .zip(self.errors)
+            .map(|((program, reason), count)| (*program, *reason, count))
+            .collect()
+    }
+}
+
+fn families(snapshot: &DropStats) -> Vec<MetricFamily> {
     let reasons = snapshot
         .kernel_drops
         .iter()
-        .map(|(reason, n)| Sample::new(&[("reason", reason)], *n as f64))
+        .map(|(reason, n)| Series::new(&[("reason", reason)], *n as f64))
         .collect();
     let by_device = snapshot
         .device_drops
         .iter()
         .flat_map(|(device, reasons)| {
             reasons.iter().map(move |(reason, n)| {
-                Sample::new(&[("device", device), ("reason", reason)], *n as f64)
+                Series::new(&[("device", device), ("reason", reason)], *n as f64)
             })
         })
         .collect();
     let tcp = &snapshot.tcp;
-    // Only once the programs are attached: before that a 0 would be a lie.
-    let traced = snapshot
-        .attachments
-        .iter()
-        .any(|a| a.program == telemetryd_common::drops::RETRANSMITS_PROGRAM);
-    let tcp_samples = |samples: Vec<Sample>| if traced { samples } else { Vec::new() };
+    let traced = snapshot.retransmits_traced();
+    let tcp_samples = |samples: Vec<Series>| if traced { samples } else { Vec::new() };
     let retransmits = if traced {
         vec![
-            Sample::new(&[("family", "ipv4")], tcp.retransmits_ipv4 as f64),
-            Sample::new(&[("family", "ipv6")], tcp.retransmits_ipv6 as f64),
+            Series::new(&[("family", "ipv4")], tcp.retransmits_ipv4 as f64),
+            Series::new(&[("family", "ipv6")], tcp.retransmits_ipv6 as f64),
         ]
     } else {
         Vec::new()
@@ -55,12 +79,12 @@ pub fn families(snapshot: &Snapshot) -> Vec<MetricFamily> {
         counter(
             "telemetryd_tcp_segments_sent_total",
             "TCP segments sent (/proc/net/snmp Tcp OutSegs, this network namespace, both families).",
-            tcp_samples(vec![Sample::new::<&str, &str>(&[], tcp.segments_out as f64)]),
+            tcp_samples(vec![Series::new::<&str, &str>(&[], tcp.segments_out as f64)]),
         ),
         counter(
             "telemetryd_tcp_segments_retransmitted_total",
             "TCP segments retransmitted (/proc/net/snmp Tcp RetransSegs, this network namespace, both families).",
-            tcp_samples(vec![Sample::new::<&str, &str>(&[], tcp.retrans_segs as f64)]),
+            tcp_samples(vec![Series::new::<&str, &str>(&[], tcp.retrans_segs as f64)]),
         ),
     ]
 }
@@ -68,12 +92,11 @@ pub fn families(snapshot: &Snapshot) -> Vec<MetricFamily> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collect::snapshot::ProgramAttachment;
-    use crate::metrics::render;
+    use crate::sources::snapshot::Snapshot;
 
     #[test]
     fn renders_loss_signals() {
-        let mut s = Snapshot::default();
+        let mut s = DropStats::default();
         s.kernel_drops.insert("NETFILTER_DROP".into(), 12);
         s.device_drops
             .entry("veth0".into())
@@ -82,12 +105,12 @@ mod tests {
         s.tcp.retransmits_ipv4 = 3;
         s.tcp.segments_out = 1000;
         s.tcp.retrans_segs = 4;
-        s.attachments.push(ProgramAttachment {
-            program: "tcp_retransmits".into(),
-            attach: "tracepoint".into(),
-            device: String::new(),
-        });
-        let text = render(&s, Vec::new()).unwrap();
+        s.attached.push("tcp_retransmits");
+        let snapshot = Snapshot {
+            drops: Some(s),
+            ..Default::default()
+        };
+        let text = snapshot.render(Vec::new()).unwrap();
         for line in [
             r#"telemetryd_kernel_drops_total{reason="NETFILTER_DROP"} 12"#,
             r#"telemetryd_kernel_device_drops_total{device="veth0",reason="NETFILTER_DROP"} 10"#,

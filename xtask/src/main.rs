@@ -4,7 +4,9 @@
 //! missing on its own (nightly rust-src, bpf-linker, Debian packages), and
 //! fails with a message that says what to do when it cannot.
 
+mod deb;
 mod install;
+mod monitoring;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +54,10 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         prefix: Option<PathBuf>,
     },
+    /// Build in release mode and make the Debian package,
+    /// target/debian/telemetryd_<version>_<arch>.deb; run lintian on it, and
+    /// install, remove and purge it in a throwaway dpkg root.
+    Deb,
     /// cargo fmt --check and cargo clippy with warnings denied.
     Lint,
     /// Run the benchmarks (root) and print their figures.
@@ -109,6 +115,11 @@ fn main() -> Result<()> {
                 step("now: systemctl daemon-reload && systemctl enable --now telemetryd");
             }
             Ok(())
+        }
+        Task::Deb => {
+            setup::all()?;
+            cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
+            deb::build_and_check(&root).map(drop)
         }
         Task::Lint => {
             setup::build_tools()?;

@@ -10,7 +10,8 @@ use crate::step;
 /// bpf-linker version known to work with aya-ebpf 0.2 and this nightly.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests and benchmarks run: (package, a command it provides).
+/// Debian packages the tests, benchmarks, the package build and the lab
+/// run: (package, a command it provides).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("nftables", "nft"),
@@ -20,6 +21,13 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze"),
     ("util-linux", "setpriv"),
     ("strace", "strace"),
+    // The Debian package (cargo xtask deb) and its checks.
+    ("dpkg-dev", "dpkg-shlibdeps"),
+    ("binutils", "strip"),
+    ("lintian", "lintian"),
+    // The mesh lab (cargo xtask lab, and its short run in cargo xtask test).
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
+    ("victoria-metrics", "victoria-metrics"),
 ];
 
 pub fn all() -> Result<()> {

@@ -220,6 +220,50 @@ mod tests {
         }
     }
 
+    /// The configurations README's "Running on a fleet" shows are valid for
+    /// the Prometheus and Alertmanager versions the lab runs.
+    #[test]
+    fn the_readme_fleet_configurations_pass_promtool_and_amtool() {
+        let root = crate::workspace_root();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let section = &readme[readme.find("## Running on a fleet").expect("the section")..];
+        let blocks: Vec<&str> = section
+            .split("```yaml\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .collect();
+        let dir = std::env::temp_dir().join(format!("xtask-readme-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut prometheus, mut alertmanager) = (0, 0);
+        for (i, block) in blocks.iter().enumerate() {
+            let file = dir.join(format!("{i}.yml"));
+            let (program, args) = if block.contains("route:") {
+                alertmanager += 1;
+                std::fs::write(&file, block).unwrap();
+                ("amtool", vec!["check-config"])
+            } else {
+                prometheus += 1;
+                let rules = rules(&root).display().to_string();
+                let text = block.replace("/etc/prometheus/rules/telemetryd.rules.yml", &rules);
+                std::fs::write(&file, text).unwrap();
+                ("promtool", vec!["check", "config"])
+            };
+            let out = Command::new(program)
+                .args(args)
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "README block {i} fails {program}:\n{block}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!((prometheus, alertmanager), (2, 1), "{blocks:#?}");
+    }
+
     #[test]
     fn expand_replaces_variables_and_refuses_unknown_ones() {
         let values = [("job", "telemetryd"), ("__rate_interval", "30s")];

@@ -27,6 +27,14 @@ pub fn install() {
     }
 }
 
+/// Gives SIGINT and SIGTERM their default action back (the lab is over).
+pub fn restore() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: SIG_DFL is always a valid disposition.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+}
+
 /// An error if the lab was interrupted.
 pub fn check() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {

@@ -120,6 +120,7 @@ pub fn run(root: &Path, options: &Options) -> Result<String> {
     std::fs::create_dir_all(&run_dir)?;
     let result =
         Lab::start(root, options, &tag, &run_dir).and_then(|mut lab| lab.exercise(options));
+    interrupt::restore();
     // The data of the stack is large and of no use afterwards; the logs,
     // configurations and report stay until the next run.
     let _ = std::fs::remove_dir_all(run_dir.join("data"));
@@ -333,6 +334,7 @@ impl Lab {
             faults.push(self.latency_fault()?);
         }
         self.wait_everything_resolved(&faults)?;
+        self.check_no_stray_alerts(&faults)?;
         self.check_victoria_metrics(&faults)?;
         self.check_dashboard()?;
         self.check_rules_health()?;
@@ -799,6 +801,42 @@ impl Lab {
              Alertmanager lists no alert, the receiver was told each fault's alerts resolved",
             seconds_between(last_end, quiet)
         ));
+        Ok(())
+    }
+
+    /// Every alert Alertmanager listed during the run was a fault's, or the
+    /// TCP retransmits the loss caused at the senders (`packet_loss` on
+    /// `node`, while the loss was on): nothing fired for a node or device
+    /// the faults did not touch, and no health alert fired.
+    fn check_no_stray_alerts(&self, faults: &[Fault]) -> Result<()> {
+        let grace = Duration::from_secs(15);
+        let mut stray = Vec::new();
+        for episode in self.watcher.episodes() {
+            let a = &episode.alert;
+            let alertname = a.label("alertname");
+            let anomaly =
+                alertname == "TelemetrydAnomaly" || alertname == "TelemetrydAnomalyActive";
+            let explained = anomaly
+                && faults.iter().any(|f| {
+                    let during = episode.first_seen >= f.injected
+                        && f.ended.is_some_and(|end| episode.first_seen <= end + grace);
+                    let own = a.label("instance") == net::node_name(f.node)
+                        && a.label("kind") == f.kind
+                        && a.label("subject") == f.subject;
+                    let retransmits = f.kind == "packet_loss"
+                        && a.label("kind") == "packet_loss"
+                        && a.label("subject") == "node";
+                    during && (own || retransmits)
+                });
+            if !explained {
+                stray.push(a.describe());
+            }
+        }
+        ensure!(
+            stray.is_empty(),
+            "alerts no fault explains:\n{}",
+            stray.join("\n")
+        );
         Ok(())
     }
 

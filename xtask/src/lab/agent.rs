@@ -1,8 +1,8 @@
 //! The workload of one lab node (`cargo xtask lab-agent`, started by the
 //! lab inside the node's namespace): a TCP and a UDP server, steady TCP and
-//! UDP streams to its peers across the mesh, and a "service" thread that
-//! reads a pipe one byte at a time while another thread feeds it every
-//! `--read-period-us`.
+//! UDP streams to its peers across the mesh, and a "service": `--readers`
+//! threads, each reading its own pipe one byte at a time, while a feeder
+//! thread writes a byte to every pipe each `--read-period-us`.
 //!
 //! SIGUSR1 slows the feed to `--slow-read-period-us`, SIGUSR2 restores it:
 //! each `read(2)` of the service then really blocks that long waiting for
@@ -35,6 +35,9 @@ pub struct AgentArgs {
     /// UDP datagrams per second to each peer.
     #[arg(long)]
     pub udp_rate: u32,
+    /// Service threads, each reading its own pipe.
+    #[arg(long)]
+    pub readers: usize,
     #[arg(long)]
     pub read_period_us: u64,
     #[arg(long)]
@@ -98,18 +101,24 @@ pub fn run(args: AgentArgs) -> Result<()> {
         });
     }
 
-    let (mut upstream, mut feed) = std::io::pipe().context("creating the service's pipe")?;
-    std::thread::spawn(move || {
-        let mut byte = [0u8; 1];
-        while matches!(upstream.read(&mut byte), Ok(1)) {}
-    });
+    let mut feeds = Vec::with_capacity(args.readers);
+    for _ in 0..args.readers {
+        let (mut upstream, feed) = std::io::pipe().context("creating the service's pipes")?;
+        std::thread::spawn(move || {
+            let mut byte = [0u8; 1];
+            while matches!(upstream.read(&mut byte), Ok(1)) {}
+        });
+        feeds.push(feed);
+    }
     let (normal, slow) = (
         Duration::from_micros(args.read_period_us),
         Duration::from_micros(args.slow_read_period_us),
     );
     std::thread::spawn(move || loop {
-        if feed.write_all(b"x").is_err() {
-            return;
+        for feed in &mut feeds {
+            if feed.write_all(b"x").is_err() {
+                return;
+            }
         }
         std::thread::sleep(if SLOW.load(Ordering::SeqCst) {
             slow

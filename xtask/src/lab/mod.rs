@@ -70,12 +70,15 @@ const TCP_RATE: u32 = 100;
 const UDP_RATE: u32 = 50;
 const TCP_PORT: u16 = 5001;
 const UDP_PORT: u16 = 5002;
-/// The service's reads: one byte every READ_PERIOD, during the latency
-/// fault every SLOW_READ_PERIOD (above 4x, the analyzer's default
-/// latency_factor, and still more than its default min_calls of 50 reads a
-/// poll).
-const READ_PERIOD: Duration = Duration::from_millis(1);
-const SLOW_READ_PERIOD: Duration = Duration::from_millis(12);
+/// The service: SERVICE_READERS threads, each reading a byte from its pipe
+/// every READ_PERIOD (1,000 reads a second in all), during the latency
+/// fault every SLOW_READ_PERIOD: far past 4x (the analyzer's default
+/// latency_factor) whatever the scheduling delays of a loaded machine add
+/// to the baseline, and still more reads a poll (80) than the analyzer's
+/// default min_calls (50).
+const SERVICE_READERS: usize = 8;
+const READ_PERIOD: Duration = Duration::from_millis(8);
+const SLOW_READ_PERIOD: Duration = Duration::from_millis(100);
 /// The loss fault: node LOSS_NODE drops this share of what arrives from
 /// node LOSS_FROM.
 const LOSS_NODE: usize = 3;
@@ -83,6 +86,9 @@ const LOSS_FROM: usize = 2;
 const LOSS_PERCENT: u32 = 10;
 /// The node whose service's reads slow down.
 const LATENCY_NODE: usize = 4;
+/// How long after the analyzer fired the lab compares its figure with
+/// Prometheus' samples (the fault stays on that long).
+const CHECK_SPAN: Duration = Duration::from_secs(6);
 const TELEMETRYD_PORT: u16 = 9469;
 
 pub struct Options {
@@ -181,7 +187,13 @@ impl Drop for Lab {
     }
 }
 
-fn node_config(i: usize, agent_pid: u32) -> String {
+fn node_config(i: usize, n: usize, agent_pid: u32) -> String {
+    let (cw, ccw) = net::neighbours(i, n);
+    let links = format!(
+        "\"{}\", \"{}\"",
+        net::link_device(cw),
+        net::link_device(ccw)
+    );
     format!(
         r#"# Node {node} of the lab (written by cargo xtask lab).
 [daemon]
@@ -192,8 +204,10 @@ listen = "0.0.0.0:{TELEMETRYD_PORT}"
 format = "json"
 level = "info"
 [xdp]
-# Every interface: the ring links and the management link.
-interfaces = []
+# The ring links. The management link carries only the scrapes and the
+# webhook: bursts every scrape interval, which a late scrape turns into a
+# traffic_drop of that link.
+interfaces = [{links}]
 [syscalls]
 # The lab's nodes share one kernel: each traces its own workload only. On
 # a real node, pids = [] traces every process.
@@ -231,6 +245,7 @@ impl Lab {
                 format!("--udp-port={UDP_PORT}"),
                 format!("--tcp-rate={TCP_RATE}"),
                 format!("--udp-rate={UDP_RATE}"),
+                format!("--readers={SERVICE_READERS}"),
                 format!("--read-period-us={}", READ_PERIOD.as_micros()),
                 format!("--slow-read-period-us={}", SLOW_READ_PERIOD.as_micros()),
                 "--max-seconds=3600".to_owned(),
@@ -252,7 +267,7 @@ impl Lab {
         let mut daemons = Vec::with_capacity(n);
         for (i, agent) in (1..=n).zip(&agents) {
             let config = run_dir.join(format!("telemetryd-n{i}.toml"));
-            std::fs::write(&config, node_config(i, agent.pid()))?;
+            std::fs::write(&config, node_config(i, n, agent.pid()))?;
             daemons.push(LabProcess::start(
                 Launch {
                     name: &format!("telemetryd-n{i}"),
@@ -509,7 +524,8 @@ impl Lab {
                     .find(|a| a["kind"] == kind && a["subject"] == subject.as_str())
                     .cloned())
             },
-        )?;
+        )
+        .with_context(|| self.diagnose(&fault))?;
         let fired = parse_rfc3339(record["started_at"].as_str().unwrap_or_default())?;
         fault.fired = Some(fired);
         fault.explanation = record["explanation"]
@@ -627,64 +643,118 @@ impl Lab {
         Ok(fault)
     }
 
-    /// The analyzer's figure against Prometheus' reading of the same
-    /// counters around the firing (and, for the loss, against the share of
-    /// packets the rule drops): what the operator reads is what happened.
+    /// What the node and Prometheus saw, for a fault the analyzer missed.
+    fn diagnose(&self, fault: &Fault) -> String {
+        let node = net::node_name(fault.node);
+        let queries = [
+            format!("instance_syscall:telemetryd_syscall_latency_seconds:p99_1m{{instance=\"{node}\"}}"),
+            format!("sum by (syscall) (rate(telemetryd_syscall_latency_seconds_count{{instance=\"{node}\"}}[10s]))"),
+            format!("sum by (device, reason) (rate(telemetryd_kernel_device_drops_total{{instance=\"{node}\"}}[10s]))"),
+        ];
+        let mut text = format!(
+            "{node}'s /api/v1/anomalies: {}",
+            self.anomalies(fault.node)
+                .map_or_else(|e| format!("{e:#}"), |d| d.to_string())
+        );
+        for q in queries {
+            let r = stack::instant_query(self.mon(), stack::PROMETHEUS, &q, None);
+            let _ = write!(text, "\nPrometheus {q}: ");
+            match r {
+                Ok(series) => {
+                    for s in series {
+                        let _ = write!(text, "{} = {}; ", s["metric"], s["value"][1]);
+                    }
+                }
+                Err(e) => {
+                    let _ = write!(text, "{e:#}");
+                }
+            }
+        }
+        text
+    }
+
+    /// The analyzer's figure against Prometheus' samples of the same
+    /// counters while the fault was on (and, for the loss, against the
+    /// share of packets the rule drops): what the operator reads is what
+    /// happened.
     fn check_value(&mut self, fault: &Fault, value: f64) -> Result<()> {
         let fired = fault.fired.context("not fired")?;
-        // Prometheus' rates over the 4 s from a second before the firing:
-        // the fault was on for all of it (it fired after `fire_after`
-        // polls of it), and is still on until this check is done.
-        let window = Duration::from_secs(4);
-        let at = fired + window - Duration::from_secs(1);
-        let wait = (at + 2 * stack::SCRAPE_INTERVAL)
+        // Two scrapes: the last before the firing (the fault had been on
+        // for `fire_after` polls by then, more than a scrape interval) and
+        // the last before CHECK_SPAN later; the fault stays on until this
+        // check is done.
+        let (t1, t2) = (fired, fired + CHECK_SPAN);
+        let wait = (t2 + stack::SCRAPE_INTERVAL)
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         interrupt::sleep(wait)?;
         let mon = self.mon().to_owned();
         let node = net::node_name(fault.node);
-        let window = format!("{}s", window.as_secs());
-        let query = |q: String| -> Result<f64> {
-            let r = stack::instant_query(&mon, stack::PROMETHEUS, &q, Some(at))?;
-            stack::single_value(&r).with_context(|| format!("{q}: {r:?}"))
+        let at = |q: &str, t: SystemTime| -> Result<Option<f64>> {
+            let r = stack::instant_query(&mon, stack::PROMETHEUS, q, Some(t))?;
+            Ok(stack::single_value(&r))
+        };
+        // A counter's increase between the two scrapes, and their distance.
+        let delta = |series: &str| -> Result<(f64, f64)> {
+            let sum = format!("sum({series})");
+            let stamp = format!("max(timestamp({series}))");
+            let (v1, v2) = (at(&sum, t1)?.unwrap_or(0.0), at(&sum, t2)?);
+            let v2 = v2.with_context(|| format!("{sum} has no sample"))?;
+            let (s1, s2) = (at(&stamp, t1)?, at(&stamp, t2)?);
+            let secs = match (s1, s2) {
+                (Some(a), Some(b)) if b > a => b - a,
+                _ => bail!("{series}: no two scrapes around the firing"),
+            };
+            Ok((v2 - v1, secs))
         };
         match fault.kind {
             "packet_loss" => {
                 let sel = format!("instance=\"{node}\", device=\"{}\"", fault.subject);
-                let arriving = query(format!(
-                    "sum(rate(telemetryd_xdp_packets_total{{{sel}}}[{window}]))"
+                let (arrived, secs) = delta(&format!("telemetryd_xdp_packets_total{{{sel}}}"))?;
+                let (dropped, _) = delta(&format!(
+                    "telemetryd_kernel_device_drops_total{{{sel}, reason=\"NETFILTER_DROP\"}}"
                 ))?;
-                let dropped = query(format!(
-                    "sum(rate(telemetryd_kernel_device_drops_total{{{sel}, reason=\"NETFILTER_DROP\"}}[{window}]))"
-                ))?;
-                let share = dropped / arriving;
+                let p = f64::from(LOSS_PERCENT) / 100.0;
                 self.line(format!(
-                    "  Prometheus: {arriving:.0} packets/s arriving on {}, {dropped:.1}/s dropped \
-                     by netfilter ({:.1}%); the analyzer said {value:.1}/s",
+                    "  Prometheus, {secs:.0} s of the fault: {arrived:.0} packets arrived on {}, \
+                     {dropped:.0} dropped by netfilter ({:.1}%), {:.1}/s; the analyzer said {value:.1}/s",
                     fault.subject,
-                    100.0 * share
+                    100.0 * dropped / arrived,
+                    dropped / secs
                 ));
-                let expected = f64::from(LOSS_PERCENT) / 100.0;
+                // The rule drops each packet with probability p: the count
+                // is binomial; 4.5 standard deviations fail by chance
+                // about once in 300,000 runs.
+                let sigma = (arrived * p * (1.0 - p)).sqrt();
                 ensure!(
-                    (0.7 * expected..=1.3 * expected).contains(&share),
-                    "{:.1}% of the arriving packets counted as dropped, for a {LOSS_PERCENT}% rule",
-                    100.0 * share
+                    arrived > 100.0 && (dropped - p * arrived).abs() <= 4.5 * sigma,
+                    "{dropped:.0} of {arrived:.0} arriving packets counted as dropped, for a \
+                     {LOSS_PERCENT}% rule (expected {:.0} +- {:.0})",
+                    p * arrived,
+                    4.5 * sigma
                 );
+                let rate = dropped / secs;
                 ensure!(
-                    (0.65 * dropped..=1.5 * dropped).contains(&value),
-                    "the analyzer's {value:.1} drops/s is far from Prometheus' {dropped:.1}/s"
+                    (0.6 * rate..=1.6 * rate).contains(&value),
+                    "the analyzer's {value:.1} drops/s is far from Prometheus' {rate:.1}/s"
                 );
             }
             "latency" => {
-                let p99 = query(format!(
-                    "histogram_quantile(0.99, sum by (le) (rate(telemetryd_syscall_latency_seconds_bucket{{instance=\"{node}\", syscall=\"{}\"}}[{window}])))",
-                    fault.subject
-                ))?;
+                let p99 = at(
+                    &format!(
+                        "histogram_quantile(0.99, sum by (le) (increase(telemetryd_syscall_latency_seconds_bucket{{instance=\"{node}\", syscall=\"{}\"}}[{}s])))",
+                        fault.subject,
+                        CHECK_SPAN.as_secs()
+                    ),
+                    t2,
+                )?
+                .context("no p99 from Prometheus")?;
                 self.line(format!(
-                    "  Prometheus: p99 of {} on {node} {:.1} ms (histogram_quantile); the \
-                     analyzer said {:.1} ms; the service's reads wait {} ms for their data",
+                    "  Prometheus: p99 of {} on {node} {:.1} ms (histogram_quantile over {} s of \
+                     the fault); the analyzer said {:.1} ms; the service's reads wait {} ms",
                     fault.subject,
                     p99 * 1e3,
+                    CHECK_SPAN.as_secs(),
                     value * 1e3,
                     SLOW_READ_PERIOD.as_millis()
                 ));

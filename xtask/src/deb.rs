@@ -20,6 +20,7 @@ use std::process::Command;
 
 use anyhow::{bail, ensure, Context as _, Result};
 
+use crate::command::{output as command_output, run};
 use crate::install::Layout;
 use crate::step;
 
@@ -530,27 +531,6 @@ fn check_changelog(root: &Path, version: &str) -> Result<()> {
 fn path_str(path: &Path) -> Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))
-}
-
-fn run(program: &str, args: &[&str]) -> Result<()> {
-    command_output(program, args).map(drop)
-}
-
-fn command_output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} failed ({}): {}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! missing on its own (nightly rust-src, bpf-linker, Debian packages), and
 //! fails with a message that says what to do when it cannot.
 
+mod command;
 mod deb;
 mod install;
 mod lab;

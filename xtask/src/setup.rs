@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::command::output;
 use crate::step;
 
 /// bpf-linker version known to work with aya-ebpf 0.2 and this nightly.
@@ -221,21 +222,6 @@ fn quiet(program: &str, args: &[&str]) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn run(program: &str, args: &[&str]) -> Result<()> {

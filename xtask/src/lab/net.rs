@@ -18,6 +18,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 
+pub use crate::command::run;
 use crate::step;
 
 /// Namespace and interface names start with this.
@@ -238,22 +239,6 @@ pub fn remove_stale_namespaces() -> Result<()> {
             step(&format!("removing stale lab namespace {name}"));
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
-    }
-    Ok(())
-}
-
-pub fn run(program: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
     Ok(())
 }

@@ -4,7 +4,11 @@
 //! missing on its own (nightly rust-src, bpf-linker, Debian packages), and
 //! fails with a message that says what to do when it cannot.
 
+mod command;
+mod deb;
 mod install;
+mod lab;
+mod monitoring;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -37,7 +41,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite (unit and root integration tests).
+    /// Run the whole test suite (unit and root integration tests), then,
+    /// without a test filter, build and check the Debian package and run a
+    /// short mesh lab (5 nodes, the loss fault).
     Test {
         /// Arguments passed on to `cargo test` (a test name filter, ...).
         #[arg(last = true)]
@@ -52,6 +58,22 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         prefix: Option<PathBuf>,
     },
+    /// Build in release mode and make the Debian package,
+    /// target/debian/telemetryd_<version>_<arch>.deb; run lintian on it, and
+    /// install, remove and purge it in a throwaway dpkg root.
+    Deb,
+    /// Run the mesh lab (root): telemetryd on N network namespaces in a ring,
+    /// a real Prometheus, Alertmanager and VictoriaMetrics, 10% loss on one
+    /// link and slowed reads on one node; checks the alerts, the remote
+    /// write and the dashboard, and prints a report with the timings.
+    Lab {
+        /// Nodes in the ring (at least 5).
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+    },
+    /// The workload of one lab node (started by `cargo xtask lab`).
+    #[command(hide = true)]
+    LabAgent(lab::AgentArgs),
     /// cargo fmt --check and cargo clippy with warnings denied.
     Lint,
     /// Run the benchmarks (root) and print their figures.
@@ -95,8 +117,35 @@ fn main() -> Result<()> {
             let mut full = vec!["test"];
             let extra: Vec<&str> = args.iter().map(String::as_str).collect();
             full.extend(extra);
-            cargo(&root, &full)
+            cargo(&root, &full)?;
+            if !args.is_empty() {
+                step("arguments for cargo test were given: the package and lab stages do not run");
+                return Ok(());
+            }
+            stage("the Debian package", || {
+                cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
+                deb::build_and_check(&root).map(drop)
+            })?;
+            stage("the short mesh lab", || {
+                let report = lab::run(&root, &short_lab(&root))?;
+                print!("{report}");
+                Ok(())
+            })
         }
+        Task::Lab { nodes } => {
+            setup::all()?;
+            require_root("the lab creates network namespaces and loads eBPF programs")?;
+            cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
+            let options = lab::Options {
+                nodes,
+                latency_fault: true,
+                binary: root.join("target/release/telemetryd"),
+            };
+            let report = lab::run(&root, &options)?;
+            print!("{report}");
+            Ok(())
+        }
+        Task::LabAgent(args) => lab::run_agent(args),
         Task::Install { prefix } => {
             setup::build_tools()?;
             if prefix.is_none() {
@@ -109,6 +158,11 @@ fn main() -> Result<()> {
                 step("now: systemctl daemon-reload && systemctl enable --now telemetryd");
             }
             Ok(())
+        }
+        Task::Deb => {
+            setup::all()?;
+            cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
+            deb::build_and_check(&root).map(drop)
         }
         Task::Lint => {
             setup::build_tools()?;
@@ -143,6 +197,28 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The lab `cargo xtask test` runs: 5 nodes, the loss fault only.
+fn short_lab(root: &Path) -> lab::Options {
+    lab::Options {
+        nodes: 5,
+        latency_fault: false,
+        binary: root.join("target/release/telemetryd"),
+    }
+}
+
+/// Runs one stage of `cargo xtask test` and says how long it took.
+fn stage(name: &str, run: impl FnOnce() -> Result<()>) -> Result<()> {
+    step(&format!("stage: {name}"));
+    let start = std::time::Instant::now();
+    let result = run();
+    let secs = start.elapsed().as_secs_f64();
+    match &result {
+        Ok(()) => step(&format!("stage passed in {secs:.0} s: {name}")),
+        Err(_) => step(&format!("stage failed after {secs:.0} s: {name}")),
+    }
+    result.with_context(|| format!("stage: {name}"))
 }
 
 /// Names of the benchmarks: daemon/examples/<name>_bench.rs.

@@ -288,8 +288,9 @@ fn syscall_rates(prev: &SyscallStats, cur: &SyscallStats, secs: f64) -> Option<S
 }
 
 /// The `q` quantile in nanoseconds of a log2 histogram (bucket `i` holds
-/// `[2^i, 2^(i+1))` ns, bucket 0 also 0 ns), interpolating linearly inside
-/// the bucket that holds it. `None` for an empty histogram.
+/// `(2^(i-1), 2^i]` ns, bucket 0 holds 0 and 1 ns: the kernel's
+/// `bucket_index`), interpolating linearly inside the bucket that holds it.
+/// `None` for an empty histogram.
 pub fn quantile_ns(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
     let total: u64 = buckets.iter().sum();
     if total == 0 {
@@ -302,8 +303,8 @@ pub fn quantile_ns(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
             continue;
         }
         if (below + n) as f64 >= target {
-            let lo = if i == 0 { 0.0 } else { 2f64.powi(i as i32) };
-            let hi = 2f64.powi(i as i32 + 1);
+            let lo = if i == 0 { 0.0 } else { 2f64.powi(i as i32 - 1) };
+            let hi = 2f64.powi(i as i32);
             let fraction = ((target - below as f64) / n as f64).clamp(0.0, 1.0);
             return Some(lo + fraction * (hi - lo));
         }
@@ -311,7 +312,7 @@ pub fn quantile_ns(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
     }
     // Rounding: the quantile is in the last non-empty bucket.
     let last = buckets.iter().rposition(|&n| n > 0)?;
-    Some(2f64.powi(last as i32 + 1))
+    Some(2f64.powi(last as i32))
 }
 
 #[cfg(test)]
@@ -369,11 +370,20 @@ mod tests {
     #[test]
     fn quantiles_interpolate_inside_buckets() {
         let mut b = [0u64; LATENCY_BUCKETS];
-        b[10] = 100; // [1024, 2048)
-        assert_eq!(quantile_ns(&b, 0.5), Some(1536.0));
+        b[10] = 100; // (512, 1024] ns
+        assert_eq!(quantile_ns(&b, 0.5), Some(768.0));
         b[20] = 1; // one slow call
         let p99 = quantile_ns(&b, 0.99).unwrap();
-        assert!((1024.0..2048.0).contains(&p99), "{p99}");
+        assert!((512.0..=1024.0).contains(&p99), "{p99}");
+        // The buckets are the kernel's: a call of 12 ms is counted in the
+        // bucket whose upper bound is 2^24 ns (16.8 ms), and its quantiles
+        // lie in (8.4 ms, 16.8 ms].
+        let mut b = [0u64; LATENCY_BUCKETS];
+        b[telemetryd_common::syscalls::bucket_index(12_000_000)] = 100;
+        for q in [0.01, 0.5, 0.99] {
+            let ns = quantile_ns(&b, q).unwrap();
+            assert!((8_388_608.0..=16_777_216.0).contains(&ns), "{q}: {ns}");
+        }
         assert_eq!(quantile_ns(&[0; LATENCY_BUCKETS], 0.5), None);
     }
 

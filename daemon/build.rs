@@ -1,5 +1,7 @@
 //! Builds the eBPF programs (`ebpf-programs/`, nightly + bpf-linker) and
-//! leaves the object in OUT_DIR, where `bpf::object` embeds it.
+//! leaves both objects in OUT_DIR: `telemetryd-ebpf`, which `loader`
+//! embeds in the daemon, and `telemetryd-ebpf-bench` (the same programs and
+//! the benchmarks' references), which only `examples/` embed.
 //!
 //! `AYA_BUILD_SKIP=1` skips that build (for `cargo check`, clippy and unit
 //! tests on machines without the eBPF toolchain); the binary then carries an
@@ -9,7 +11,7 @@ use std::{env, fs, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 
-const OBJECT: &str = "telemetryd-ebpf";
+const OBJECTS: [&str; 2] = ["telemetryd-ebpf", "telemetryd-ebpf-bench"];
 
 fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -19,11 +21,12 @@ fn main() -> Result<()> {
     println!("cargo:rerun-if-changed={}", common_dir.display());
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let object = out_dir.join(OBJECT);
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
-        // aya-build prints its own warning; leave an empty object behind.
-        fs::write(&object, b"").context("writing the empty eBPF object")?;
+        // aya-build prints its own warning; leave empty objects behind.
+        for object in OBJECTS {
+            fs::write(out_dir.join(object), b"").context("writing an empty eBPF object")?;
+        }
     }
 
     let ebpf_dir = ebpf_dir.to_str().context("non UTF-8 workspace path")?;
@@ -40,11 +43,13 @@ fn main() -> Result<()> {
          bpf-linker: run `cargo xtask setup` once (it installs both), or set AYA_BUILD_SKIP=1 \
          to build a daemon without eBPF programs",
     )?;
-    if !object.exists() {
-        anyhow::bail!(
-            "the eBPF build produced no {OBJECT} in {}",
-            out_dir.display()
-        );
+    for object in OBJECTS {
+        if !out_dir.join(object).exists() {
+            anyhow::bail!(
+                "the eBPF build produced no {object} in {}",
+                out_dir.display()
+            );
+        }
     }
     Ok(())
 }

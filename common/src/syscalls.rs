@@ -23,7 +23,9 @@ pub const KPROBE_ENTER: &str = "syscall_enter_kprobe";
 pub const KPROBE_EXIT: &str = "syscall_exit_kretprobe";
 pub const FENTRY_ENTER: &str = "syscall_enter_fentry";
 pub const FEXIT_EXIT: &str = "syscall_exit_fexit";
-/// Empty programs on the same raw tracepoints: the benchmark's floor.
+/// The syscall benchmark's references, in the benchmark object only
+/// (`ebpf-programs/src/baselines.rs`). Empty programs on the same raw
+/// tracepoints: the floor of the tracepoint method.
 pub const EMPTY_ENTER: &str = "sys_enter_empty";
 pub const EMPTY_EXIT: &str = "sys_exit_empty";
 /// Benchmark floor of timing: two clock reads per tracked call on the same
@@ -51,7 +53,7 @@ pub const IN_FLIGHT_MAP: &str = "SYSCALL_IN_FLIGHT";
 pub const HISTOGRAMS_MAP: &str = "SYSCALL_HISTOGRAMS";
 /// Hash: tgid (`u32`) -> 1 (`u32`); consulted only when [`FILTER_PIDS_GLOBAL`] is 1.
 pub const PIDS_MAP: &str = "SYSCALL_PIDS";
-/// Per-CPU array: [`ProgramError`] slot -> count (`u64`).
+/// Per-CPU array: [`TracerError`] slot -> count (`u64`).
 pub const ERRORS_MAP: &str = "SYSCALL_ERRORS";
 
 /// Global (`u32`): the daemon's own tgid, never traced.
@@ -147,7 +149,7 @@ const _: () = assert!(size_of::<SyscallHistogram>() == (BUCKETS + 3) * 8);
 /// never affected; only the counter moves.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProgramError {
+pub enum TracerError {
     /// [`IN_FLIGHT_MAP`] was full: the call was not timed.
     InFlightFull = 0,
     /// Reading the syscall number from `pt_regs` failed.

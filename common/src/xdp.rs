@@ -31,8 +31,9 @@ pub const fn program_symbol(sample_rate: u32) -> &'static str {
 /// would race the program); it notes an entry's value when it attaches and
 /// counts from there.
 pub const LOW_IFINDEX_COUNTERS_MAP: &str = "XDP_LOW_IFINDEX_COUNTERS";
-/// The benchmark's `xdp_count_floor` counts in a table like
-/// [`LOW_IFINDEX_COUNTERS_MAP`], sized the same way at load.
+/// The benchmark object's `xdp_count_floor` counts in a table like
+/// [`LOW_IFINDEX_COUNTERS_MAP`], sized the same way at load (the daemon's
+/// object has neither).
 pub const FLOOR_COUNTERS_MAP: &str = "XDP_FLOOR_COUNTERS";
 /// Array: interface index (`u32`, from [`LOW_IFINDEX_LIMIT`] up to
 /// [`DIRECT_IFINDEX_LIMIT`]) -> its counter slot + 1 (0: no slot). Written
@@ -47,7 +48,7 @@ pub const SLOT_COUNTERS_MAP: &str = "XDP_SLOT_COUNTERS";
 /// ifindex beyond [`DIRECT_IFINDEX_LIMIT`], every slot taken, or a frame
 /// that raced the attach). User space adds it to the other source.
 pub const COUNTERS_MAP: &str = "XDP_COUNTERS";
-/// Per-CPU array: [`ProgramError`] slot -> number of times it happened (`u64`).
+/// Per-CPU array: [`XdpError`] slot -> number of times it happened (`u64`).
 pub const ERRORS_MAP: &str = "XDP_ERRORS";
 
 /// Upper bound of interfaces tracked at once by [`COUNTERS_MAP`].
@@ -133,9 +134,9 @@ impl InterfaceCounters {
 
 /// One interface's entry in a CPU's low-ifindex table: its counters,
 /// padded to 256 bytes. A power of two, so the program finds the entry
-/// (and the CPU's table) with a shift where 200 bytes took a multiply, on
-/// every frame's critical path (measured side by side: about 2 ns per
-/// frame); and every entry starts on a cache line of its own.
+/// (and the CPU's table) with a shift rather than a multiply, on every
+/// frame's critical path; and every entry starts on a cache line of its
+/// own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LowIfindexEntry {
@@ -157,7 +158,7 @@ const _: () = assert!(size_of::<LowIfindexCounters>().is_multiple_of(64));
 /// packet still passes; only the counter moves.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProgramError {
+pub enum XdpError {
     /// [`COUNTERS_MAP`] was full, the packet could not be counted.
     CountersMapFull = 0,
 }

@@ -17,10 +17,10 @@
 //! long and counts the anomalies raised (the target: zero).
 
 #[path = "../tests/support/netns.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "the benchmark uses part of the test helpers")]
 mod netns;
 #[path = "../tests/support/traffic.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "the benchmark uses part of the test helpers")]
 mod traffic;
 
 use std::collections::BTreeMap;
@@ -29,9 +29,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netns::{NetNs, VethPair};
-use telemetryd::collect::snapshot::{InterfaceStats, SyscallStats};
-use telemetryd::collect::Snapshot;
-use telemetryd::mapek::{AnalyzerSettings, AnomalyBoard, MapeK};
+use telemetryd::config::AnalyzerSettings;
+use telemetryd::mapek::{AnomalyBoard, MapeK};
+use telemetryd::sources::drops::DropStats;
+use telemetryd::sources::syscalls::{SyscallStats, TracerStats};
+use telemetryd::sources::xdp::{InterfaceStats, XdpStats};
+use telemetryd::sources::Snapshot;
 use traffic::{RandomDrop, Traffic};
 
 const FIRE_AFTER: u32 = 3;
@@ -287,20 +290,23 @@ fn fault_to_fire(runs: usize, poll: Duration) {
 
 /// A synthetic node: `devices` interfaces, 7 syscalls, 20 drop reasons.
 fn synthetic(seq: u64, devices: usize) -> Snapshot {
-    let mut s = Snapshot {
-        seq,
-        uptime: Duration::from_secs(seq),
-        ..Default::default()
+    let mut xdp = XdpStats::default();
+    let mut drops = DropStats::default();
+    let mut tracer = TracerStats {
+        attach: telemetryd::config::SyscallAttach::Tracepoint,
+        sched_switch: true,
+        syscalls: Default::default(),
+        errors: Default::default(),
     };
     for d in 0..devices {
         let mut i = InterfaceStats::default();
         i.packets[0][0] = seq * (1000 + d as u64 * 7 + seq % 13);
         i.bytes[0][0] = i.packets[0][0] * 200;
         i.rx_dropped = seq / 10;
-        s.interfaces.insert(format!("eth{d}"), i);
+        xdp.interfaces.insert(format!("eth{d}"), i);
         let mut r = BTreeMap::new();
         r.insert("NETFILTER_DROP".to_owned(), seq % 3);
-        s.device_drops.insert(format!("eth{d}"), r);
+        drops.device_drops.insert(format!("eth{d}"), r);
     }
     for (n, name) in [
         "read", "write", "sendto", "recvfrom", "connect", "accept", "accept4",
@@ -313,14 +319,21 @@ fn synthetic(seq: u64, devices: usize) -> Snapshot {
         st.buckets[14 + n] = seq * 5;
         st.count = seq * 505;
         st.sum_ns = st.count * 5000;
-        s.syscalls.insert((*name).to_owned(), st);
+        tracer.syscalls.insert((*name).to_owned(), st);
     }
     for r in 0..20 {
-        s.kernel_drops.insert(format!("REASON_{r}"), seq * r);
+        drops.kernel_drops.insert(format!("REASON_{r}"), seq * r);
     }
-    s.tcp.segments_out = seq * 1000;
-    s.tcp.retrans_segs = seq;
-    s
+    drops.tcp.segments_out = seq * 1000;
+    drops.tcp.retrans_segs = seq;
+    Snapshot {
+        seq,
+        uptime: Duration::from_secs(seq),
+        xdp: Some(xdp),
+        drops: Some(drops),
+        syscalls: Some(tracer),
+        ..Default::default()
+    }
 }
 
 fn observe_cost() {
@@ -333,7 +346,7 @@ fn observe_cost() {
         let mut mapek = MapeK::new(settings, AnomalyBoard::new());
         let start = Instant::now();
         for s in &snapshots {
-            std::hint::black_box(mapek.observe(s, &[]));
+            std::hint::black_box(mapek.observe(s));
         }
         let per = start.elapsed() / snapshots.len() as u32;
         println!(

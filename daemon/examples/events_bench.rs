@@ -20,10 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aya::programs::{Xdp, XdpMode};
-use telemetryd::bpf::{LoadOptions, LoadedObject};
-use telemetryd::collect::events::{self, EventRing, KernelEventCounts};
+use telemetryd::loader::LoadedObject;
+use telemetryd::sources::events::{self, EventRing, EventsLoad, KernelEventCounts};
+use telemetryd::sources::syscalls::SyscallsLoad;
+use telemetryd_common::xdp::program_symbol;
 
-use bench_support::{enter, ifindex, median, send_frames, udp_frame, VethNamespaces};
+use bench_support::{
+    enter, ifindex, load_bench_object, median, send_frames, udp_frame, VethNamespaces,
+};
 
 const NS_RX: &str = "tdtevbrx";
 const NS_TX: &str = "tdtevbtx";
@@ -52,14 +56,10 @@ struct Consumed {
 }
 
 fn throughput_and_latency(frame: &[u8], ifindex: u32) {
-    let options = LoadOptions {
-        sample_rate: 1,
-        ring_buffer_size: RING,
-        ..LoadOptions::default()
-    };
-    let mut object = LoadedObject::load_with(&options).expect("loading the eBPF object");
+    let settings = EventsLoad::new(1, RING).expect("ring buffer size");
+    let mut object = load_bench_object(settings, SyscallsLoad::default());
     let (ring, counts) = events::take(&mut object).expect("event maps");
-    let name = object.xdp_program;
+    let name = program_symbol(settings.sample_rate);
     let program = xdp(&mut object, name);
     let link = program
         .attach_to_if_index(ifindex, XdpMode::Driver)
@@ -180,15 +180,12 @@ fn spawn_consumer(ring: EventRing, consumed: Arc<Mutex<Consumed>>) -> Arc<Atomic
 fn cost_per_packet(frame: &[u8], ifindex: u32) {
     const LABELS: [&str; 4] = ["rate 0 (off)", "rate 100", "rate 1", "empty program"];
     type Loaded = (LoadedObject, EventRing, KernelEventCounts);
-    let mut objects: Vec<Loaded> = [0u32, 100, 1, 0]
+    const RATES: [u32; 4] = [0, 100, 1, 0];
+    let mut objects: Vec<Loaded> = RATES
         .iter()
         .map(|&rate| {
-            let options = LoadOptions {
-                sample_rate: rate,
-                ring_buffer_size: 64 << 20,
-                ..LoadOptions::default()
-            };
-            let mut object = LoadedObject::load_with(&options).expect("loading the eBPF object");
+            let settings = EventsLoad::new(rate, 64 << 20).expect("ring buffer size");
+            let mut object = load_bench_object(settings, SyscallsLoad::default());
             // Both maps stay open: the program refers to them.
             let (ring, counts) = events::take(&mut object).expect("event maps");
             (object, ring, counts)
@@ -198,7 +195,7 @@ fn cost_per_packet(frame: &[u8], ifindex: u32) {
         let name = if i == 3 {
             "xdp_pass_baseline"
         } else {
-            object.xdp_program
+            program_symbol(RATES[i])
         };
         xdp(object, name);
     }
@@ -214,7 +211,7 @@ fn cost_per_packet(frame: &[u8], ifindex: u32) {
             let name = if which == 3 {
                 "xdp_pass_baseline"
             } else {
-                object.xdp_program
+                program_symbol(RATES[which])
             };
             let program: &mut Xdp = object.ebpf.program_mut(name).unwrap().try_into().unwrap();
             let link = program
@@ -237,7 +234,7 @@ fn cost_per_packet(frame: &[u8], ifindex: u32) {
     // With sampling off the daemon loads the build without event code:
     // compare the translated sizes.
     for (i, (object, _, _)) in objects.iter_mut().enumerate().take(3) {
-        let name = object.xdp_program;
+        let name = program_symbol(RATES[i]);
         let info = xdp(object, name).info().unwrap();
         println!(
             "{:>14}: {} bytes of translated BPF, {} bytes jitted",

@@ -33,28 +33,29 @@ mod bench_support;
 use std::ffi::CString;
 use std::time::Instant;
 
-use telemetryd::bpf::probe;
-use telemetryd::bpf::syscalls::{program_stats, Baseline, BaselinePrograms, SyscallTracer};
-use telemetryd::bpf::LoadOptions;
-use telemetryd::bpf::LoadedObject;
-use telemetryd::config::{SyscallAttach, SyscallsConfig};
+use telemetryd::config::{Choice, SyscallAttach, SyscallsConfig};
+use telemetryd::loader::probe;
+use telemetryd::loader::LoadedObject;
+use telemetryd::sources::events::EventsLoad;
+use telemetryd::sources::syscalls::baselines::{program_stats, Reference, ReferencePrograms};
+use telemetryd::sources::syscalls::{SyscallTracer, SyscallsLoad};
 use telemetryd_common::syscalls as sc;
 
-use bench_support::{quantile, spread};
+use bench_support::{load_bench_object, quantile, spread};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Nothing,
-    Baseline(Baseline),
+    Reference(Reference),
     Tracer,
 }
 
 /// (a), (b), (f), (s), (c); the index is the column in the results.
 const MODES: [Mode; 5] = [
     Mode::Nothing,
-    Mode::Baseline(Baseline::Empty),
-    Mode::Baseline(Baseline::ClockFloor),
-    Mode::Baseline(Baseline::SyscallTracepoints),
+    Mode::Reference(Reference::Empty),
+    Mode::Reference(Reference::ClockFloor),
+    Mode::Reference(Reference::SyscallTracepoints),
     Mode::Tracer,
 ];
 const NOTHING: usize = 0;
@@ -64,9 +65,9 @@ impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::Nothing => "(a) nothing attached",
-            Mode::Baseline(Baseline::Empty) => "(b) empty raw tracepoints",
-            Mode::Baseline(Baseline::ClockFloor) => "(f) clock floor (2 clock reads)",
-            Mode::Baseline(Baseline::SyscallTracepoints) => "(s) empty per-syscall tracepoints",
+            Mode::Reference(Reference::Empty) => "(b) empty raw tracepoints",
+            Mode::Reference(Reference::ClockFloor) => "(f) clock floor (2 clock reads)",
+            Mode::Reference(Reference::SyscallTracepoints) => "(s) empty per-syscall tracepoints",
             Mode::Tracer => "(c) telemetryd tracer",
         }
     }
@@ -78,16 +79,16 @@ fn main() -> anyhow::Result<()> {
     let batch: u64 = args.next().map_or(Ok(30_000), |a| a.parse())?;
 
     let config = SyscallsConfig {
-        attach: SyscallAttach::Tracepoint,
+        attach: Choice::Only(SyscallAttach::Tracepoint),
         ..SyscallsConfig::default()
     };
     // tgid 0 never makes syscalls: nothing is excluded, this process is traced.
-    let options = LoadOptions {
+    let settings = SyscallsLoad {
         max_in_flight: config.max_in_flight,
         self_tgid: 0,
-        ..LoadOptions::default()
+        ..SyscallsLoad::default()
     };
-    let mut object = LoadedObject::load_with(&options)?;
+    let mut object = load_bench_object(EventsLoad::default(), settings);
     let support = probe::probe();
 
     let zero = CString::new("/dev/zero")?;
@@ -180,7 +181,7 @@ fn main() -> anyhow::Result<()> {
             &[sc::EMPTY_ENTER, sc::EMPTY_EXIT],
         ),
         (
-            Mode::Baseline(Baseline::ClockFloor),
+            Mode::Reference(Reference::ClockFloor),
             "read + getppid loops",
             &[sc::CLOCK_FLOOR_ENTER, sc::CLOCK_FLOOR_EXIT],
         ),
@@ -254,8 +255,8 @@ fn ratios(ns: &[Vec<f64>], i: usize) -> Vec<f64> {
 
 enum Attached {
     Nothing,
-    Baseline(#[allow(dead_code)] BaselinePrograms),
-    Tracer(#[allow(dead_code)] SyscallTracer),
+    Reference(#[allow(dead_code, reason = "held for its Drop")] ReferencePrograms),
+    Tracer(#[allow(dead_code, reason = "held for its Drop")] SyscallTracer),
 }
 
 fn attach(
@@ -266,8 +267,8 @@ fn attach(
 ) -> anyhow::Result<Attached> {
     Ok(match mode {
         Mode::Nothing => Attached::Nothing,
-        Mode::Baseline(baseline) => Attached::Baseline(
-            BaselinePrograms::attach(object, baseline, config).map_err(anyhow::Error::msg)?,
+        Mode::Reference(reference) => Attached::Reference(
+            ReferencePrograms::attach(object, reference, config).map_err(anyhow::Error::msg)?,
         ),
         Mode::Tracer => Attached::Tracer(SyscallTracer::start(object, config, support)?),
     })

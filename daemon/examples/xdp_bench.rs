@@ -28,8 +28,12 @@
 //! `xdp_count_floor`, which counts packets and bytes per interface the way
 //! ours does on its fastest path without looking at the frame: the least
 //! any per-interface counter costs.
-//! 3. `/metrics` render time for the default series.
-//! 4. The daemon's resident memory after it has attached and served.
+//! 3. The three places the program counts an interface's frames (the
+//!    low-ifindex table, a counter slot, the hash; chosen by the receiving
+//!    end's ifindex), side by side in the same rounds: each tier's cost over
+//!    the empty program on its own receiver, and the tiers paired.
+//! 4. `/metrics` render time for the default series.
+//! 5. The daemon's resident memory after it has attached and served.
 //!
 //! Traffic stays inside two throwaway namespaces joined by veth.
 
@@ -40,11 +44,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aya::programs::{Xdp, XdpMode};
-use telemetryd::bpf::LoadedObject;
-use telemetryd::collect::snapshot::{InterfaceStats, SyscallStats};
-use telemetryd::collect::Snapshot;
+use telemetryd::loader::LoadedObject;
+use telemetryd::sources::events::EventsLoad;
+use telemetryd::sources::syscalls::{SyscallStats, SyscallsLoad, TracerStats};
+use telemetryd::sources::xdp::{InterfaceStats, XdpStats};
+use telemetryd::sources::Snapshot;
 
-use bench_support::{enter, ifindex, quantile, spread, udp_frame, VethNamespaces};
+use bench_support::{
+    enter, ifindex, load_bench_object, quantile, spread, udp_frame, VethNamespaces,
+};
+
+fn bench_object() -> LoadedObject {
+    load_bench_object(EventsLoad::default(), SyscallsLoad::default())
+}
 
 const NS_RX: &str = "tdtbenchrx";
 const NS_TX: &str = "tdtbenchtx";
@@ -55,6 +67,11 @@ const DEV_TX: &str = "tdtbtx0";
 const DEV_RX_SLOT: &str = "tdtbrx1";
 const DEV_TX_SLOT: &str = "tdtbtx1";
 const SLOT_IFINDEX: u32 = 300;
+/// A third pair whose receiving end has ifindex 20000: beyond the slot
+/// table too, so the program counts it in the hash.
+const DEV_RX_HASH: &str = "tdtbrx2";
+const DEV_TX_HASH: &str = "tdtbtx2";
+const HASH_IFINDEX: u32 = 20_000;
 const ROUNDS: usize = 25;
 /// Loads of each program, see the method above.
 const COPIES: usize = 3;
@@ -75,11 +92,10 @@ const TEST_RUNS_PER_ROUND: u32 = 200_000;
 fn main() {
     let namespaces = VethNamespaces::create(NS_RX, NS_TX, DEV_RX, DEV_TX);
     namespaces.add_pair(DEV_RX_SLOT, DEV_TX_SLOT, Some(SLOT_IFINDEX));
+    namespaces.add_pair(DEV_RX_HASH, DEV_TX_HASH, Some(HASH_IFINDEX));
     enter(NS_RX);
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
-    let mut objects: Vec<LoadedObject> = (0..COPIES)
-        .map(|_| LoadedObject::load().expect("loading the embedded eBPF object"))
-        .collect();
+    let mut objects: Vec<LoadedObject> = (0..COPIES).map(|_| bench_object()).collect();
     for object in &mut objects {
         for name in PROGRAMS {
             let program: &mut Xdp = object.ebpf.program_mut(name).unwrap().try_into().unwrap();
@@ -93,6 +109,7 @@ fn main() {
         slots.set(SLOT_IFINDEX, 1, 0).unwrap();
     }
     assert_eq!(ifindex(DEV_RX_SLOT), SLOT_IFINDEX);
+    assert_eq!(ifindex(DEV_RX_HASH), HASH_IFINDEX);
     let frame = udp_frame(64);
 
     println!("== XDP cost per packet, kernel BPF stats, {ROUNDS} interleaved rounds of {PACKETS_PER_ROUND} frames of {} bytes, {COPIES} loads of each program", frame.len());
@@ -142,6 +159,7 @@ fn main() {
         });
         report(label, "ns/pkt", &samples, true);
     }
+    counter_tiers(&mut objects, &transmit, &frame);
 
     println!("== BPF_PROG_TEST_RUN, {TEST_RUNS_PER_ROUND} runs per program per round, {ROUNDS} interleaved rounds");
     let samples = interleaved(ROUNDS, |copy, name| {
@@ -163,12 +181,12 @@ fn main() {
 
     println!("== /metrics render time");
     let snapshot = default_series_snapshot();
-    let families = telemetryd::metrics::render(&snapshot, Vec::new()).unwrap();
+    let families = snapshot.render(Vec::new()).unwrap();
     let series = families.lines().filter(|l| !l.starts_with('#')).count();
     let runs = 2_000;
     let start = Instant::now();
     for _ in 0..runs {
-        std::hint::black_box(telemetryd::metrics::render(&snapshot, Vec::new()).unwrap());
+        std::hint::black_box(snapshot.render(Vec::new()).unwrap());
     }
     let per = start.elapsed() / runs;
     println!(
@@ -179,6 +197,76 @@ fn main() {
 
     println!("== resident memory of the daemon");
     rss_of_running_daemon(&frame);
+}
+
+/// The receivers of the tier comparison: (tier, receiving end, sending end).
+const TIERS: [(&str, &str, &str); 3] = [
+    ("low-ifindex table", DEV_RX, DEV_TX),
+    ("slot", DEV_RX_SLOT, DEV_TX_SLOT),
+    ("hash", DEV_RX_HASH, DEV_TX_HASH),
+];
+
+/// xdp_packet_counter and the empty program on each tier's receiver, every
+/// (load, tier) in every round (rotated), frames in NAPI batches in native
+/// mode. A tier's figure for a round is ours minus empty on its receiver,
+/// averaged over the loads; tiers are then compared round by round.
+fn counter_tiers(objects: &mut [LoadedObject], transmit: &LoadedObject, frame: &[u8]) {
+    println!(
+        "== Counter tiers side by side: receivers of ifindex {}, {SLOT_IFINDEX} and {HASH_IFINDEX}, native, NAPI batches of {LIVE_FRAMES_BATCH}, {ROUNDS} interleaved rounds",
+        ifindex(DEV_RX)
+    );
+    for (_, rx, _) in TIERS {
+        bench_support::enable_gro(rx);
+    }
+    let runs = COPIES * TIERS.len();
+    let mut added: [Vec<f64>; TIERS.len()] = Default::default();
+    for round in 0..ROUNDS {
+        let mut sum = [0.0; TIERS.len()];
+        for i in 0..runs {
+            let which = (round + i) % runs;
+            let (copy, tier) = (which / TIERS.len(), which % TIERS.len());
+            let (_, rx, tx) = TIERS[tier];
+            let mut run = |name| {
+                let source = Source::Generator(transmit);
+                measure_attached(
+                    &mut objects[copy],
+                    name,
+                    XdpMode::Driver,
+                    rx,
+                    tx,
+                    frame,
+                    source,
+                )
+            };
+            // Alternate which goes first, so neither always finds the caches warm.
+            let (ours, empty) = if round % 2 == 0 {
+                let ours = run("xdp_packet_counter");
+                (ours, run("xdp_pass_baseline"))
+            } else {
+                let empty = run("xdp_pass_baseline");
+                (run("xdp_packet_counter"), empty)
+            };
+            sum[tier] += ours - empty;
+        }
+        for (tier, total) in sum.iter().enumerate() {
+            added[tier].push(total / COPIES as f64);
+        }
+    }
+    for (tier, (label, _, _)) in TIERS.iter().enumerate() {
+        println!(
+            "{label}: added over empty, median [quartiles] {} ns/pkt",
+            spread(&added[tier], 1)
+        );
+    }
+    let over = |a: usize, b: usize| -> Vec<f64> {
+        added[a].iter().zip(&added[b]).map(|(x, y)| x - y).collect()
+    };
+    println!(
+        "paired per round: slot over low-ifindex table {}, hash over low-ifindex table {}, hash over slot {} ns/pkt",
+        spread(&over(1, 0), 1),
+        spread(&over(2, 0), 1),
+        spread(&over(2, 1), 1),
+    );
 }
 
 /// Where a round's frames come from.
@@ -192,7 +280,7 @@ enum Source<'a> {
 /// A separate object for the generator, so that it never shares a round
 /// with the measured programs' maps.
 fn load_transmitter() -> LoadedObject {
-    let mut object = LoadedObject::load().expect("loading the embedded eBPF object");
+    let mut object = bench_object();
     let program: &mut Xdp = object
         .ebpf
         .program_mut("xdp_bench_transmit")
@@ -279,7 +367,13 @@ fn send_frames_on(tx: &'static str, frame: &[u8], count: u64) {
 }
 
 fn default_series_snapshot() -> Snapshot {
-    let mut snapshot = Snapshot::default();
+    let mut xdp = XdpStats::default();
+    let mut tracer = TracerStats {
+        attach: telemetryd::config::SyscallAttach::Tracepoint,
+        sched_switch: true,
+        syscalls: Default::default(),
+        errors: Default::default(),
+    };
     for (i, name) in ["eth0", "eth1", "wg0", "br0"].iter().enumerate() {
         let mut stats = InterfaceStats {
             ifindex: i as u32 + 2,
@@ -291,7 +385,7 @@ fn default_series_snapshot() -> Snapshot {
                 stats.bytes[f][p] = 1_500_000_000 * (f * 4 + p) as u64;
             }
         }
-        snapshot.interfaces.insert((*name).into(), stats);
+        xdp.interfaces.insert((*name).into(), stats);
     }
     for name in [
         "read", "write", "sendto", "recvfrom", "connect", "accept", "accept4",
@@ -302,9 +396,13 @@ fn default_series_snapshot() -> Snapshot {
         }
         stats.count = stats.buckets.iter().sum();
         stats.sum_ns = stats.count * 2000;
-        snapshot.syscalls.insert(name.into(), stats);
+        tracer.syscalls.insert(name.into(), stats);
     }
-    snapshot
+    Snapshot {
+        xdp: Some(xdp),
+        syscalls: Some(tracer),
+        ..Default::default()
+    }
 }
 
 fn rss_of_running_daemon(frame: &[u8]) {

@@ -4,12 +4,11 @@
 //! [`Config::apply_overrides`](crate::config::Config::apply_overrides)).
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-use crate::config::{check_interface_name, check_log_level, LogFormat, EX_USAGE};
+use crate::config::{Overrides, EX_USAGE};
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,24 +32,6 @@ pub enum Command {
         #[arg(long)]
         probe: bool,
     },
-}
-
-/// Flags that override keys of the configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
-pub struct Overrides {
-    /// Listen address of the HTTP server, IP:PORT (overrides http.listen).
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Interface to attach XDP to; repeatable. Replaces xdp.interfaces.
-    #[arg(long = "interface", global = true, value_name = "NAME", value_parser = interface_name)]
-    pub interfaces: Vec<String>,
-    /// Log format (overrides log.format).
-    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Log level or EnvFilter directives, e.g. "debug" or "info,telemetryd=debug"
-    /// (overrides log.level).
-    #[arg(long, global = true, value_name = "LEVEL", value_parser = log_level)]
-    pub log_level: Option<String>,
 }
 
 /// The clap definition; [`Cli`] is its resolved form.
@@ -96,17 +77,10 @@ impl Cli {
     }
 }
 
-fn interface_name(s: &str) -> Result<String, String> {
-    check_interface_name(s).map(|()| s.to_owned())
-}
-
-fn log_level(s: &str) -> Result<String, String> {
-    check_log_level(s).map(|()| s.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LogFormat;
 
     #[test]
     fn default_command_is_run() {

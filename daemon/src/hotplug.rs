@@ -2,6 +2,7 @@
 //! it reconciles its XDP attachments at once, instead of at the next poll.
 //! A burst of notifications (a flap, a rename) collapses into one wake-up.
 
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,8 +10,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use crate::kernel::netlink::{self, RouteSocket, RTMGRP_LINK};
 use crate::logging::RepeatLimiter;
-use crate::netlink::{self, RouteSocket, RTMGRP_LINK};
+use crate::sys;
 
 /// Link changes, as a wake-up: `changed().await` returns once per burst.
 pub struct LinkWatch {
@@ -23,15 +25,9 @@ impl LinkWatch {
     /// (no netlink?) the caller keeps polling, which still finds changes.
     pub fn start() -> std::io::Result<Self> {
         let socket = RouteSocket::open(RTMGRP_LINK)?;
-        // SAFETY: the RouteSocket owns its descriptor (an OwnedFd that it
-        // never replaces) and moves into the AsyncFd, so the descriptor
-        // stays open and the same for as long as it is registered.
-        #[allow(unsafe_code)]
-        let registered =
-            unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) };
-        let socket = registered.map_err(|e| e.into_parts().1)?;
+        let ready = sys::readable(socket.as_fd())?;
         let notify = Arc::new(Notify::new());
-        let task = tokio::spawn(listen(socket, notify.clone()));
+        let task = tokio::spawn(listen(socket, ready, notify.clone()));
         Ok(Self { notify, task })
     }
 
@@ -47,11 +43,11 @@ impl Drop for LinkWatch {
     }
 }
 
-async fn listen(socket: AsyncFd<RouteSocket>, notify: Arc<Notify>) {
+async fn listen(socket: RouteSocket, ready: AsyncFd<OwnedFd>, notify: Arc<Notify>) {
     let mut buf = vec![0u8; 32 * 1024];
     let mut errors = RepeatLimiter::new(Duration::from_secs(60));
     loop {
-        let mut guard = match socket.readable().await {
+        let mut guard = match ready.readable().await {
             Ok(guard) => guard,
             Err(error) => {
                 warn!(%error, "link notifications stopped; interfaces are found by polling");
@@ -60,7 +56,7 @@ async fn listen(socket: AsyncFd<RouteSocket>, notify: Arc<Notify>) {
         };
         let mut woke = false;
         loop {
-            match guard.get_inner().recv(&mut buf) {
+            match socket.recv(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     let events = netlink::link_events(&buf[..n]);

@@ -22,8 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
-use crate::collect::Snapshot;
 use crate::metrics;
+use crate::sources::Snapshot;
 
 /// Families owned by other parts of the daemon, rendered at scrape time.
 pub type ExtraFamilies = Arc<dyn Fn() -> Vec<MetricFamily> + Send + Sync>;
@@ -69,7 +69,7 @@ pub fn handle<B>(request: &Request<B>, state: &HttpState) -> Response<Body> {
     let mut response = match path {
         "/metrics" => {
             let snapshot = state.snapshot.borrow().clone();
-            match metrics::render(&snapshot, (state.extra_families)()) {
+            match snapshot.render((state.extra_families)()) {
                 Ok(body) => with_type(StatusCode::OK, body, metrics::CONTENT_TYPE),
                 Err(error) => {
                     warn!(%error, "rendering /metrics");
@@ -110,7 +110,11 @@ pub fn handle<B>(request: &Request<B>, state: &HttpState) -> Response<Body> {
 /// The latest poll's top talkers; an empty report while packet events
 /// are off or XDP is not loaded.
 fn top_talkers_json(snapshot: &Snapshot) -> String {
-    let report = snapshot.top_talkers.clone().unwrap_or_default();
+    let report = snapshot
+        .events
+        .as_ref()
+        .map(|events| events.top_talkers.clone())
+        .unwrap_or_default();
     serde_json::to_string(&report).unwrap_or_else(|_| "{}".to_owned())
 }
 
@@ -242,14 +246,17 @@ mod tests {
 
     #[test]
     fn top_talkers_are_served_as_json() {
-        use crate::top_talkers::TopTalkers;
+        use crate::sources::events::{EventStats, TopTalkers};
         let mut top = TopTalkers::new(2, Duration::from_secs(60), 100);
         for _ in 0..3 {
             top.record(1, "10.0.0.7".parse().unwrap(), 100);
         }
         top.record(1, "fd00::1".parse().unwrap(), 1000);
         let snapshot = Snapshot {
-            top_talkers: Some(top.report(1)),
+            events: Some(EventStats {
+                top_talkers: top.report(1),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let (_, snapshot) = watch::channel(Arc::new(snapshot));

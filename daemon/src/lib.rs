@@ -1,25 +1,33 @@
 //! telemetryd: eBPF node telemetry daemon.
 //!
-//! Data flow: kernel programs -> maps -> [`collect`] (one poll per interval)
-//! -> immutable [`collect::Snapshot`] -> [`metrics`] (rendered per scrape)
-//! and [`mapek`] (anomaly detection and explanation).
-//! Only [`bpf`] and [`collect`] touch aya.
+//! Data flow: kernel programs -> maps -> one source per signal
+//! ([`sources`], one poll per interval) -> immutable [`sources::Snapshot`]
+//! -> the `/metrics` renderer ([`metrics`], per scrape) and [`mapek`]
+//! (anomaly detection and explanation). Only [`sources`] and [`loader`]
+//! touch aya; everything after the snapshot is plain data. [`service`] is
+//! `telemetryd run`, [`check`] is `telemetryd check`.
 #![deny(unsafe_code)]
 
-pub mod bpf;
 pub mod check;
 pub mod cli;
-pub mod collect;
 pub mod config;
-pub mod daemon;
 pub mod hotplug;
 pub mod http;
+pub mod kernel;
+pub mod loader;
 pub mod logging;
 pub mod mapek;
 pub mod metrics;
-pub mod netlink;
 pub mod notify;
 pub mod reload;
+pub mod service;
 pub mod shutdown;
-pub mod syscall_table;
-pub mod top_talkers;
+pub mod sources;
+#[allow(
+    unsafe_code,
+    reason = "the few calls no safe API offers, each with its SAFETY comment"
+)]
+pub mod sys;
+
+#[cfg(test)]
+mod layout_tests;

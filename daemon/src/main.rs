@@ -1,13 +1,13 @@
 //! `telemetryd`: parses the command line and configuration, sets up logging
-//! and the runtime, and hands over to `daemon::run` or `check::run`.
+//! and the runtime, and hands over to `service::Service::run` or `check::run`.
 
 use std::process::ExitCode;
 
 use telemetryd::cli::{Cli, Command};
 use telemetryd::config::EX_USAGE;
-use telemetryd::daemon::Operations;
 use telemetryd::notify::Notifier;
 use telemetryd::reload::ConfigSource;
+use telemetryd::service::Service;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             };
             // Before the runtime starts threads: it edits the environment.
             let notifier = Notifier::from_env();
-            let ops = Operations {
+            let service = Service {
                 source,
                 log: Some(log),
                 notifier,
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(telemetryd::daemon::run(config, ops)) {
+            match runtime.block_on(service.run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");

@@ -3,6 +3,11 @@
 //! socket named by `$NOTIFY_SOCKET` (a path, or `@name` for the abstract
 //! namespace). With `Type=notify` systemd waits for `READY=1`; with
 //! `WatchdogSec=` it restarts the service when `WATCHDOG=1` stops arriving.
+//!
+//! By hand rather than through the `sd-notify` crate: that crate reads the
+//! environment on every call, where the daemon must read and clear it once
+//! before the runtime starts threads, and this is one `sendto` on a std
+//! socket.
 
 use std::os::linux::net::SocketAddrExt as _;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -105,17 +110,8 @@ impl Notifier {
 
 /// `CLOCK_MONOTONIC` in microseconds, as `MONOTONIC_USEC=` wants it.
 pub fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only into the timespec we pass.
-    #[allow(unsafe_code)]
-    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if ret != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
 }
 
 fn connect(path: &str) -> std::io::Result<(UnixDatagram, SocketAddr)> {

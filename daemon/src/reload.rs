@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::cli::Overrides;
-use crate::config::{AnalyzerConfig, Config, ConfigError};
+use crate::config::{AnalyzerSettings, Config, ConfigError, Overrides};
 use crate::logging::LogControl;
 
 /// Where the configuration comes from: the file (or the default path, or
@@ -98,7 +97,7 @@ pub fn merge(running: &mut Config, new: &Config) -> Applied {
 pub struct Reloader {
     source: ConfigSource,
     log: Option<LogControl>,
-    analyzer: watch::Sender<AnalyzerConfig>,
+    analyzer: watch::Sender<AnalyzerSettings>,
 }
 
 impl Reloader {
@@ -112,12 +111,12 @@ impl Reloader {
     }
 
     /// The analyzer settings as they change on SIGHUP (for the MAPE-K loop).
-    pub fn analyzer_settings(&self) -> watch::Receiver<AnalyzerConfig> {
+    pub fn analyzer_settings(&self) -> watch::Receiver<AnalyzerSettings> {
         self.analyzer.subscribe()
     }
 
     /// The hook itself, for whoever needs to send as well.
-    pub fn analyzer_sender(&self) -> &watch::Sender<AnalyzerConfig> {
+    pub fn analyzer_sender(&self) -> &watch::Sender<AnalyzerSettings> {
         &self.analyzer
     }
 
@@ -168,7 +167,7 @@ impl Reloader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::XdpMode;
+    use crate::config::{Choice, XdpMode};
     use std::time::Duration;
 
     #[test]
@@ -196,13 +195,13 @@ mod tests {
     fn mode_change_reattaches_and_restart_keys_are_kept() {
         let mut running = Config::default();
         let mut new = Config::default();
-        new.xdp.mode = XdpMode::Generic;
+        new.xdp.mode = Choice::Only(XdpMode::Generic);
         new.http.listen = "127.0.0.1:1".parse().unwrap();
         new.syscalls.enabled = !running.syscalls.enabled;
         let applied = merge(&mut running, &new);
         assert!(applied.xdp && applied.xdp_reattach);
         assert_eq!(applied.needs_restart, ["http", "syscalls"]);
-        assert_eq!(running.xdp.mode, XdpMode::Generic);
+        assert_eq!(running.xdp.mode, Choice::Only(XdpMode::Generic));
         assert_eq!(running.http, Config::default().http, "listen kept");
         assert_eq!(running.syscalls, Config::default().syscalls);
     }

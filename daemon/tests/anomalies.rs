@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::traffic::{RandomDrop, Traffic};
-use support::{require_root, Daemon, NetNs, VethPair};
+use support::{require_root, Daemon, NetNs, TestConfig, VethPair};
 
 const POLL: &str = "500ms";
 const WARMUP: &str = "3s";
@@ -24,27 +24,21 @@ const TCP_RATE: u32 = 400;
 const UDP_RATE: u32 = 200;
 
 fn config(device: &str, extra_analyzer: &str) -> String {
-    format!(
-        r#"
-[daemon]
-poll_interval = "{POLL}"
-[http]
-listen = "{listen}"
-[log]
-format = "json"
-level = "info"
-[xdp]
-interfaces = ["{device}"]
-[syscalls]
-enabled = false
-[analyzer]
-warmup = "{WARMUP}"
-fire_after = {FIRE_AFTER}
-resolve_after = {RESOLVE_AFTER}
-{extra_analyzer}
-"#,
-        listen = support::process::LISTEN,
-    )
+    analyzer()
+        .interfaces(&[device])
+        .lines("analyzer", extra_analyzer)
+        .toml()
+}
+
+/// JSON logs, a 500 ms poll and a short warm-up and hysteresis.
+fn analyzer() -> TestConfig {
+    TestConfig::new()
+        .set("daemon.poll_interval", POLL)
+        .set("log.format", "json")
+        .set("log.level", "info")
+        .set("analyzer.warmup", WARMUP)
+        .set("analyzer.fire_after", i64::from(FIRE_AFTER))
+        .set("analyzer.resolve_after", i64::from(RESOLVE_AFTER))
 }
 
 fn anomalies(daemon: &Daemon) -> Value {
@@ -498,28 +492,13 @@ fn reads_twenty_times_slower_fire_latency_for_read() {
     let cat = Kill(cat);
     let daemon = Daemon::start(
         &ns,
-        &format!(
-            r#"
-[daemon]
-poll_interval = "{POLL}"
-[http]
-listen = "{listen}"
-[log]
-format = "json"
-[xdp]
-enabled = false
-[syscalls]
-enabled = true
-track = ["read"]
-pids = [{pid}]
-[analyzer]
-warmup = "{WARMUP}"
-fire_after = {FIRE_AFTER}
-resolve_after = {RESOLVE_AFTER}
-min_calls = 20
-"#,
-            listen = support::process::LISTEN,
-        ),
+        &analyzer()
+            .set("xdp.enabled", false)
+            .set("syscalls.enabled", true)
+            .set("syscalls.track", vec!["read"])
+            .set("syscalls.pids", vec![i64::from(pid)])
+            .set("analyzer.min_calls", 20)
+            .toml(),
     );
     // ~1 ms reads (1,000/s) through warm-up, then ~20 ms reads (50/s).
     feed(&mut stdin, Duration::from_millis(1), Duration::from_secs(6));

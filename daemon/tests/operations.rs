@@ -18,28 +18,18 @@ use std::time::{Duration, Instant};
 use support::metrics::Scrape;
 use support::netns::unique_name;
 use support::process::BIN;
-use support::{require_root, Daemon, NetNs, Spawn};
+use support::{require_root, Daemon, NetNs, Spawn, TestConfig};
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/telemetryd.service");
 const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/telemetryd.toml");
 const NOBODY: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
 
 fn config(xdp: &str, poll: &str, level: &str) -> String {
-    format!(
-        r#"
-[daemon]
-poll_interval = "{poll}"
-[http]
-listen = "{listen}"
-[log]
-level = "{level}"
-[xdp]
-{xdp}
-[syscalls]
-enabled = false
-"#,
-        listen = support::process::LISTEN,
-    )
+    TestConfig::new()
+        .set("daemon.poll_interval", poll)
+        .set("log.level", level)
+        .lines("xdp", xdp)
+        .toml()
 }
 
 /// A veth pair with both ends inside `ns`, both up.
@@ -974,7 +964,7 @@ fn attach_foreign_program(ns: &NetNs, device: &str) -> u64 {
     let device_name = device.to_owned();
     ns.enter(move || {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        let mut object = telemetryd::bpf::LoadedObject::load().expect("loading the object");
+        let mut object = telemetryd::sources::load_default_object().expect("loading the object");
         let program: &mut aya::programs::Xdp = object
             .ebpf
             .program_mut(telemetryd_common::xdp::PROGRAM_NAME)
@@ -988,9 +978,9 @@ fn attach_foreign_program(ns: &NetNs, device: &str) -> u64 {
         // SAFETY: if_nametoindex reads a valid NUL-terminated string.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
         assert_ne!(ifindex, 0, "no such interface in the namespace");
-        telemetryd::netlink::RouteSocket::open(0)
+        telemetryd::kernel::netlink::RouteSocket::open(0)
             .unwrap()
-            .set_xdp(ifindex, fd, telemetryd::netlink::XDP_FLAGS_SKB_MODE)
+            .set_xdp(ifindex, fd, telemetryd::kernel::netlink::XDP_FLAGS_SKB_MODE)
             .expect("attaching the foreign program");
     });
     let programs = xdp_programs(ns);

@@ -16,14 +16,15 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use aya::programs::{Xdp, XdpMode};
-use telemetryd::bpf::{LoadOptions, LoadedObject};
-use telemetryd::collect::events::{self, PacketRecord, Received};
-use telemetryd_common::xdp::SAMPLED_PROGRAM_NAME;
+use telemetryd::loader::LoadedObject;
+use telemetryd::sources::events::{self, EventsLoad, PacketRecord, Received};
+use telemetryd::sources::xdp::XdpLoad;
+use telemetryd_common::xdp::{program_symbol, SAMPLED_PROGRAM_NAME};
 
 use support::frames::*;
 use support::metrics::{promtool_accepts, Scrape};
 use support::netns::in_namespace;
-use support::{require_root, Daemon, NetNs, VethPair};
+use support::{require_root, Daemon, NetNs, TestConfig, VethPair};
 
 const SOURCE: &str = "packet_events";
 
@@ -238,16 +239,17 @@ fn send_frames(ns: &str, device: &str, frames: Vec<(Vec<u8>, u64)>) {
     });
 }
 
-/// Loads with `options` and attaches in `mode` to `ifindex`; call from a
+/// Loads with `settings` and attaches in `mode` to `ifindex`; call from a
 /// thread inside the interface's namespace.
 fn attach(
-    options: LoadOptions,
+    settings: EventsLoad,
     ifindex: u32,
     mode: XdpMode,
 ) -> (LoadedObject, events::EventRing, events::KernelEventCounts) {
-    let mut object = LoadedObject::load_with(&options).expect("loading the eBPF object");
+    let mut object =
+        LoadedObject::load(&[&XdpLoad::default(), &settings]).expect("loading the eBPF object");
     let (ring, counts) = events::take(&mut object).expect("packet event maps");
-    assert_eq!(object.xdp_program, SAMPLED_PROGRAM_NAME);
+    assert_eq!(program_symbol(settings.sample_rate), SAMPLED_PROGRAM_NAME);
     let program: &mut Xdp = object
         .ebpf
         .program_mut(SAMPLED_PROGRAM_NAME)
@@ -286,12 +288,8 @@ fn every_frame_gives_one_exact_event() {
     let total: u64 = frames.iter().map(|(_, n)| n).sum();
     let (ifindex, ns_b_name, sender) = (veth.a_ifindex, ns_b.name.clone(), veth.b.clone());
     let (received, counts) = ns_a.enter(move || {
-        let options = LoadOptions {
-            sample_rate: 1,
-            ring_buffer_size: 1 << 20,
-            ..LoadOptions::default()
-        };
-        let (_object, mut ring, counts) = attach(options, ifindex, XdpMode::Default);
+        let settings = EventsLoad::new(1, 1 << 20).expect("a valid ring buffer size");
+        let (_object, mut ring, counts) = attach(settings, ifindex, XdpMode::Default);
         let before = events::monotonic_ns();
         send_frames(&ns_b_name, &sender, frames);
         let after = events::monotonic_ns();
@@ -334,12 +332,8 @@ fn full_ring_buffer_with_paused_consumer_adds_up() {
     let frame = ethernet(ETH_P_IP, &[], &ipv4(IPPROTO_UDP, &[], 0, &udp(18)));
     let (ifindex, ns_b_name, sender) = (veth.a_ifindex, ns_b.name.clone(), veth.b.clone());
     let (delivered, sampled, lost) = ns_a.enter(move || {
-        let options = LoadOptions {
-            sample_rate: 1,
-            ring_buffer_size: 4096,
-            ..LoadOptions::default()
-        };
-        let (_object, mut ring, counts) = attach(options, ifindex, XdpMode::Skb);
+        let settings = EventsLoad::new(1, 4096).expect("a valid ring buffer size");
+        let (_object, mut ring, counts) = attach(settings, ifindex, XdpMode::Skb);
         // The consumer is paused: nothing reads while the frames arrive.
         send_frames(&ns_b_name, &sender, vec![(frame, SENT)]);
         let received = drain(&mut ring, SENT as usize, Duration::from_millis(200));
@@ -362,23 +356,12 @@ fn full_ring_buffer_with_paused_consumer_adds_up() {
 }
 
 fn config(device: &str, extra: &str) -> String {
-    format!(
-        r#"
-[daemon]
-poll_interval = "100ms"
-[http]
-listen = "{listen}"
-[log]
-level = "debug"
-[xdp]
-interfaces = ["{device}"]
-mode = "auto"
-{extra}
-[syscalls]
-enabled = false
-"#,
-        listen = support::process::LISTEN,
-    )
+    TestConfig::new()
+        .set("log.level", "debug")
+        .interfaces(&[device])
+        .set("xdp.mode", "auto")
+        .lines("xdp", extra)
+        .toml()
 }
 
 /// An IPv4 UDP frame from `src` of `payload` bytes.

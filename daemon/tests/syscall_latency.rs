@@ -29,36 +29,26 @@ use support::kernel::Lacks;
 use support::matrix::record;
 use support::metrics::{promtool_accepts, Scrape};
 use support::netns::unique_name;
-use support::{require_root, Daemon, NetNs};
+use support::{require_root, Daemon, NetNs, TestConfig};
 
 const CHILD_ENV: &str = "TELEMETRYD_TEST_CHILD";
 const FIFO_ENV: &str = "TELEMETRYD_TEST_FIFO";
 const LATENCY: &str = "telemetryd_syscall_latency_seconds";
 
 fn config(attach: &str, track: &[&str], pids: &[u32], cgroup: &str) -> String {
-    let track: Vec<String> = track.iter().map(|t| format!("{t:?}")).collect();
-    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-    format!(
-        r#"
-[daemon]
-poll_interval = "100ms"
-[http]
-listen = "{listen}"
-[log]
-level = "info"
-format = "json"
-[xdp]
-enabled = false
-[syscalls]
-attach = "{attach}"
-track = [{track}]
-pids = [{pids}]
-cgroup = {cgroup:?}
-"#,
-        listen = support::process::LISTEN,
-        track = track.join(", "),
-        pids = pids.join(", "),
-    )
+    TestConfig::new()
+        .set("log.level", "info")
+        .set("log.format", "json")
+        .set("xdp.enabled", false)
+        .set("syscalls.enabled", true)
+        .set("syscalls.attach", attach)
+        .set("syscalls.track", track.to_vec())
+        .set(
+            "syscalls.pids",
+            pids.iter().map(|&p| i64::from(p)).collect::<Vec<_>>(),
+        )
+        .set("syscalls.cgroup", cgroup)
+        .toml()
 }
 
 // ---------------------------------------------------------------- child --
@@ -123,11 +113,8 @@ fn child_bad_fd(fifo: &str, n: u64) -> u64 {
     // Far above anything open here, so `park` cannot reuse it.
     let fd = 987;
     // SAFETY: F_GETFD only queries the descriptor table.
-    assert_eq!(
-        unsafe { libc::fcntl(fd, libc::F_GETFD) },
-        -1,
-        "fd {fd} is open"
-    );
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    assert_eq!(flags, -1, "fd {fd} is open");
     park(fifo);
     for _ in 0..n {
         assert_eq!(read_one(fd), -1);

@@ -10,27 +10,14 @@ use std::time::Duration;
 use support::frames::{cases, PacketSocket};
 use support::matrix::record;
 use support::metrics::promtool_accepts;
-use support::{require_root, Daemon, NetNs, VethPair};
+use support::{require_root, Daemon, NetNs, TestConfig, VethPair};
 
 fn config(interfaces: &[&str], mode: &str) -> String {
-    let list: Vec<String> = interfaces.iter().map(|i| format!("{i:?}")).collect();
-    format!(
-        r#"
-[daemon]
-poll_interval = "100ms"
-[http]
-listen = "{listen}"
-[log]
-level = "debug"
-[xdp]
-interfaces = [{list}]
-mode = "{mode}"
-[syscalls]
-enabled = false
-"#,
-        listen = support::process::LISTEN,
-        list = list.join(", ")
-    )
+    TestConfig::new()
+        .set("log.level", "debug")
+        .interfaces(interfaces)
+        .set("xdp.mode", mode)
+        .toml()
 }
 
 const FAMILIES: [&str; 3] = ["ipv4", "ipv6", "other"];
@@ -381,9 +368,9 @@ fn kill_9_leaves_nothing_attached() {
 /// not from what the earlier one left.
 #[test]
 fn a_reused_counter_entry_counts_from_zero() {
-    use telemetryd::bpf::xdp::{CounterPlace, PacketCounter};
-    use telemetryd::bpf::LoadedObject;
-    use telemetryd::config::XdpMode;
+    use telemetryd::config::{Choice, XdpMode};
+    use telemetryd::sources::load_default_object;
+    use telemetryd::sources::xdp::{CounterPlace, PacketCounter};
     use telemetryd_common::xdp::COUNTER_SLOTS;
 
     require_root();
@@ -392,8 +379,8 @@ fn a_reused_counter_entry_counts_from_zero() {
         let veth = VethPair::with_a_index(&ns_a, &ns_b, a_index);
         let (a, b, ns_b_name) = (veth.a.clone(), veth.b.clone(), ns_b.name.clone());
         let seen = ns_a.enter_with_sysfs(move || {
-            let mut object = LoadedObject::load().expect("loading the eBPF object");
-            let mut xdp = PacketCounter::load(&mut object).expect("loading xdp_packet_counter");
+            let mut object = load_default_object().expect("loading the eBPF object");
+            let mut xdp = PacketCounter::load(&mut object, 0).expect("loading xdp_packet_counter");
             let frame = support::frames::ethernet(
                 support::frames::ETH_P_IP,
                 &[],
@@ -408,7 +395,9 @@ fn a_reused_counter_entry_counts_from_zero() {
             // One more round than there are slots: the last gets the first
             // one's slot back.
             for round in 0..=COUNTER_SLOTS {
-                let attachment = xdp.attach(&a, XdpMode::Generic, false).expect("attach");
+                let attachment = xdp
+                    .attach(&a, Choice::Only(XdpMode::Generic), false)
+                    .expect("attach");
                 let place = attachment.counters.clone();
                 let sent = match round {
                     0 => 7,
@@ -448,4 +437,49 @@ fn a_reused_counter_entry_counts_from_zero() {
         assert_eq!(first.2, 7, "first interface's frames: {seen:?}");
         assert_eq!(last.2, 3, "the reused entry counts from zero: {seen:?}");
     }
+}
+
+/// A re-attach right after a detach succeeds even while another process
+/// still holds the link's descriptor: a child forked before the detach and
+/// not yet exec'd, which is what `Command::spawn` on another thread of the
+/// same process leaves for a moment. Detaching takes effect at once
+/// (`BPF_LINK_DETACH`), not when the link's last reference is gone; the
+/// hotplug and SIGHUP paths of the daemon detach and attach the same
+/// interface back to back.
+#[test]
+fn a_detach_takes_effect_while_a_child_still_holds_the_link() {
+    use telemetryd::config::{Choice, XdpMode};
+    use telemetryd::sources::load_default_object;
+    use telemetryd::sources::xdp::PacketCounter;
+
+    require_root();
+    let (ns_a, ns_b) = (NetNs::new(), NetNs::new());
+    let veth = VethPair::new(&ns_a, &ns_b);
+    let a = veth.a.clone();
+    ns_a.enter_with_sysfs(move || {
+        let mut object = load_default_object().expect("loading the eBPF object");
+        let mut xdp = PacketCounter::load(&mut object, 0).expect("loading xdp_packet_counter");
+        let generic = Choice::Only(XdpMode::Generic);
+        let attachment = xdp.attach(&a, generic, false).expect("attach");
+        // SAFETY: the child only sleeps and exits (both async-signal-safe),
+        // holding its copy of every descriptor, the link's included.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::sleep(5);
+                libc::_exit(0);
+            }
+        }
+        assert!(child > 0, "fork: {}", std::io::Error::last_os_error());
+        xdp.detach(attachment);
+        let again = xdp.attach(&a, generic, false);
+        // SAFETY: our own child, not yet reaped.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        let again = again.expect("re-attach while a child holds the detached link");
+        xdp.detach(again);
+    });
 }

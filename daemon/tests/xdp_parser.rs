@@ -6,8 +6,9 @@
 
 mod support;
 
-use telemetryd::bpf::xdp::PacketCounter;
-use telemetryd::bpf::LoadedObject;
+use telemetryd::loader::LoadedObject;
+use telemetryd::sources::load_default_object;
+use telemetryd::sources::xdp::PacketCounter;
 use telemetryd_common::xdp::{FAMILY_LABELS, PROTOCOL_LABELS};
 
 use support::frames::*;
@@ -19,11 +20,12 @@ const XDP_PASS: u32 = 2;
 const TEST_RUN_IFINDEX: u32 = 1;
 
 /// (family label, protocol label, malformed) -> how many, summed over CPUs.
-fn read(xdp: &PacketCounter<'_>) -> (Vec<u64>, Vec<u64>, u64) {
+fn read(xdp: &PacketCounter) -> (Vec<u64>, Vec<u64>, u64) {
     let mut packets = vec![0; 12];
     let mut bytes = vec![0; 12];
     let mut malformed = 0;
     let counters = xdp
+        .maps()
         .low_ifindex_counters(TEST_RUN_IFINDEX)
         .expect("reading the low-ifindex table");
     for f in 0..3 {
@@ -38,9 +40,13 @@ fn read(xdp: &PacketCounter<'_>) -> (Vec<u64>, Vec<u64>, u64) {
 
 /// Runs one frame and returns (family, protocol, malformed, bytes) of the
 /// single slot that moved; panics unless exactly one packet was counted.
-fn classify(xdp: &PacketCounter<'_>, frame: &[u8]) -> (&'static str, &'static str, bool, u64) {
+fn classify(
+    object: &LoadedObject,
+    xdp: &PacketCounter,
+    frame: &[u8],
+) -> (&'static str, &'static str, bool, u64) {
     let (p0, b0, m0) = read(xdp);
-    let (action, _) = xdp.test_run(frame, 1).expect("BPF_PROG_TEST_RUN");
+    let (action, _) = xdp.test_run(object, frame, 1).expect("BPF_PROG_TEST_RUN");
     assert_eq!(
         action,
         XDP_PASS,
@@ -72,10 +78,13 @@ fn classify(xdp: &PacketCounter<'_>, frame: &[u8]) -> (&'static str, &'static st
 #[test]
 fn each_cpu_counts_in_its_own_row() {
     let mut object = load();
-    let xdp = PacketCounter::load(&mut object).expect("the verifier accepts xdp_packet_counter");
+    let xdp = PacketCounter::load(&mut object, 0).expect("the verifier accepts xdp_packet_counter");
     let frame = ethernet(ETH_P_IP, &[], &ipv4(IPPROTO_UDP, &[], 0, &udp(8)));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let before = xdp.low_ifindex_counters_by_cpu(TEST_RUN_IFINDEX).unwrap();
+    let before = xdp
+        .maps()
+        .low_ifindex_counters_by_cpu(TEST_RUN_IFINDEX)
+        .unwrap();
     assert!(
         before.len() >= cpus,
         "{} rows for {cpus} CPUs",
@@ -88,10 +97,14 @@ fn each_cpu_counts_in_its_own_row() {
             continue; // possible but not online
         }
         let repeat = cpu as u32 + 1;
-        xdp.test_run(&frame, repeat).expect("BPF_PROG_TEST_RUN");
+        xdp.test_run(&object, &frame, repeat)
+            .expect("BPF_PROG_TEST_RUN");
         online.push(cpu);
     }
-    let after = xdp.low_ifindex_counters_by_cpu(TEST_RUN_IFINDEX).unwrap();
+    let after = xdp
+        .maps()
+        .low_ifindex_counters_by_cpu(TEST_RUN_IFINDEX)
+        .unwrap();
     assert!(online.len() >= 2 || cpus == 1, "ran on CPUs {online:?}");
     for (cpu, (a, b)) in after.iter().zip(&before).enumerate() {
         let gained = a.since(b);
@@ -108,7 +121,7 @@ fn each_cpu_counts_in_its_own_row() {
         );
     }
     let total: u64 = online.iter().map(|&cpu| cpu as u64 + 1).sum();
-    let sum = xdp.low_ifindex_counters(TEST_RUN_IFINDEX).unwrap();
+    let sum = xdp.maps().low_ifindex_counters(TEST_RUN_IFINDEX).unwrap();
     let sum_before = before.iter().map(|c| c.packets[0][1]).sum::<u64>();
     assert_eq!(sum.packets[0][1] - sum_before, total);
 }
@@ -127,15 +140,15 @@ fn pin_this_thread_to(cpu: usize) -> bool {
 
 fn load() -> LoadedObject {
     require_root();
-    LoadedObject::load().expect("loading the embedded eBPF object")
+    load_default_object().expect("loading the embedded eBPF object")
 }
 
 #[test]
 fn every_frame_kind_lands_in_its_slot() {
     let mut object = load();
-    let xdp = PacketCounter::load(&mut object).expect("the verifier accepts xdp_packet_counter");
+    let xdp = PacketCounter::load(&mut object, 0).expect("the verifier accepts xdp_packet_counter");
     for case in cases() {
-        let got = classify(&xdp, &case.frame);
+        let got = classify(&object, &xdp, &case.frame);
         assert_eq!(
             got,
             (
@@ -155,7 +168,7 @@ fn every_frame_kind_lands_in_its_slot() {
 #[test]
 fn every_truncation_is_passed_and_counted_once() {
     let mut object = load();
-    let xdp = PacketCounter::load(&mut object).expect("the verifier accepts xdp_packet_counter");
+    let xdp = PacketCounter::load(&mut object, 0).expect("the verifier accepts xdp_packet_counter");
     let deep = [
         (
             "QinQ ipv4 with options, tcp",
@@ -195,7 +208,7 @@ fn every_truncation_is_passed_and_counted_once() {
     for (what, frame, headers_len, (family, protocol)) in deep {
         // BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header.
         for len in 14..=frame.len() {
-            let (f, p, malformed, bytes) = classify(&xdp, &frame[..len]);
+            let (f, p, malformed, bytes) = classify(&object, &xdp, &frame[..len]);
             assert_eq!(bytes, len as u64, "{what} cut at {len}");
             assert_eq!(
                 malformed,

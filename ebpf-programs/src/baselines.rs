@@ -1,15 +1,18 @@
-//! Programs the benchmarks measure telemetryd's programs against: the
-//! floor of what attaching anything at the same hook costs, and the floor
-//! of what counting anything per interface costs.
+//! Programs the benchmarks measure telemetryd's programs against (only in
+//! the benchmark object): the floor of what attaching anything at the same
+//! hook costs, the floor of what counting anything per interface costs, the
+//! floor of timing a syscall at all, and the XDP benchmark's traffic source.
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE},
-    helpers::bpf_get_smp_processor_id,
-    macros::{map, xdp},
-    maps::Array,
-    programs::XdpContext,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint, xdp},
+    maps::{Array, PerCpuArray},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext, XdpContext},
 };
 use telemetryd_common::xdp::{LowIfindexCounters, FAMILY_OTHER, LOW_IFINDEX_LIMIT, PROTOCOL_OTHER};
+
+use crate::syscall_latency::{slot_of, PT_REGS_NR_INDEX};
 
 /// `xdp_count_floor`'s counters, laid out as `xdp_packet_counter`'s
 /// low-ifindex table (and sized by the loader the same way).
@@ -66,4 +69,67 @@ pub fn xdp_count_floor(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdp_bench_transmit(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
+}
+
+/// Benchmark floor: programs that do nothing, on the same raw tracepoints.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_empty(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_empty(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// Benchmark floor of timing at all: the two clock reads any latency
+/// tracer on these tracepoints must make for a tracked call (one at entry,
+/// one at exit), behind the same tracked-or-not test, and nothing else: no
+/// thread, no filters, no histogram. The benchmark shows how much of the
+/// tracer's cost is this floor.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_clock_floor(ctx: RawTracePointContext) -> i32 {
+    let nr: u64 = ctx.arg(1);
+    if slot_of(nr).is_some() {
+        if let Some(start) = CLOCK_FLOOR.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot of a per-CPU array, preemption off.
+            unsafe { *start = bpf_ktime_get_ns() };
+        }
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_clock_floor(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u64 = ctx.arg(0);
+    // SAFETY: as in `syscall_exit_tp_btf`.
+    let nr = unsafe { *regs.wrapping_add(PT_REGS_NR_INDEX) };
+    if slot_of(nr).is_some() {
+        if let Some(start) = CLOCK_FLOOR.get_ptr_mut(0) {
+            // SAFETY: as above.
+            unsafe { *start = bpf_ktime_get_ns().wrapping_sub(*start) };
+        }
+    }
+    0
+}
+
+/// Scratch of the clock-floor programs (benchmark only).
+#[map(name = "SYSCALL_CLOCK_FLOOR")]
+static CLOCK_FLOOR: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+// The per-syscall tracepoints `syscalls:sys_enter_<name>` /
+// `sys_exit_<name>` are the other way to hook syscalls: the kernel runs one
+// C probe on the raw tracepoints that tests a bitmap of enabled syscalls, so
+// an untracked call never enters BPF, but a tracked one pays for the perf
+// trace buffer and argument copies before the program runs. The benchmark
+// puts empty programs there, on the tracked syscalls, to show that trade.
+
+#[tracepoint]
+pub fn sys_enter_syscall_tp_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_syscall_tp_empty(_ctx: TracePointContext) -> u32 {
+    0
 }

@@ -15,6 +15,7 @@ use aya_ebpf::{
     macros::{map, raw_tracepoint},
     maps::{PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
+    Global,
 };
 use telemetryd_common::drops::{
     DeviceDropKey, DropsError, KernelLayout, AF_INET, AF_INET6, DROPS_ERROR_SLOTS,
@@ -36,9 +37,11 @@ static TCP_RETRANSMITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FAMILY_
 #[map(name = "DROPS_ERRORS")]
 static DROPS_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROPS_ERROR_SLOTS, 0);
 
-/// Set by the loader (`EbpfLoader::set_global`) before the programs load.
+/// Set by the loader (`EbpfLoader::override_global`) before the programs
+/// load; read-only data, which the kernel freezes, so the verifier prunes
+/// the reads a kernel without the fields cannot do.
 #[unsafe(no_mangle)]
-static DROPS_LAYOUT: KernelLayout = KernelLayout {
+static DROPS_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     enabled: 0,
     skb_dev: 0,
     dev_ifindex: 0,
@@ -50,7 +53,7 @@ static DROPS_LAYOUT: KernelLayout = KernelLayout {
     netns_inum: 0,
     count_unowned: 0,
     kfree_skb_args: 0,
-};
+});
 
 // Raw tracepoints: the programs get the tracepoint's TP_PROTO arguments as
 // u64s (`args[0]` is the first), not the trace_event record, so neither
@@ -97,9 +100,7 @@ pub fn tcp_retransmits(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn layout() -> KernelLayout {
-    // SAFETY: a plain read of a static the loader initialised; volatile so
-    // the compiler does not fold in the zeros it was declared with.
-    unsafe { core::ptr::read_volatile(&DROPS_LAYOUT) }
+    DROPS_LAYOUT.load()
 }
 
 /// Reads a `T` at `base + offset` in kernel memory.

@@ -9,6 +9,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
     programs::XdpContext,
+    Global,
 };
 use telemetryd_common::events::{
     EventCounter, PacketEvent, DEFAULT_RING_BUFFER_SIZE, EVENT_COUNTER_SLOTS, EVENT_HAS_ADDRESSES,
@@ -21,11 +22,11 @@ use crate::xdp_counter::{bytes_at, Classification};
 /// 1 in N frames is published; 0 = off. Set by user space at load time
 /// (read-only data, so the verifier sees a constant).
 #[unsafe(no_mangle)]
-static PACKET_SAMPLE_RATE: u32 = 0;
+static PACKET_SAMPLE_RATE: Global<u32> = Global::new(0);
 /// `floor(2^32 / PACKET_SAMPLE_RATE)`, set with it (see
 /// `telemetryd_common::events::sample_threshold`).
 #[unsafe(no_mangle)]
-static PACKET_SAMPLE_THRESHOLD: u32 = 0;
+static PACKET_SAMPLE_THRESHOLD: Global<u32> = Global::new(0);
 
 #[map(name = "PACKET_EVENTS")]
 static PACKET_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BUFFER_SIZE, 0);
@@ -56,20 +57,14 @@ static PACKET_EVENT_PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(
 /// the rate is not 0; with the rate 0 the verifier removes the rest.
 #[inline(always)]
 pub fn sample(ctx: &XdpContext, class: &Classification, len: u64) {
-    // SAFETY: a plain read of a static; volatile so the compiler does not
-    // fold the build-time 0 the loader overrides.
-    let rate = unsafe { core::ptr::read_volatile(&PACKET_SAMPLE_RATE) };
+    let rate = PACKET_SAMPLE_RATE.load();
     if rate == 0 {
         return;
     }
-    // 1 in `rate`: a uniform random number below floor(2^32 / rate). A
-    // compare, where `% rate` was a division on every frame.
-    // SAFETY: as above, for the threshold; the helper has no arguments or
-    // preconditions.
-    if rate != 1
-        && unsafe { bpf_get_prandom_u32() }
-            >= unsafe { core::ptr::read_volatile(&PACKET_SAMPLE_THRESHOLD) }
-    {
+    // 1 in `rate`: a uniform random number below floor(2^32 / rate), a
+    // compare instead of a division on every frame.
+    // SAFETY: the helper has no arguments or preconditions.
+    if rate != 1 && unsafe { bpf_get_prandom_u32() } >= PACKET_SAMPLE_THRESHOLD.load() {
         return;
     }
     bump(EventCounter::Sampled);

@@ -44,10 +44,10 @@
 //! Hence at exit, a thread's in-flight entry is either in its CPU's slot
 //! (it never left the CPU) or in the hash (it left, and the switch moved
 //! it); never in both, never lost. Filters (self tgid, pids, cgroup) are
-//! applied at entry only, before anything is stored, as before; the daemon's
-//! own threads therefore never have an entry anywhere. A full hash at the
+//! applied at entry only, before anything is stored; the daemon's own
+//! threads therefore never have an entry anywhere. A full hash at the
 //! hand-off drops the entry and counts `in_flight_full`, as a full hash at
-//! entry did before.
+//! entry (kprobe and fentry modes) does.
 //!
 //! User space attaches `sched_switch` first and detaches it last, so the
 //! invariant holds while the entry program is attached.
@@ -58,16 +58,16 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
     },
-    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray},
     programs::{
         BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
-        RetProbeContext, TracePointContext,
+        RetProbeContext,
     },
     Global,
 };
 use telemetryd_common::syscalls::{
-    bucket_index, InFlight, ProgramError, SyscallHistogram, DEFAULT_MAX_IN_FLIGHT, MAX_PIDS,
+    bucket_index, InFlight, SyscallHistogram, TracerError, DEFAULT_MAX_IN_FLIGHT, MAX_PIDS,
     MAX_SLOTS, MAX_SYSCALL_NR, PROGRAM_ERROR_SLOTS,
 };
 
@@ -170,7 +170,7 @@ pub fn syscall_sched_switch(_ctx: RawTracePointContext) -> i32 {
         .insert(pid_tgid, pending.call, BPF_ANY as u64)
         .is_err()
     {
-        count_error(ProgramError::InFlightFull);
+        count_error(TracerError::InFlightFull);
     }
     0
 }
@@ -194,9 +194,9 @@ pub fn syscall_exit_tracepoint(ctx: RawTracePointContext) -> i32 {
 /// architecture, as a constant: a BTF pointer may only be read at constant
 /// offsets the verifier checks against the struct.
 #[cfg(bpf_target_arch = "aarch64")]
-const PT_REGS_NR_INDEX: usize = 35;
+pub(crate) const PT_REGS_NR_INDEX: usize = 35;
 #[cfg(not(bpf_target_arch = "aarch64"))]
-const PT_REGS_NR_INDEX: usize = 15;
+pub(crate) const PT_REGS_NR_INDEX: usize = 15;
 
 /// The same exit as [`syscall_exit_tracepoint`], as a BTF tracepoint: the
 /// kernel types `regs`, so the syscall number is a plain load (turned into
@@ -262,72 +262,9 @@ pub fn syscall_exit_fexit(ctx: FExitContext) -> i32 {
     0
 }
 
-/// Benchmark floor: programs that do nothing, on the same raw tracepoints.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter_empty(_ctx: RawTracePointContext) -> i32 {
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit_empty(_ctx: RawTracePointContext) -> i32 {
-    0
-}
-
-/// Benchmark floor of timing at all: the two clock reads any latency
-/// tracer on these tracepoints must make for a tracked call (one at entry,
-/// one at exit), behind the same tracked-or-not test, and nothing else: no
-/// thread, no filters, no histogram. The benchmark shows how much of the
-/// tracer's cost is this floor.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter_clock_floor(ctx: RawTracePointContext) -> i32 {
-    let nr: u64 = ctx.arg(1);
-    if slot_of(nr).is_some() {
-        if let Some(start) = CLOCK_FLOOR.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot of a per-CPU array, preemption off.
-            unsafe { *start = bpf_ktime_get_ns() };
-        }
-    }
-    0
-}
-
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit_clock_floor(ctx: BtfTracePointContext) -> i32 {
-    let regs: *const u64 = ctx.arg(0);
-    // SAFETY: as in `syscall_exit_tp_btf`.
-    let nr = unsafe { *regs.wrapping_add(PT_REGS_NR_INDEX) };
-    if slot_of(nr).is_some() {
-        if let Some(start) = CLOCK_FLOOR.get_ptr_mut(0) {
-            // SAFETY: as above.
-            unsafe { *start = bpf_ktime_get_ns().wrapping_sub(*start) };
-        }
-    }
-    0
-}
-
-/// Scratch of the clock-floor programs (benchmark only).
-#[map(name = "SYSCALL_CLOCK_FLOOR")]
-static CLOCK_FLOOR: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-// The per-syscall tracepoints `syscalls:sys_enter_<name>` /
-// `sys_exit_<name>` are the other way to hook syscalls: the kernel runs one
-// C probe on the raw tracepoints that tests a bitmap of enabled syscalls, so
-// an untracked call never enters BPF, but a tracked one pays for the perf
-// trace buffer and argument copies before the program runs. The benchmark
-// puts empty programs there, on the tracked syscalls, to show that trade.
-
-#[tracepoint]
-pub fn sys_enter_syscall_tp_empty(_ctx: TracePointContext) -> u32 {
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_syscall_tp_empty(_ctx: TracePointContext) -> u32 {
-    0
-}
-
 /// Slot of syscall `nr`, or `None` when it is not tracked.
 #[inline(always)]
-fn slot_of(nr: u64) -> Option<u32> {
+pub(crate) fn slot_of(nr: u64) -> Option<u32> {
     if nr >= MAX_SYSCALL_NR as u64 {
         return None;
     }
@@ -346,7 +283,7 @@ fn syscall_nr(regs: *const u8) -> Option<u64> {
     match unsafe { bpf_probe_read_kernel(regs.wrapping_add(offset) as *const u64) } {
         Ok(nr) => Some(nr),
         Err(_) => {
-            count_error(ProgramError::ReadRegs);
+            count_error(TracerError::ReadRegs);
             None
         }
     }
@@ -390,7 +327,7 @@ fn enter(nr: u64) {
         .insert(pid_tgid, record, BPF_ANY as u64)
         .is_err()
     {
-        count_error(ProgramError::InFlightFull);
+        count_error(TracerError::InFlightFull);
     }
 }
 
@@ -483,7 +420,7 @@ fn record(start_ns: u64, slot: u32, ret: i64) {
 }
 
 #[inline(always)]
-fn count_error(error: ProgramError) {
+fn count_error(error: TracerError) {
     if let Some(slot) = SYSCALL_ERRORS.get_ptr_mut(error as u32) {
         // SAFETY: per-CPU slot from a successful lookup, see `exit`.
         unsafe { *slot += 1 };

@@ -15,7 +15,7 @@ use aya_log_ebpf::error;
 
 use crate::packet_events;
 use telemetryd_common::xdp::{
-    InterfaceCounters, LowIfindexCounters, ProgramError, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT,
+    InterfaceCounters, LowIfindexCounters, XdpError, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT,
     FAMILY_IPV4, FAMILY_IPV6, FAMILY_OTHER, LOW_IFINDEX_LIMIT, MAX_INTERFACES,
     MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROGRAM_ERROR_SLOTS, PROTOCOL_ICMP, PROTOCOL_OTHER,
     PROTOCOL_TCP, PROTOCOL_UDP,
@@ -121,11 +121,7 @@ impl Classification {
 /// The program attached when packet events are off (the default): no
 /// sampling code at all. With sampling compiled in but off, the verifier
 /// removes the sampling branch but not the load of the rate that decides
-/// it, a cache line of its own on every frame. Measured side by side (three
-/// loads of each, two runs): with the table indexed by CPU id, dropping
-/// that load saved 1.6 to 3 ns per frame native and 3 to 6 generic; with
-/// the earlier per-CPU map, whose own cold line was loaded in parallel,
-/// it saved nothing measurable.
+/// it, a cache line of its own on every frame (README, "What it costs").
 #[xdp]
 pub fn xdp_packet_counter(ctx: XdpContext) -> u32 {
     run::<false>(&ctx)
@@ -144,10 +140,9 @@ fn run<const SAMPLED: bool>(ctx: &XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     // The fast path ends on its own rather than joining the full parser's
     // result: with its classification constant, the compiler keeps it in
-    // registers. A shared tail made it spill the struct to the stack on
-    // every frame (about 5 ns per frame on veth, measured side by side);
-    // the full parser is a function of its own so that the compiler cannot
-    // merge the two tails back into one.
+    // registers, where a shared tail would spill the struct to the stack on
+    // every frame. The full parser is a function of its own so that the
+    // compiler cannot merge the two tails back into one.
     if let Some(class) = classify_common_ipv4(ctx) {
         count(ctx, &class, len);
         if SAMPLED {
@@ -445,7 +440,7 @@ fn first_counters(ctx: &XdpContext, ifindex: u32) -> Option<NonNull<InterfaceCou
     let _ = XDP_COUNTERS.insert(ifindex, InterfaceCounters::default(), BPF_NOEXIST as u64);
     let counters = XDP_COUNTERS.get_ptr_mut(ifindex).and_then(NonNull::new);
     if counters.is_none() {
-        record_error(ctx, ProgramError::CountersMapFull, ifindex);
+        record_error(ctx, XdpError::CountersMapFull, ifindex);
     }
     counters
 }
@@ -453,7 +448,7 @@ fn first_counters(ctx: &XdpContext, ifindex: u32) -> Option<NonNull<InterfaceCou
 /// Counts one of the program's own errors; logs it the first time it
 /// happens on this CPU, so a persistent fault costs one log line per CPU.
 #[inline(never)]
-fn record_error(ctx: &XdpContext, error: ProgramError, ifindex: u32) {
+fn record_error(ctx: &XdpContext, error: XdpError, ifindex: u32) {
     if let Some(slot) = XDP_ERRORS.get_ptr_mut(error as u32) {
         // SAFETY: per-CPU slot from a successful lookup, see `count`.
         let slot = unsafe { &mut *slot };

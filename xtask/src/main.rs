@@ -4,7 +4,11 @@
 //! missing on its own (nightly rust-src, bpf-linker, Debian packages), and
 //! fails with a message that says what to do when it cannot.
 
+mod command;
+mod deb;
 mod install;
+mod lab;
+mod monitoring;
 mod setup;
 mod vm;
 
@@ -39,9 +43,11 @@ enum Task {
         args: Vec<String>,
     },
     /// Run the whole test suite: unit and root integration tests on this
-    /// machine's kernel, then the kernel matrix (`vm-test`).
+    /// machine's kernel, then, without a test filter, build and check the
+    /// Debian package, run a short mesh lab (5 nodes, the loss fault), and
+    /// the kernel matrix (`vm-test`, with that package in its systemd guest).
     Test {
-        /// Only this machine's kernel: no guests.
+        /// No kernel matrix: this machine's kernel, the package and the lab.
         #[arg(long)]
         host_only: bool,
         /// Arguments passed on to `cargo test` (a test name filter, ...).
@@ -72,6 +78,22 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         prefix: Option<PathBuf>,
     },
+    /// Build in release mode and make the Debian package,
+    /// target/debian/telemetryd_<version>_<arch>.deb; run lintian on it, and
+    /// install, remove and purge it in a throwaway dpkg root.
+    Deb,
+    /// Run the mesh lab (root): telemetryd on N network namespaces in a ring,
+    /// a real Prometheus, Alertmanager and VictoriaMetrics, 10% loss on one
+    /// link and slowed reads on one node; checks the alerts, the remote
+    /// write and the dashboard, and prints a report with the timings.
+    Lab {
+        /// Nodes in the ring (at least 5).
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+    },
+    /// The workload of one lab node (started by `cargo xtask lab`).
+    #[command(hide = true)]
+    LabAgent(lab::AgentArgs),
     /// cargo fmt --check and cargo clippy with warnings denied.
     Lint,
     /// Run the benchmarks (root) and print their figures.
@@ -117,10 +139,29 @@ fn main() -> Result<()> {
             let host = vm::host_suite(&root, &args);
             stages.add("host suite", started.elapsed());
             let host = host?;
-            if host_only {
+            if !args.is_empty() {
+                step("arguments for cargo test were given: the package, lab and matrix stages do not run");
                 return Ok(());
             }
-            let matrix = vm::vm_test(&root, &[], &vm::Install::Xtask, Some(host), &mut stages);
+            let started = std::time::Instant::now();
+            let package = stage("the Debian package", || {
+                cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
+                deb::build_and_check(&root)
+            })?;
+            stages.add("Debian package", started.elapsed());
+            let started = std::time::Instant::now();
+            stage("the short mesh lab", || {
+                let report = lab::run(&root, &short_lab(&root))?;
+                print!("{report}");
+                Ok(())
+            })?;
+            stages.add("short mesh lab", started.elapsed());
+            if host_only {
+                stages.print();
+                return Ok(());
+            }
+            let install = vm::Install::DebPackage(package.path);
+            let matrix = vm::vm_test(&root, &[], &install, Some(host), &mut stages);
             stages.print();
             matrix
         }
@@ -134,6 +175,20 @@ fn main() -> Result<()> {
             result
         }
         Task::VmReadme => vm::vm_readme(&root),
+        Task::Lab { nodes } => {
+            setup::all()?;
+            require_root("the lab creates network namespaces and loads eBPF programs")?;
+            cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
+            let options = lab::Options {
+                nodes,
+                latency_fault: true,
+                binary: root.join("target/release/telemetryd"),
+            };
+            let report = lab::run(&root, &options)?;
+            print!("{report}");
+            Ok(())
+        }
+        Task::LabAgent(args) => lab::run_agent(args),
         Task::Install { prefix } => {
             setup::build_tools()?;
             if prefix.is_none() {
@@ -146,6 +201,11 @@ fn main() -> Result<()> {
                 step("now: systemctl daemon-reload && systemctl enable --now telemetryd");
             }
             Ok(())
+        }
+        Task::Deb => {
+            setup::all()?;
+            cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
+            deb::build_and_check(&root).map(drop)
         }
         Task::Lint => {
             setup::build_tools()?;
@@ -180,6 +240,28 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The lab `cargo xtask test` runs: 5 nodes, the loss fault only.
+fn short_lab(root: &Path) -> lab::Options {
+    lab::Options {
+        nodes: 5,
+        latency_fault: false,
+        binary: root.join("target/release/telemetryd"),
+    }
+}
+
+/// Runs one stage of `cargo xtask test` and says how long it took.
+fn stage<T>(name: &str, run: impl FnOnce() -> Result<T>) -> Result<T> {
+    step(&format!("stage: {name}"));
+    let start = std::time::Instant::now();
+    let result = run();
+    let secs = start.elapsed().as_secs_f64();
+    match &result {
+        Ok(_) => step(&format!("stage passed in {secs:.0} s: {name}")),
+        Err(_) => step(&format!("stage failed after {secs:.0} s: {name}")),
+    }
+    result.with_context(|| format!("stage: {name}"))
 }
 
 /// Names of the benchmarks: daemon/examples/<name>_bench.rs.

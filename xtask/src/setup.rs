@@ -5,12 +5,14 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::command::output;
 use crate::step;
 
 /// bpf-linker version known to work with aya-ebpf 0.2 and this nightly.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests and benchmarks run: (package, a command it provides).
+/// Debian packages the tests, benchmarks, the package build and the lab
+/// run: (package, a command it provides).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("nftables", "nft"),
@@ -20,6 +22,13 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze"),
     ("util-linux", "setpriv"),
     ("strace", "strace"),
+    // The Debian package (cargo xtask deb) and its checks.
+    ("dpkg-dev", "dpkg-shlibdeps"),
+    ("binutils", "strip"),
+    ("lintian", "lintian"),
+    // The mesh lab (cargo xtask lab, and its short run in cargo xtask test).
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
+    ("victoria-metrics", "victoria-metrics"),
 ];
 
 pub fn all() -> Result<()> {
@@ -217,22 +226,7 @@ fn quiet(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-pub fn output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-pub fn run(program: &str, args: &[&str]) -> Result<()> {
+fn run(program: &str, args: &[&str]) -> Result<()> {
     let status = Command::new(program)
         .args(args)
         .status()

@@ -1,11 +1,43 @@
-//! What the benchmarks share: two throwaway namespaces joined by veth (traffic
-//! never leaves them), entering a namespace, a raw UDP frame, a median.
-#![allow(dead_code)] // each benchmark uses a different part
+//! What the benchmarks share: the benchmark object, two throwaway
+//! namespaces joined by veth (traffic never leaves them), entering a
+//! namespace, a raw UDP frame, a median.
+#![allow(dead_code, reason = "each benchmark uses a different part")]
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use telemetryd::loader::{LoadSettings, LoadedObject};
+use telemetryd::sources::events::EventsLoad;
+use telemetryd::sources::syscalls::SyscallsLoad;
+use telemetryd::sources::xdp::XdpLoad;
+
+/// The daemon's programs and the benchmarks' references
+/// (`ebpf-programs/src/bench.rs`), built by `daemon/build.rs`; the daemon
+/// itself never embeds it.
+static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/telemetryd-ebpf-bench"));
+
+/// The count-floor program's table, sized like the packet counter's.
+struct FloorTable(u32);
+
+impl LoadSettings for FloorTable {
+    fn apply<'a>(&'a self, loader: &mut aya::EbpfLoader<'a>) {
+        loader.map_max_entries(telemetryd_common::xdp::FLOOR_COUNTERS_MAP, self.0);
+    }
+}
+
+/// The benchmark object with every source's default settings, packet
+/// events as `events` says.
+pub fn load_bench_object(events: EventsLoad, syscalls: SyscallsLoad) -> LoadedObject {
+    let floor = FloorTable(telemetryd::sources::xdp::counters::cpu_id_bound());
+    LoadedObject::load_elf(
+        BENCH_OBJECT,
+        &[&XdpLoad::default(), &events, &syscalls, &floor],
+    )
+    .expect("loading the benchmark eBPF object")
+}
 
 /// A receiving and a sending namespace joined by a veth pair with IPv6 off
 /// (so the kernel sends nothing of its own); removed on drop.

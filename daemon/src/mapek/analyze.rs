@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::anomaly::{AnomalyKind, AnomalyState, Severity};
 use super::knowledge::{Knowledge, Metric, Sample, Signal, SignalId};
 use super::monitor::Observation;
-use super::settings::AnalyzerSettings;
+use crate::config::AnalyzerSettings;
 
 /// Subject of node-wide signals.
 pub const NODE: &str = "node";
@@ -268,9 +268,6 @@ pub fn evaluate(obs: &Observation, k: &mut Knowledge, s: &AnalyzerSettings) -> V
 pub struct Context<'a> {
     pub obs: &'a Observation,
     pub knowledge: &'a Knowledge,
-    /// Peers and their share (0..1) of the node's packets, largest first;
-    /// may be empty.
-    pub top_talkers: &'a [(String, f64)],
 }
 
 /// The value of `verdict`'s signal averaged over its newest `span` samples,
@@ -385,7 +382,7 @@ fn correlate(text: &mut String, verdict: &Verdict, ctx: &Context<'_>) {
             traffic_trend(text, subject, ctx);
         }
         AnomalyKind::TrafficSpike => {
-            if let Some((peer, share)) = ctx.top_talkers.first() {
+            if let Some((peer, share)) = ctx.obs.top_talkers.first() {
                 let _ = write!(text, "; {} of packets from {peer}", fmt_pct(*share));
             }
         }

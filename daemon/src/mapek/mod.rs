@@ -3,8 +3,10 @@
 //!
 //! Each new snapshot becomes one [`Observation`] (rates over the interval),
 //! each signal of it a [`Verdict`] against its learned baseline, verdicts
-//! become [`StateChange`]s through hysteresis, and state changes are logged,
-//! published on the [`AnomalyBoard`] and optionally sent to Alertmanager.
+//! become [`StateChange`]s through hysteresis ([`MapeK::observe`]: a function
+//! of the snapshots seen so far and the settings, nothing else), and state
+//! changes are logged, published on the [`AnomalyBoard`] and optionally sent
+//! to Alertmanager ([`MapeK::execute`]).
 
 pub mod analyze;
 pub mod anomaly;
@@ -12,21 +14,20 @@ pub mod execute;
 pub mod knowledge;
 pub mod monitor;
 pub mod plan;
-pub mod settings;
 pub mod webhook;
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::collect::Snapshot;
+use crate::config::AnalyzerSettings;
+use crate::sources::Snapshot;
 
 pub use analyze::Verdict;
 pub use anomaly::{AnomalyKind, AnomalyState, Severity, StateChange};
 pub use execute::{AnomalyBoard, AnomalyRecord, AnomalyReport};
 pub use knowledge::Knowledge;
 pub use monitor::Observation;
-pub use settings::AnalyzerSettings;
 pub use webhook::{Webhook, WebhookCounts};
 
 /// The anomaly loop. Feed it every snapshot, in order.
@@ -49,30 +50,18 @@ impl MapeK {
         }
     }
 
-    /// Runs Monitor, Analyze, Plan and Execute on one snapshot and returns
-    /// the state changes it caused (already logged, published and queued
-    /// for the webhook). `top_talkers` are peers with their share (0..1) of
-    /// the node's packets, largest first, used to explain traffic spikes;
-    /// it may be empty.
-    pub fn observe(
-        &mut self,
-        snapshot: &Snapshot,
-        top_talkers: &[(String, f64)],
-    ) -> Vec<StateChange> {
+    /// Monitor, Analyze and Plan on one snapshot: the state changes it
+    /// causes, explained. What it returns depends only on the snapshots
+    /// observed so far (in order) and the settings; it publishes nothing
+    /// (see [`MapeK::execute`]).
+    pub fn observe(&mut self, snapshot: &Snapshot) -> Vec<StateChange> {
         let Some(obs) = self.monitor.observe(snapshot) else {
             return Vec::new();
         };
         let verdicts = analyze::evaluate(&obs, &mut self.knowledge, &self.settings);
-        let changes = plan::plan(
-            &verdicts,
-            &mut self.knowledge,
-            &self.settings,
-            top_talkers,
-            &obs,
-        );
+        let changes = plan::plan(&verdicts, &mut self.knowledge, &self.settings, &obs);
         self.knowledge.evict_excess();
         self.knowledge.count_observation();
-        self.executor.execute(&changes);
         tracing::debug!(
             seq = obs.seq,
             signals = self.knowledge.signal_count(),
@@ -82,6 +71,12 @@ impl MapeK {
             "anomaly loop observed a poll"
         );
         changes
+    }
+
+    /// Execute: logs each change, publishes it on the board and queues it
+    /// for the webhook.
+    pub fn execute(&self, changes: &[StateChange]) {
+        self.executor.execute(changes);
     }
 
     /// Applies reloaded settings (SIGHUP), keeping learned baselines, active
@@ -114,12 +109,13 @@ impl MapeK {
 
     /// Starts (or stops) the webhook sender for the current settings.
     fn start_webhook(&mut self, instance: &str) {
-        if self.settings.webhook.is_empty() {
+        let settings = self.settings.webhook();
+        if settings.url.is_empty() {
             self.set_webhook(None);
             return;
         }
         let stats = self.board().webhook_stats();
-        match Webhook::spawn(&self.settings, instance, stats) {
+        match Webhook::spawn(&settings, instance, stats) {
             Ok(w) => self.set_webhook(Some(w)),
             Err(error) => {
                 tracing::warn!(%error, "anomaly webhook disabled");
@@ -128,19 +124,15 @@ impl MapeK {
         }
     }
 
-    /// Observes every new snapshot published on `snapshots` until its
-    /// sender is dropped. New values of `settings` are applied as they come
-    /// (an invalid one is logged and ignored). `top_talkers` is asked for
-    /// the current top talkers on each poll. Must run inside a tokio
-    /// runtime (the webhook worker is spawned on it).
-    pub async fn run<F>(
+    /// Observes and executes every new snapshot published on `snapshots`
+    /// until its sender is dropped. New values of `settings` are applied as
+    /// they come (an invalid one is logged and ignored). Must run inside a
+    /// tokio runtime (the webhook worker is spawned on it).
+    pub async fn run(
         mut self,
         mut snapshots: watch::Receiver<Arc<Snapshot>>,
         mut settings: watch::Receiver<AnalyzerSettings>,
-        mut top_talkers: F,
-    ) where
-        F: FnMut() -> Vec<(String, f64)> + Send,
-    {
+    ) {
         let instance = node_name();
         self.start_webhook(&instance);
         // Whatever snapshot is already there counts as the first one.
@@ -153,8 +145,8 @@ impl MapeK {
                         break;
                     }
                     let snapshot = Arc::clone(&snapshots.borrow_and_update());
-                    let talkers = top_talkers();
-                    self.observe(&snapshot, &talkers);
+                    let changes = self.observe(&snapshot);
+                    self.execute(&changes);
                 }
                 changed = settings.changed(), if settings_open => {
                     if changed.is_err() {
@@ -162,10 +154,7 @@ impl MapeK {
                         continue;
                     }
                     let new = settings.borrow_and_update().clone();
-                    let webhook_changed = new.webhook != self.settings.webhook
-                        || new.webhook_timeout != self.settings.webhook_timeout
-                        || new.webhook_retries != self.settings.webhook_retries
-                        || new.webhook_queue != self.settings.webhook_queue;
+                    let webhook_changed = new.webhook() != self.settings.webhook();
                     match self.update_settings(new) {
                         Ok(()) => {
                             tracing::info!("analyzer settings reloaded");

@@ -8,8 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use crate::collect::snapshot::{InterfaceStats, SyscallStats, TcpStats, LATENCY_BUCKETS};
-use crate::collect::Snapshot;
+use crate::sources::drops::{DropStats, TcpStats};
+use crate::sources::syscalls::{SyscallStats, LATENCY_BUCKETS};
+use crate::sources::xdp::InterfaceStats;
+use crate::sources::Snapshot;
 
 /// Rates of one device over the interval.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -85,6 +87,10 @@ pub struct Observation {
     pub tcp: Option<TcpRates>,
     /// Syscalls present in both snapshots without a counter reset.
     pub syscalls: BTreeMap<String, SyscallRates>,
+    /// Peers and their share (0..1) of the node's sampled packets over the
+    /// top-talkers window, largest first, as of the newer snapshot; empty
+    /// without packet events.
+    pub top_talkers: Vec<(String, f64)>,
 }
 
 impl Observation {
@@ -135,21 +141,31 @@ impl Monitor {
 pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observation {
     let interval = current.uptime.saturating_sub(previous.uptime);
     let secs = interval.as_secs_f64().max(1e-9);
+    // A section that is absent (its source is off) reads as empty.
+    let no_interfaces = BTreeMap::new();
+    let [prev_interfaces, cur_interfaces] =
+        [previous, current].map(|s| s.xdp.as_ref().map_or(&no_interfaces, |x| &x.interfaces));
+    let no_drops = DropStats::default();
+    let [prev_drops, cur_drops] =
+        [previous, current].map(|s| s.drops.as_ref().unwrap_or(&no_drops));
+    let no_syscalls = BTreeMap::new();
+    let [prev_syscalls, cur_syscalls] =
+        [previous, current].map(|s| s.syscalls.as_ref().map_or(&no_syscalls, |t| &t.syscalls));
 
     let mut devices = BTreeMap::new();
     let mut reset_devices = Vec::new();
-    for (name, cur) in &current.interfaces {
-        let Some(prev) = previous.interfaces.get(name) else {
+    for (name, cur) in cur_interfaces {
+        let Some(prev) = prev_interfaces.get(name) else {
             continue;
         };
         match device_rates(prev, cur, secs) {
             Some(mut rates) => {
                 // Attributed kernel drops; a reset leaves them at 0 this once.
-                let total = |s: &Snapshot| -> u64 {
-                    s.device_drops.get(name).map_or(0, |r| r.values().sum())
+                let total = |d: &DropStats| -> u64 {
+                    d.device_drops.get(name).map_or(0, |r| r.values().sum())
                 };
-                rates.kernel_drops_per_sec = total(current)
-                    .checked_sub(total(previous))
+                rates.kernel_drops_per_sec = total(cur_drops)
+                    .checked_sub(total(prev_drops))
                     .map_or(0.0, |d| d as f64 / secs);
                 devices.insert(name.clone(), rates);
             }
@@ -159,9 +175,9 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
 
     let mut kernel_drop_reasons = BTreeMap::new();
     let mut kernel_drops = 0u64;
-    for (reason, &cur) in &current.kernel_drops {
+    for (reason, &cur) in &cur_drops.kernel_drops {
         // A reason appears with its first drop: a missing entry counts as 0.
-        let prev = previous.kernel_drops.get(reason).copied().unwrap_or(0);
+        let prev = prev_drops.kernel_drops.get(reason).copied().unwrap_or(0);
         if let Some(d) = cur.checked_sub(prev) {
             kernel_drops += d;
             if d > 0 {
@@ -173,8 +189,8 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
     let attributed: f64 = devices.values().map(|d| d.kernel_drops_per_sec).sum();
 
     let mut syscalls = BTreeMap::new();
-    for (name, cur) in &current.syscalls {
-        let prev = previous.syscalls.get(name);
+    for (name, cur) in cur_syscalls {
+        let prev = prev_syscalls.get(name);
         let empty = SyscallStats::default();
         if let Some(rates) = syscall_rates(prev.unwrap_or(&empty), cur, secs) {
             syscalls.insert(name.clone(), rates);
@@ -193,8 +209,19 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
         // the node's signal keeps the rest, so one fault raises one anomaly.
         kernel_drops_per_sec: (kernel_drops as f64 / secs - attributed).max(0.0),
         kernel_drop_reasons,
-        tcp: tcp_rates(&previous.tcp, &current.tcp, secs),
+        tcp: tcp_rates(&prev_drops.tcp, &cur_drops.tcp, secs),
         syscalls,
+        top_talkers: current
+            .events
+            .as_ref()
+            .map(|e| {
+                e.top_talkers
+                    .peers
+                    .iter()
+                    .map(|p| (p.peer.clone(), p.share))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -261,8 +288,9 @@ fn syscall_rates(prev: &SyscallStats, cur: &SyscallStats, secs: f64) -> Option<S
 }
 
 /// The `q` quantile in nanoseconds of a log2 histogram (bucket `i` holds
-/// `[2^i, 2^(i+1))` ns, bucket 0 also 0 ns), interpolating linearly inside
-/// the bucket that holds it. `None` for an empty histogram.
+/// `(2^(i-1), 2^i]` ns, bucket 0 holds 0 and 1 ns: the kernel's
+/// `bucket_index`), interpolating linearly inside the bucket that holds it.
+/// `None` for an empty histogram.
 pub fn quantile_ns(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
     let total: u64 = buckets.iter().sum();
     if total == 0 {
@@ -275,8 +303,8 @@ pub fn quantile_ns(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
             continue;
         }
         if (below + n) as f64 >= target {
-            let lo = if i == 0 { 0.0 } else { 2f64.powi(i as i32) };
-            let hi = 2f64.powi(i as i32 + 1);
+            let lo = if i == 0 { 0.0 } else { 2f64.powi(i as i32 - 1) };
+            let hi = 2f64.powi(i as i32);
             let fraction = ((target - below as f64) / n as f64).clamp(0.0, 1.0);
             return Some(lo + fraction * (hi - lo));
         }
@@ -284,7 +312,7 @@ pub fn quantile_ns(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
     }
     // Rounding: the quantile is in the last non-empty bucket.
     let last = buckets.iter().rposition(|&n| n > 0)?;
-    Some(2f64.powi(last as i32 + 1))
+    Some(2f64.powi(last as i32))
 }
 
 #[cfg(test)]
@@ -292,29 +320,32 @@ mod tests {
     use super::*;
 
     fn snap(seq: u64, packets: u64, rx_dropped: u64) -> Snapshot {
-        let mut s = Snapshot {
-            seq,
-            uptime: Duration::from_secs(seq),
-            ..Default::default()
-        };
         let mut dev = InterfaceStats::default();
         dev.packets[0][0] = packets;
         dev.bytes[0][0] = packets * 100;
         dev.rx_dropped = rx_dropped;
-        s.interfaces.insert("eth0".into(), dev);
-        s
+        let mut xdp = crate::sources::xdp::XdpStats::default();
+        xdp.interfaces.insert("eth0".into(), dev);
+        Snapshot {
+            seq,
+            uptime: Duration::from_secs(seq),
+            xdp: Some(xdp),
+            drops: Some(DropStats::default()),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn rates_per_second() {
         let mut a = snap(1, 1000, 0);
         let mut b = snap(3, 3000, 20);
-        a.tcp.segments_out = 1000;
-        b.tcp.segments_out = 2000;
-        b.tcp.retrans_segs = 50;
-        a.kernel_drops.insert("NETFILTER_DROP".into(), 10);
-        b.kernel_drops.insert("NETFILTER_DROP".into(), 110);
-        b.kernel_drops.insert("NO_SOCKET".into(), 4);
+        let (ad, bd) = (a.drops.as_mut().unwrap(), b.drops.as_mut().unwrap());
+        ad.tcp.segments_out = 1000;
+        bd.tcp.segments_out = 2000;
+        bd.tcp.retrans_segs = 50;
+        ad.kernel_drops.insert("NETFILTER_DROP".into(), 10);
+        bd.kernel_drops.insert("NETFILTER_DROP".into(), 110);
+        bd.kernel_drops.insert("NO_SOCKET".into(), 4);
         let o = observe(&a, &b, false);
         assert_eq!(o.interval, Duration::from_secs(2));
         let d = &o.devices["eth0"];
@@ -339,11 +370,20 @@ mod tests {
     #[test]
     fn quantiles_interpolate_inside_buckets() {
         let mut b = [0u64; LATENCY_BUCKETS];
-        b[10] = 100; // [1024, 2048)
-        assert_eq!(quantile_ns(&b, 0.5), Some(1536.0));
+        b[10] = 100; // (512, 1024] ns
+        assert_eq!(quantile_ns(&b, 0.5), Some(768.0));
         b[20] = 1; // one slow call
         let p99 = quantile_ns(&b, 0.99).unwrap();
-        assert!((1024.0..2048.0).contains(&p99), "{p99}");
+        assert!((512.0..=1024.0).contains(&p99), "{p99}");
+        // The buckets are the kernel's: a call of 12 ms is counted in the
+        // bucket whose upper bound is 2^24 ns (16.8 ms), and its quantiles
+        // lie in (8.4 ms, 16.8 ms].
+        let mut b = [0u64; LATENCY_BUCKETS];
+        b[telemetryd_common::syscalls::bucket_index(12_000_000)] = 100;
+        for q in [0.01, 0.5, 0.99] {
+            let ns = quantile_ns(&b, q).unwrap();
+            assert!((8_388_608.0..=16_777_216.0).contains(&ns), "{q}: {ns}");
+        }
         assert_eq!(quantile_ns(&[0; LATENCY_BUCKETS], 0.5), None);
     }
 

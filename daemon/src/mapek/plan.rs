@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use super::analyze::{explain, Context, Verdict};
 use super::anomaly::{AnomalyKind, AnomalyState, StateChange};
 use super::knowledge::{ActiveAnomaly, AnomalyKey, Knowledge, Streak};
-use super::settings::AnalyzerSettings;
+use crate::config::AnalyzerSettings;
 
 /// Decides state changes from this observation's verdicts, updates the
 /// active and resolved anomalies in `knowledge`, and returns
@@ -19,7 +19,6 @@ pub fn plan(
     verdicts: &[Verdict],
     knowledge: &mut Knowledge,
     settings: &AnalyzerSettings,
-    top_talkers: &[(String, f64)],
     obs: &super::monitor::Observation,
 ) -> Vec<StateChange> {
     if obs.first {
@@ -76,11 +75,7 @@ pub fn plan(
     }
 
     let mut changes = Vec::with_capacity(fire.len() + resolve.len());
-    let ctx = Context {
-        obs,
-        knowledge,
-        top_talkers,
-    };
+    let ctx = Context { obs, knowledge };
     let mut firing = Vec::with_capacity(fire.len());
     for &i in &fire {
         let v = &verdicts[i];

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::*;
-use crate::collect::snapshot::{InterfaceStats, SyscallStats, TcpStats};
+use crate::sources::drops::{DropStats, TcpStats};
+use crate::sources::events::{EventStats, TopTalker, TopTalkersReport};
+use crate::sources::syscalls::{SyscallStats, TracerStats};
+use crate::sources::xdp::{InterfaceStats, XdpStats};
 
 /// A node whose cumulative counters the test advances one poll (1 s) at a
 /// time.
@@ -17,6 +20,8 @@ struct Node {
     kernel_drops: BTreeMap<String, u64>,
     device_drops: BTreeMap<String, BTreeMap<String, u64>>,
     tcp: TcpStats,
+    /// (peer, share) the packet events source reports.
+    top_talkers: Vec<(String, f64)>,
 }
 
 impl Node {
@@ -66,20 +71,53 @@ impl Node {
 
     fn snapshot(&mut self) -> Snapshot {
         self.seq += 1;
+        let peers = self
+            .top_talkers
+            .iter()
+            .map(|(peer, share)| TopTalker {
+                peer: peer.clone(),
+                direction: "rx",
+                packets: 0.0,
+                bytes: 0.0,
+                share: *share,
+            })
+            .collect();
         Snapshot {
             seq: self.seq,
             uptime: Duration::from_secs(self.seq),
             taken_at: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000 + self.seq)),
-            interfaces: self.interfaces.clone(),
-            syscalls: self.syscalls.clone(),
-            kernel_drops: self.kernel_drops.clone(),
-            device_drops: self.device_drops.clone(),
-            tcp: self.tcp.clone(),
-            program_errors: BTreeMap::new(),
-            attachments: Vec::new(),
-            ..Default::default()
+            xdp: Some(XdpStats {
+                interfaces: self.interfaces.clone(),
+                ..Default::default()
+            }),
+            drops: Some(DropStats {
+                kernel_drops: self.kernel_drops.clone(),
+                device_drops: self.device_drops.clone(),
+                tcp: self.tcp.clone(),
+                ..Default::default()
+            }),
+            events: Some(EventStats {
+                top_talkers: TopTalkersReport {
+                    peers,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            syscalls: Some(TracerStats {
+                attach: crate::config::SyscallAttach::Tracepoint,
+                sched_switch: true,
+                syscalls: self.syscalls.clone(),
+                errors: Default::default(),
+            }),
         }
     }
+}
+
+/// Observe and execute, as the running loop does.
+fn step(mapek: &mut MapeK, snapshot: &Snapshot) -> Vec<StateChange> {
+    let changes = mapek.observe(snapshot);
+    mapek.execute(&changes);
+    changes
 }
 
 fn settings() -> AnalyzerSettings {
@@ -102,7 +140,7 @@ fn normal(node: &mut Node) {
 fn warm_up(loop_: &mut MapeK, node: &mut Node, seconds: usize) {
     for _ in 0..seconds {
         normal(node);
-        let changes = loop_.observe(&node.snapshot(), &[]);
+        let changes = step(loop_, &node.snapshot());
         assert!(changes.is_empty(), "normal traffic raised {changes:?}");
     }
 }
@@ -120,7 +158,7 @@ fn step_change_fires_after_exactly_n_and_resolves_after_exactly_m() {
         node.tcp(0, 99)
             .drops("NETFILTER_DROP", 1240)
             .drops("NO_SOCKET", 30);
-        let changes = mapek.observe(&node.snapshot(), &[]);
+        let changes = step(&mut mapek, &node.snapshot());
         if !changes.is_empty() {
             assert!(fired_at.is_none(), "fired twice: {changes:?}");
             assert_eq!(changes.len(), 1, "{changes:?}");
@@ -152,7 +190,7 @@ fn step_change_fires_after_exactly_n_and_resolves_after_exactly_m() {
     let mut resolved_at = None;
     for i in 1..=8 {
         normal(&mut node);
-        let changes = mapek.observe(&node.snapshot(), &[]);
+        let changes = step(&mut mapek, &node.snapshot());
         if !changes.is_empty() {
             assert!(resolved_at.is_none(), "resolved twice: {changes:?}");
             let c = &changes[0];
@@ -197,11 +235,11 @@ fn a_short_spike_does_not_fire() {
             node.tcp(0, 300).drops("NETFILTER_DROP", 5000);
             node.calls("read", 500, 4000 * 50, 0)
                 .packets("eth0", 20_000);
-            assert!(mapek.observe(&node.snapshot(), &[]).is_empty());
+            assert!(step(&mut mapek, &node.snapshot()).is_empty());
         }
         for _ in 0..10 {
             normal(&mut node);
-            assert!(mapek.observe(&node.snapshot(), &[]).is_empty());
+            assert!(step(&mut mapek, &node.snapshot()).is_empty());
         }
     }
     assert!(mapek.board().report().resolved.is_empty());
@@ -217,7 +255,7 @@ fn warm_up_suppresses_and_first_observation_never_fires() {
         if (2..10).contains(&t) {
             node.tcp(0, 200).drops("NETFILTER_DROP", 2000);
         }
-        let changes = mapek.observe(&node.snapshot(), &[]);
+        let changes = step(&mut mapek, &node.snapshot());
         assert!(changes.is_empty(), "t={t}: {changes:?}");
     }
 
@@ -232,14 +270,14 @@ fn warm_up_suppresses_and_first_observation_never_fires() {
     let mut mapek = MapeK::new(quick, AnomalyBoard::new());
     let mut node = Node::default();
     normal(&mut node);
-    assert!(mapek.observe(&node.snapshot(), &[]).is_empty());
+    assert!(step(&mut mapek, &node.snapshot()).is_empty());
     normal(&mut node);
-    assert!(mapek.observe(&node.snapshot(), &[]).is_empty());
+    assert!(step(&mut mapek, &node.snapshot()).is_empty());
     normal(&mut node);
-    assert!(mapek.observe(&node.snapshot(), &[]).is_empty());
+    assert!(step(&mut mapek, &node.snapshot()).is_empty());
     normal(&mut node);
     node.drops("NETFILTER_DROP", 5000);
-    let changes = mapek.observe(&node.snapshot(), &[]);
+    let changes = step(&mut mapek, &node.snapshot());
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(changes[0].kind, AnomalyKind::PacketLoss);
 }
@@ -286,7 +324,7 @@ fn noisy_steady_series_stays_quiet_for_10000_polls() {
         node.calls("read", calls * 4 / 100, rng.around(9000, 0.2), 0);
         node.calls("read", calls / 100, rng.around(20_000, 0.5), 0);
         node.calls("write", rng.around(100, 0.3), rng.around(30_000, 0.3), 0);
-        let changes = mapek.observe(&node.snapshot(), &[]);
+        let changes = step(&mut mapek, &node.snapshot());
         assert!(changes.is_empty(), "t={t}: {changes:?}");
     }
     assert_eq!(mapek.knowledge().observations(), 9_999);
@@ -308,7 +346,7 @@ fn explanation_names_dominant_drop_reason_and_traffic_rise() {
         node.drops("NO_SOCKET", 40)
             .drops("NETFILTER_DROP", 1240)
             .drops("TCP_CSUM", 3);
-        fired.extend(mapek.observe(&node.snapshot(), &[]));
+        fired.extend(step(&mut mapek, &node.snapshot()));
     }
     assert_eq!(fired.len(), 1, "{fired:?}");
     assert_eq!(
@@ -328,7 +366,7 @@ fn device_drops_are_attributed_to_the_device() {
     for _ in 0..3 {
         normal(&mut node);
         node.rx_dropped("eth0", 800);
-        fired.extend(mapek.observe(&node.snapshot(), &[]));
+        fired.extend(step(&mut mapek, &node.snapshot()));
     }
     assert_eq!(fired.len(), 1, "{fired:?}");
     assert_eq!(
@@ -354,7 +392,7 @@ fn kernel_drops_on_a_device_name_the_device_and_the_reason() {
     for _ in 0..3 {
         normal(&mut node);
         node.device_drops("eth0", "NETFILTER_DROP", 100);
-        fired.extend(mapek.observe(&node.snapshot(), &[]));
+        fired.extend(step(&mut mapek, &node.snapshot()));
     }
     // One fault, one anomaly: the node's kernel drop signal leaves out
     // drops attributed to a device.
@@ -378,7 +416,7 @@ fn latency_step_of_20x_on_read_fires_for_read() {
     for _ in 0..30 {
         normal(&mut node);
         node.calls("write", 300, 8000, 0);
-        assert!(mapek.observe(&node.snapshot(), &[]).is_empty());
+        assert!(step(&mut mapek, &node.snapshot()).is_empty());
     }
     let mut fired = Vec::new();
     for i in 1..=4 {
@@ -386,7 +424,7 @@ fn latency_step_of_20x_on_read_fires_for_read() {
             .tcp(1000, 1)
             .calls("read", 500, 4000 * 20, 0);
         node.calls("write", 300, 8000, 0);
-        let changes = mapek.observe(&node.snapshot(), &[]);
+        let changes = step(&mut mapek, &node.snapshot());
         if !changes.is_empty() {
             fired.push((i, changes));
         }
@@ -415,7 +453,7 @@ fn syscall_errors_fire() {
         node.packets("eth0", 1000)
             .tcp(1000, 1)
             .calls("read", 500, 4000, 250);
-        fired.extend(mapek.observe(&node.snapshot(), &[]));
+        fired.extend(step(&mut mapek, &node.snapshot()));
     }
     assert_eq!(fired.len(), 1, "{fired:?}");
     assert_eq!(
@@ -441,7 +479,8 @@ fn traffic_drop_and_spike_with_top_talker() {
         node.packets("eth0", 12_000)
             .tcp(1000, 1)
             .calls("read", 500, 4000, 0);
-        fired.extend(mapek.observe(&node.snapshot(), &talkers));
+        node.top_talkers = talkers.clone();
+        fired.extend(step(&mut mapek, &node.snapshot()));
     }
     assert_eq!(fired.len(), 1, "{fired:?}");
     assert_eq!(
@@ -453,9 +492,10 @@ fn traffic_drop_and_spike_with_top_talker() {
         "traffic spike on eth0: 12,000 packets/s over the last 3 s (baseline 1,000/s, 12.0x); \
          82.0% of packets from 10.1.0.7"
     );
+    node.top_talkers.clear();
     for _ in 0..5 {
         normal(&mut node);
-        mapek.observe(&node.snapshot(), &[]);
+        step(&mut mapek, &node.snapshot());
     }
     assert!(mapek.board().report().active.is_empty());
 
@@ -464,7 +504,7 @@ fn traffic_drop_and_spike_with_top_talker() {
         node.packets("eth0", 0)
             .tcp(1000, 1)
             .calls("read", 500, 4000, 0);
-        fired.extend(mapek.observe(&node.snapshot(), &[]));
+        fired.extend(step(&mut mapek, &node.snapshot()));
     }
     assert_eq!(fired.len(), 1, "{fired:?}");
     assert_eq!(
@@ -495,7 +535,7 @@ fn counter_reset_does_not_fire() {
     node.syscalls.insert("read".into(), SyscallStats::default());
     for t in 0..30 {
         normal(&mut node);
-        let changes = mapek.observe(&node.snapshot(), &[]);
+        let changes = step(&mut mapek, &node.snapshot());
         assert!(changes.is_empty(), "t={t}: {changes:?}");
     }
 }
@@ -523,7 +563,7 @@ fn memory_stays_bounded_with_10000_devices() {
         for name in names {
             node.packets(&name, 100);
         }
-        mapek.observe(&node.snapshot(), &[]);
+        step(&mut mapek, &node.snapshot());
         assert!(mapek.knowledge().signal_count() <= 500, "t={t}");
         assert!(mapek.knowledge().streak_count() <= 500, "t={t}");
     }
@@ -534,7 +574,7 @@ fn memory_stays_bounded_with_10000_devices() {
         for i in 0..10_000 {
             node.packets(&format!("big{i}"), 100);
         }
-        mapek.observe(&node.snapshot(), &[]);
+        step(&mut mapek, &node.snapshot());
         assert!(mapek.knowledge().signal_count() <= 500);
     }
     assert!(mapek.knowledge().resolved().count() <= knowledge::RESOLVED_KEPT);
@@ -564,7 +604,7 @@ fn reload_keeps_baselines_and_refuses_invalid_settings() {
     // Learned baselines still apply: one bad poll now fires.
     normal(&mut node);
     node.tcp(0, 200);
-    let changes = mapek.observe(&node.snapshot(), &[]);
+    let changes = step(&mut mapek, &node.snapshot());
     assert_eq!(changes.len(), 1, "{changes:?}");
 }
 
@@ -577,7 +617,7 @@ fn latency_resolves_when_calls_stop_with_a_finite_threshold() {
         node.packets("eth0", 1000)
             .tcp(1000, 1)
             .calls("read", 500, 4000 * 20, 0);
-        mapek.observe(&node.snapshot(), &[]);
+        step(&mut mapek, &node.snapshot());
     }
     assert_eq!(mapek.board().report().active.len(), 1);
     let mut resolved = Vec::new();
@@ -586,7 +626,7 @@ fn latency_resolves_when_calls_stop_with_a_finite_threshold() {
         node.packets("eth0", 1000)
             .tcp(1000, 1)
             .calls("read", 3, 4000 * 20, 0);
-        resolved.extend(mapek.observe(&node.snapshot(), &[]));
+        resolved.extend(step(&mut mapek, &node.snapshot()));
     }
     assert_eq!(resolved.len(), 1, "{resolved:?}");
     let c = &resolved[0];
@@ -656,11 +696,11 @@ mod log_event {
             for _ in 0..3 {
                 normal(&mut node);
                 node.tcp(0, 99).drops("NETFILTER_DROP", 1240);
-                mapek.observe(&node.snapshot(), &[]);
+                step(&mut mapek, &node.snapshot());
             }
             for _ in 0..5 {
                 normal(&mut node);
-                mapek.observe(&node.snapshot(), &[]);
+                step(&mut mapek, &node.snapshot());
             }
         });
         let events = recorder.0.lock().unwrap().clone();
@@ -706,7 +746,7 @@ async fn run_observes_published_snapshots_and_reloads_settings() {
     normal(&mut node);
     let (snapshots, snapshot_rx) = tokio::sync::watch::channel(Arc::new(node.snapshot()));
     let (settings_tx, settings_rx) = tokio::sync::watch::channel(quick.clone());
-    let task = tokio::spawn(mapek.run(snapshot_rx, settings_rx, Vec::new));
+    let task = tokio::spawn(mapek.run(snapshot_rx, settings_rx));
 
     // An invalid reload is refused and the loop keeps running.
     settings_tx
@@ -734,4 +774,41 @@ async fn run_observes_published_snapshots_and_reloads_settings() {
         .await
         .expect("run stops when the snapshot sender is dropped")
         .unwrap();
+}
+
+/// The loop's decisions are a function of the snapshots (and settings)
+/// alone: two loops fed the same series decide the same, whatever ran
+/// before or beside them, and executing (or not) changes nothing.
+#[test]
+fn observe_is_a_function_of_the_snapshots() {
+    let mut series = Vec::new();
+    let mut node = Node::default();
+    for t in 0..60 {
+        normal(&mut node);
+        if (35..40).contains(&t) {
+            node.tcp(0, 150).drops("NETFILTER_DROP", 900);
+            node.top_talkers = vec![("10.1.0.7".into(), 0.9)];
+        } else {
+            node.top_talkers.clear();
+        }
+        series.push(node.snapshot());
+    }
+    let run = |execute: bool| {
+        let mut mapek = MapeK::new(settings(), AnomalyBoard::new());
+        let mut all = Vec::new();
+        for snapshot in &series {
+            let changes = mapek.observe(snapshot);
+            if execute {
+                mapek.execute(&changes);
+            }
+            all.push(changes);
+        }
+        all
+    };
+    let (a, b) = (run(true), run(false));
+    assert_eq!(a, b);
+    assert!(
+        a.iter().flatten().count() >= 2,
+        "a fault fired and resolved: {a:?}"
+    );
 }

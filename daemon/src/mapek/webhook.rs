@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::anomaly::{rfc3339, AnomalyState, StateChange};
-use super::settings::{webhook_uri, AnalyzerSettings};
+use crate::config::{webhook_uri, WebhookSettings};
 
 /// `alertname` label of every alert; `kind` tells them apart.
 pub const ALERT_NAME: &str = "TelemetrydAnomaly";
@@ -79,16 +79,16 @@ impl Webhook {
     /// Starts the worker on the current tokio runtime (panics outside one).
     /// `instance` becomes the `instance` label (the node's name).
     pub fn spawn(
-        settings: &AnalyzerSettings,
+        settings: &WebhookSettings,
         instance: &str,
         stats: Arc<WebhookStats>,
     ) -> Result<Self, String> {
-        let uri = webhook_uri(&settings.webhook).map_err(|e| format!("analyzer.webhook {e}"))?;
-        let (tx, rx) = mpsc::channel(settings.webhook_queue.max(1));
+        let uri = webhook_uri(&settings.url).map_err(|e| format!("analyzer.webhook {e}"))?;
+        let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let worker = Worker {
             uri,
-            timeout: settings.webhook_timeout,
-            retries: settings.webhook_retries,
+            timeout: settings.timeout,
+            retries: settings.retries,
             stats: Arc::clone(&stats),
             client: Client::builder(TokioExecutor::new()).build_http(),
         };
@@ -294,9 +294,9 @@ mod tests {
     #[tokio::test]
     async fn posts_firing_and_resolved_alerts() {
         let (base, mut received) = recording_alertmanager().await;
-        let settings = AnalyzerSettings {
-            webhook: base,
-            ..Default::default()
+        let settings = WebhookSettings {
+            url: base,
+            ..crate::config::AnalyzerSettings::default().webhook()
         };
         let stats = Arc::new(WebhookStats::default());
         let webhook = Webhook::spawn(&settings, "node-a", Arc::clone(&stats)).unwrap();
@@ -352,12 +352,11 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let settings = AnalyzerSettings {
-            webhook: format!("http://{addr}"),
-            webhook_retries: 1,
-            webhook_timeout: Duration::from_millis(500),
-            webhook_queue: 1,
-            ..Default::default()
+        let settings = WebhookSettings {
+            url: format!("http://{addr}"),
+            retries: 1,
+            timeout: Duration::from_millis(500),
+            queue: 1,
         };
         let stats = Arc::new(WebhookStats::default());
         let webhook = Webhook::spawn(&settings, "node-a", Arc::clone(&stats)).unwrap();

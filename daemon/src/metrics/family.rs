@@ -4,13 +4,13 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 
-/// One sample: its labels and value.
-pub struct Sample {
+/// One series of a family: its labels and value.
+pub struct Series {
     labels: Vec<LabelPair>,
     value: f64,
 }
 
-impl Sample {
+impl Series {
     pub fn new<K: AsRef<str>, V: AsRef<str>>(labels: &[(K, V)], value: f64) -> Self {
         let mut labels: Vec<LabelPair> = labels
             .iter()
@@ -31,7 +31,7 @@ impl Sample {
     }
 }
 
-pub fn counter(name: &str, help: &str, samples: Vec<Sample>) -> MetricFamily {
+pub fn counter(name: &str, help: &str, samples: Vec<Series>) -> MetricFamily {
     family(name, help, MetricType::COUNTER, samples, |metric, value| {
         let mut c = Counter::default();
         c.set_value(value);
@@ -39,7 +39,7 @@ pub fn counter(name: &str, help: &str, samples: Vec<Sample>) -> MetricFamily {
     })
 }
 
-pub fn gauge(name: &str, help: &str, samples: Vec<Sample>) -> MetricFamily {
+pub fn gauge(name: &str, help: &str, samples: Vec<Series>) -> MetricFamily {
     family(name, help, MetricType::GAUGE, samples, |metric, value| {
         let mut g = Gauge::default();
         g.set_value(value);
@@ -50,14 +50,14 @@ pub fn gauge(name: &str, help: &str, samples: Vec<Sample>) -> MetricFamily {
 /// One histogram series: its labels, finite buckets as (upper bound,
 /// cumulative count) in increasing order, sum and count. The encoder adds
 /// the `+Inf` bucket (= count).
-pub struct HistogramSample {
+pub struct HistogramSeries {
     labels: Vec<LabelPair>,
     buckets: Vec<(f64, u64)>,
     sum: f64,
     count: u64,
 }
 
-impl HistogramSample {
+impl HistogramSeries {
     pub fn new<K: AsRef<str>, V: AsRef<str>>(
         labels: &[(K, V)],
         buckets: Vec<(f64, u64)>,
@@ -65,7 +65,7 @@ impl HistogramSample {
         count: u64,
     ) -> Self {
         Self {
-            labels: Sample::new(labels, 0.0).labels,
+            labels: Series::new(labels, 0.0).labels,
             buckets,
             sum,
             count,
@@ -73,7 +73,7 @@ impl HistogramSample {
     }
 }
 
-pub fn histogram(name: &str, help: &str, samples: Vec<HistogramSample>) -> MetricFamily {
+pub fn histogram(name: &str, help: &str, samples: Vec<HistogramSeries>) -> MetricFamily {
     let mut family = MetricFamily::default();
     family.set_name(name.to_owned());
     family.set_help(help.to_owned());
@@ -109,7 +109,7 @@ fn family(
     name: &str,
     help: &str,
     kind: MetricType,
-    samples: Vec<Sample>,
+    samples: Vec<Series>,
     set_value: impl Fn(&mut Metric, f64),
 ) -> MetricFamily {
     let mut family = MetricFamily::default();

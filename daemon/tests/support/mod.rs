@@ -4,8 +4,13 @@
 //!
 //! Everything created here is removed by `Drop` guards, also when a test
 //! fails. Test traffic never leaves the namespaces the tests create.
-#![allow(dead_code, unused_imports)] // each test binary uses a different part of this module
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test binary uses a different part of this module"
+)]
 
+pub mod config;
 pub mod frames;
 pub mod kernel;
 pub mod matrix;
@@ -14,6 +19,7 @@ pub mod netns;
 pub mod process;
 pub mod traffic;
 
+pub use config::TestConfig;
 pub use netns::{NetNs, VethPair};
 pub use process::{Daemon, Spawn};
 

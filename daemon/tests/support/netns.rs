@@ -132,11 +132,29 @@ impl NetNs {
 }
 
 impl Drop for NetNs {
+    /// Deletes the namespace, and with it the interfaces inside it. A
+    /// failed clean-up fails the test (it would leave a namespace behind for
+    /// every later run to trip over), unless the test is failing already:
+    /// then it is only reported, so the first failure stays the one shown.
     fn drop(&mut self) {
-        // Deleting the namespace also deletes the interfaces inside it.
-        let _ = Command::new("ip")
+        let outcome = Command::new("ip")
             .args(["netns", "del", &self.name])
-            .status();
+            .output();
+        let failure = match outcome {
+            Ok(output) if output.status.success() => return,
+            Ok(output) => format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+            Err(error) => error.to_string(),
+        };
+        let message = format!("removing network namespace {}: {failure}", self.name);
+        if std::thread::panicking() {
+            eprintln!("{message}");
+        } else {
+            panic!("{message}");
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::setup::{output, run};
+use crate::command::{output, run};
 use crate::step;
 
 /// A kernel line the matrix covers, and how apt names its packages.

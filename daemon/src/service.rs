@@ -1,0 +1,177 @@
+//! `telemetryd run`, the service: starts the sources and polls them into
+//! snapshots, serves HTTP, runs the anomaly loop on the snapshots, re-reads
+//! its configuration on SIGHUP, follows interface hotplug, tells systemd
+//! when it is ready and alive, and stops cleanly on SIGTERM / SIGINT. It
+//! touches no eBPF itself: that is the sources' business.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::hotplug::LinkWatch;
+use crate::http::{self, HttpLimits, HttpState};
+use crate::logging::LogControl;
+use crate::mapek::{AnomalyBoard, MapeK};
+use crate::notify::{self, Notifier};
+use crate::reload::{ConfigSource, Reloader};
+use crate::shutdown;
+use crate::sources::{Snapshot, Sources};
+use crate::sys;
+
+/// The service, before it runs: where its configuration came from (for
+/// SIGHUP), the log level control, and the systemd notifier.
+pub struct Service {
+    pub source: ConfigSource,
+    pub log: Option<LogControl>,
+    pub notifier: Notifier,
+}
+
+/// Test hook, never set in production: `TELEMETRYD_TEST_STALL_POLL_AFTER=N`
+/// makes the poll loop hang after N polls, so a test can see the systemd
+/// watchdog pings stop.
+const TEST_STALL_POLL_AFTER: &str = "TELEMETRYD_TEST_STALL_POLL_AFTER";
+
+impl Service {
+    /// Runs until SIGTERM or SIGINT.
+    pub async fn run(self, config: Config) -> anyhow::Result<()> {
+        run(self, config).await
+    }
+}
+
+async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
+    let Service {
+        source,
+        log,
+        mut notifier,
+    } = service;
+    // First thing, so an early SIGHUP is queued rather than fatal.
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let reloader = Reloader::new(source, log, &config);
+    let stall_after: Option<u64> = std::env::var(TEST_STALL_POLL_AFTER)
+        .ok()
+        .and_then(|n| n.parse().ok());
+    if let Some(n) = stall_after {
+        warn!(
+            polls = n,
+            "TEST HOOK {TEST_STALL_POLL_AFTER} is set: the poll loop will stall"
+        );
+    }
+
+    let listener = http::bind(config.http.listen).await?;
+    info!(listen = %listener.local_addr()?, "http listening");
+
+    // Subscribed before the first attach, so no link change is missed.
+    let links = match LinkWatch::start() {
+        Ok(links) => Some(links),
+        Err(error) => {
+            warn!(%error, "no link notifications; new interfaces are found at the next poll");
+            None
+        }
+    };
+    let mut sources = Sources::start(&config)?;
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let _ = snapshot_tx.send(Arc::new(sources.poll()));
+
+    // The anomaly loop runs on its own task, fed through the snapshot
+    // channel: a slow analysis never delays a poll.
+    let board = AnomalyBoard::new();
+    let mapek = MapeK::new(config.analyzer.clone(), board.clone());
+    tokio::spawn(mapek.run(snapshot_rx.clone(), reloader.analyzer_settings()));
+    let _ = ready_tx.send(true);
+    // Start-up parsed the kernel's BTF (several MiB, more than once: aya's
+    // loader does it eagerly) and freed it again; glibc keeps such freed
+    // heap resident until told otherwise.
+    sys::return_freed_heap();
+
+    let families_board = board.clone();
+    let state = HttpState {
+        snapshot: snapshot_rx,
+        ready: ready_rx,
+        extra_families: Arc::new(move || families_board.metric_families()),
+        anomalies: Arc::new(move || board.to_json()),
+    };
+    let limits = HttpLimits {
+        max_connections: config.http.max_connections as usize,
+        header_read_timeout: config.http.header_read_timeout,
+    };
+    let server = tokio::spawn(http::serve(listener, state, limits, stop_rx));
+    notifier.ready();
+
+    let mut ticker = tokio::time::interval(config.daemon.poll_interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let stop = shutdown::stop_signal();
+    tokio::pin!(stop);
+    let mut polls: u64 = 0;
+    // Pings go out from this loop, at half the watchdog timeout even when
+    // the poll interval is longer; a stalled loop sends none.
+    let mut watchdog = notifier.watchdog().map(|timeout| {
+        let mut ticker = tokio::time::interval(timeout / 2);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker
+    });
+    let reason = loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                sources.follow_interfaces(&config.xdp);
+                let _ = snapshot_tx.send(Arc::new(sources.poll()));
+                polls += 1;
+                if stall_after.is_some_and(|n| polls > n) {
+                    warn!("TEST HOOK: stalling the poll loop");
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                }
+                notifier.poll_alive(std::time::Instant::now());
+            }
+            () = watchdog_due(watchdog.as_mut()) => notifier.poll_alive(std::time::Instant::now()),
+            () = link_change(links.as_ref()) => sources.follow_interfaces(&config.xdp),
+            _ = hangup.recv() => {
+                notifier.reloading(notify::monotonic_usec());
+                if let Some(applied) = reloader.reload(&mut config) {
+                    if applied.poll_interval {
+                        ticker = tokio::time::interval(config.daemon.poll_interval);
+                        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    }
+                    sources.apply(&config, &applied);
+                }
+                notifier.ready();
+            }
+            signal = &mut stop => break signal.context("installing signal handlers")?,
+        }
+    };
+    info!(signal = reason, "stopping");
+    notifier.stopping();
+    let _ = stop_tx.send(true);
+    sources.stop();
+    if tokio::time::timeout(std::time::Duration::from_secs(2), server)
+        .await
+        .is_err()
+    {
+        warn!("http server did not stop within 2 s");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Resolves when the next watchdog ping is due; never without a watchdog.
+async fn watchdog_due(ticker: Option<&mut tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves on the next burst of link notifications; never without them.
+async fn link_change(links: Option<&LinkWatch>) {
+    match links {
+        Some(links) => links.changed().await,
+        None => std::future::pending().await,
+    }
+}

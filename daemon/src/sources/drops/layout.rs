@@ -1,0 +1,120 @@
+//! What the drop programs need from the running kernel's BTF: the names
+//! of `enum skb_drop_reason` and the struct offsets they follow.
+
+use std::os::unix::fs::MetadataExt as _;
+
+use telemetryd_common::drops::{
+    KernelLayout, MAX_DROP_REASONS, OVERFLOW_REASON_LABEL, OVERFLOW_REASON_SLOT,
+};
+
+use crate::kernel::btf::{BtfError, KernelBtf};
+
+/// Label of each drop reason slot (`enum skb_drop_reason` without its
+/// `SKB_DROP_REASON_` prefix: `NETFILTER_DROP`); slot [`OVERFLOW_REASON_SLOT`]
+/// is [`OVERFLOW_REASON_LABEL`]. Slots the kernel does not name are `REASON_<n>`.
+#[derive(Clone, Debug)]
+pub struct DropReasonNames {
+    names: Vec<String>,
+}
+
+impl DropReasonNames {
+    pub fn from_btf(btf: &KernelBtf) -> Result<Self, BtfError> {
+        let mut names: Vec<String> = (0..MAX_DROP_REASONS)
+            .map(|n| format!("REASON_{n}"))
+            .collect();
+        for (name, value) in btf.enum_values("skb_drop_reason")? {
+            if value >= u64::from(MAX_DROP_REASONS) || name == "SKB_DROP_REASON_MAX" {
+                continue;
+            }
+            let label = name
+                .strip_prefix("SKB_DROP_REASON_")
+                .or_else(|| name.strip_prefix("SKB_"))
+                .unwrap_or(&name);
+            names[value as usize] = label.to_owned();
+        }
+        names.push(OVERFLOW_REASON_LABEL.to_owned());
+        Ok(Self { names })
+    }
+
+    /// Numbered names only, when the kernel has no BTF.
+    pub fn numbered() -> Self {
+        let mut names: Vec<String> = (0..MAX_DROP_REASONS)
+            .map(|n| format!("REASON_{n}"))
+            .collect();
+        names.push(OVERFLOW_REASON_LABEL.to_owned());
+        Self { names }
+    }
+
+    pub fn name(&self, slot: u32) -> &str {
+        let slot = slot.min(OVERFLOW_REASON_SLOT) as usize;
+        &self.names[slot]
+    }
+
+    pub fn slots(&self) -> usize {
+        self.names.len()
+    }
+}
+
+/// The field offsets `kfree_skb_drops` and `tcp_retransmits` follow, and
+/// the daemon's network namespace.
+pub fn kernel_layout(btf: &KernelBtf) -> Result<KernelLayout, BtfError> {
+    let netns_inum = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|source| BtfError::Read {
+            path: "/proc/self/ns/net".into(),
+            source,
+        })?
+        .ino() as u32;
+    let host_netns = std::fs::metadata("/proc/1/ns/net").ok().map(|m| m.ino());
+    Ok(KernelLayout {
+        enabled: 1,
+        skb_dev: btf.field_offset("sk_buff", &["dev"])?,
+        dev_ifindex: btf.field_offset("net_device", &["ifindex"])?,
+        dev_net: btf.field_offset("net_device", &["nd_net", "net"])?,
+        sk_net: btf.field_offset("sock", &["__sk_common", "skc_net", "net"])?,
+        net_inum: btf.field_offset("net", &["ns", "inum"])?,
+        skb_sk: btf.field_offset("sk_buff", &["sk"])?,
+        sk_family: btf.field_offset("sock", &["__sk_common", "skc_family"])?,
+        netns_inum,
+        count_unowned: u32::from(host_netns == Some(u64::from(netns_inum))),
+        // Set by `prepare`, also when a field above is missing.
+        kfree_skb_args: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::btf::VMLINUX_BTF;
+    use telemetryd_common::drops::{DROPS_TRACEPOINT, RETRANSMITS_TRACEPOINT};
+
+    /// The running kernel's BTF, when there is one (every kernel this
+    /// project supports has it; the test says so when it is missing).
+    #[test]
+    fn reads_the_running_kernel() {
+        let btf = match KernelBtf::from_sys_fs() {
+            Ok(btf) => btf,
+            Err(e) => panic!("this machine has no usable {VMLINUX_BTF}: {e}"),
+        };
+        let names = DropReasonNames::from_btf(&btf).unwrap();
+        assert_eq!(names.name(2), "NOT_SPECIFIED");
+        assert!((0..MAX_DROP_REASONS).any(|s| names.name(s) == "NETFILTER_DROP"));
+        assert_eq!(names.name(OVERFLOW_REASON_SLOT), OVERFLOW_REASON_LABEL);
+        assert_eq!(names.name(100_000), OVERFLOW_REASON_LABEL);
+        let layout = kernel_layout(&btf).unwrap();
+        assert_eq!(layout.enabled, 1);
+        // Sanity bounds, not exact values: these move between kernels.
+        assert!(layout.skb_dev > 0 && layout.skb_dev < 64, "{layout:?}");
+        assert!(
+            layout.dev_ifindex > 0 && layout.dev_ifindex < 4096,
+            "{layout:?}"
+        );
+        assert!(layout.dev_net > 0 && layout.dev_net < 4096, "{layout:?}");
+        assert!(layout.sk_net > 0 && layout.sk_net < 256, "{layout:?}");
+        assert!(layout.net_inum < 4096, "{layout:?}");
+        assert!(layout.skb_sk > 0 && layout.skb_sk < 64, "{layout:?}");
+        assert!(layout.sk_family < 64, "{layout:?}");
+        // Every kernel with BTF passes at least (skb, location) and (sk, skb).
+        assert!(btf.tracepoint_args(DROPS_TRACEPOINT).unwrap() >= 2);
+        assert!(btf.tracepoint_args(RETRANSMITS_TRACEPOINT).unwrap() >= 2);
+    }
+}

@@ -1,0 +1,128 @@
+//! Families of the loss signals: kernel drops by reason (and by device),
+//! TCP retransmits by family, and the TCP MIB's segment counters.
+
+use prometheus::proto::MetricFamily;
+
+use telemetryd_common::drops::DROPS_ERROR_LABELS;
+
+use super::stats::DropStats;
+use crate::metrics::family::{counter, Series};
+use crate::sources::snapshot::{ProgramAttachment, ProgramErrorCount, Section};
+
+impl Section for DropStats {
+    fn families(&self) -> Vec<MetricFamily> {
+        families(self)
+    }
+
+    fn attachments(&self) -> Vec<ProgramAttachment> {
+        self.attached
+            .iter()
+            .map(|program| ProgramAttachment {
+                program: (*program).to_owned(),
+                attach: "tracepoint".to_owned(),
+                device: String::new(),
+            })
+            .collect()
+    }
+
+    fn program_errors(&self) -> Vec<ProgramErrorCount> {
+        DROPS_ERROR_LABELS
+            .iter()
+            .zip(self.errors)
+            .map(|((program, reason), count)| (*program, *reason, count))
+            .collect()
+    }
+}
+
+fn families(snapshot: &DropStats) -> Vec<MetricFamily> {
+    let reasons = snapshot
+        .kernel_drops
+        .iter()
+        .map(|(reason, n)| Series::new(&[("reason", reason)], *n as f64))
+        .collect();
+    let by_device = snapshot
+        .device_drops
+        .iter()
+        .flat_map(|(device, reasons)| {
+            reasons.iter().map(move |(reason, n)| {
+                Series::new(&[("device", device), ("reason", reason)], *n as f64)
+            })
+        })
+        .collect();
+    let tcp = &snapshot.tcp;
+    let traced = snapshot.retransmits_traced();
+    let tcp_samples = |samples: Vec<Series>| if traced { samples } else { Vec::new() };
+    let retransmits = if traced {
+        vec![
+            Series::new(&[("family", "ipv4")], tcp.retransmits_ipv4 as f64),
+            Series::new(&[("family", "ipv6")], tcp.retransmits_ipv6 as f64),
+        ]
+    } else {
+        Vec::new()
+    };
+    vec![
+        counter(
+            "telemetryd_kernel_drops_total",
+            "Packets the kernel freed as dropped (skb:kfree_skb), by drop reason (enum skb_drop_reason without its SKB_DROP_REASON_ prefix; reasons seen so far).",
+            reasons,
+        ),
+        counter(
+            "telemetryd_kernel_device_drops_total",
+            "The kernel drops whose packet named a device of this network namespace, by device and drop reason.",
+            by_device,
+        ),
+        counter(
+            "telemetryd_tcp_retransmits_total",
+            "TCP segments retransmitted (tcp:tcp_retransmit_skb) in this network namespace, by address family.",
+            retransmits,
+        ),
+        counter(
+            "telemetryd_tcp_segments_sent_total",
+            "TCP segments sent (/proc/net/snmp Tcp OutSegs, this network namespace, both families).",
+            tcp_samples(vec![Series::new::<&str, &str>(&[], tcp.segments_out as f64)]),
+        ),
+        counter(
+            "telemetryd_tcp_segments_retransmitted_total",
+            "TCP segments retransmitted (/proc/net/snmp Tcp RetransSegs, this network namespace, both families).",
+            tcp_samples(vec![Series::new::<&str, &str>(&[], tcp.retrans_segs as f64)]),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::snapshot::Snapshot;
+
+    #[test]
+    fn renders_loss_signals() {
+        let mut s = DropStats::default();
+        s.kernel_drops.insert("NETFILTER_DROP".into(), 12);
+        s.device_drops
+            .entry("veth0".into())
+            .or_default()
+            .insert("NETFILTER_DROP".into(), 10);
+        s.tcp.retransmits_ipv4 = 3;
+        s.tcp.segments_out = 1000;
+        s.tcp.retrans_segs = 4;
+        s.attached.push("tcp_retransmits");
+        let snapshot = Snapshot {
+            drops: Some(s),
+            ..Default::default()
+        };
+        let text = snapshot.render(Vec::new()).unwrap();
+        for line in [
+            r#"telemetryd_kernel_drops_total{reason="NETFILTER_DROP"} 12"#,
+            r#"telemetryd_kernel_device_drops_total{device="veth0",reason="NETFILTER_DROP"} 10"#,
+            r#"telemetryd_tcp_retransmits_total{family="ipv4"} 3"#,
+            r#"telemetryd_tcp_retransmits_total{family="ipv6"} 0"#,
+            "telemetryd_tcp_segments_sent_total 1000",
+            "telemetryd_tcp_segments_retransmitted_total 4",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Kernel drop reasons and TCP retransmits: `kfree_skb_drops` and
+//! `tcp_retransmits` on the raw tracepoints `kfree_skb` and
+//! `tcp_retransmit_skb`, with the struct offsets they follow read from the
+//! kernel's BTF, plus the TCP MIB. Raw tracepoints attach by name through
+//! `bpf(BPF_RAW_TRACEPOINT_OPEN)`: no tracefs, which the hardened unit (no
+//! CAP_SYS_ADMIN, tracefs mode 0700) can neither read nor mount. Its section
+//! of the snapshot is [`DropStats`].
+
+pub mod layout;
+pub mod metrics;
+pub mod snmp;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use aya::programs::raw_trace_point::RawTracePointLink;
+use aya::programs::RawTracePoint;
+use aya::EbpfLoader;
+use telemetryd_common::drops::{
+    DeviceDropKey, KernelLayout, DEVICE_DROPS_MAP, DROPS_ERRORS_MAP, DROPS_PROGRAM,
+    DROPS_TRACEPOINT, DROP_REASONS_MAP, DROP_REASON_SLOTS, FAMILY_SLOT_IPV4, FAMILY_SLOT_IPV6,
+    KFREE_SKB_ARGS_WITH_REASON, KFREE_SKB_ARGS_WITH_RX_SK, LAYOUT_GLOBAL, RETRANSMITS_MAP,
+    RETRANSMITS_PROGRAM, RETRANSMITS_TRACEPOINT,
+};
+use tracing::{debug, info, warn};
+
+pub use layout::{kernel_layout, DropReasonNames};
+pub use stats::{DropStats, TcpStats};
+
+use crate::kernel::btf::{BtfError, KernelBtf};
+use crate::loader::{LoadError, LoadSettings, LoadedObject};
+use snmp::fill_snmp;
+
+/// What [`DropsLoad::prepare`] found out before the object is loaded.
+pub struct DropsLoad {
+    pub names: DropReasonNames,
+    pub layout: KernelLayout,
+}
+
+impl LoadSettings for DropsLoad {
+    fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        loader.override_global(LAYOUT_GLOBAL, &self.layout, true);
+    }
+}
+
+/// Reads reason names and field offsets from the kernel's BTF. Without BTF
+/// no reason is read (every drop counts as OTHER) and drops are not
+/// attributed to devices, said in one log line; without a field, reasons
+/// are numbered or drops not attributed, each logged once.
+pub fn prepare(btf: Result<&KernelBtf, &BtfError>) -> DropsLoad {
+    let btf = match btf {
+        Ok(btf) => Some(btf),
+        Err(error) => {
+            warn!(
+                %error,
+                "no kernel BTF: drop reasons are not read (every drop counts as {}) \
+                 and drops are not attributed to devices",
+                telemetryd_common::drops::OVERFLOW_REASON_LABEL
+            );
+            None
+        }
+    };
+    let names = btf
+        .map(|b| {
+            DropReasonNames::from_btf(b).unwrap_or_else(|error| {
+                warn!(%error, "drop reason names unavailable; reasons are numbered");
+                DropReasonNames::numbered()
+            })
+        })
+        .unwrap_or_else(DropReasonNames::numbered);
+    let mut layout = btf
+        .map(|b| match kernel_layout(b) {
+            Ok(layout) => layout,
+            Err(error) => {
+                warn!(%error, "kernel drops are not attributed to devices");
+                KernelLayout::default()
+            }
+        })
+        .unwrap_or_default();
+    // Which arguments kfree_skb passes is read, never guessed: without the
+    // typedef the programs read only the skb (reasons go to the overflow slot).
+    layout.kfree_skb_args = match btf.map(|b| b.tracepoint_args(DROPS_TRACEPOINT)) {
+        Some(Ok(n)) => n,
+        Some(Err(error)) => {
+            warn!(%error, "kfree_skb arguments unknown: drop reasons are not read");
+            0
+        }
+        None => 0,
+    };
+    // Without BTF that was said above, once.
+    if btf.is_some() && layout.kfree_skb_args < KFREE_SKB_ARGS_WITH_REASON {
+        warn!(
+            arguments = layout.kfree_skb_args,
+            "kfree_skb passes no drop reason on this kernel: drops are counted as OTHER"
+        );
+    }
+    debug!(
+        ?layout,
+        "kernel struct offsets and kfree_skb arguments from BTF"
+    );
+    DropsLoad { names, layout }
+}
+
+/// What `telemetryd check --probe` says about the loss signals.
+pub fn describe(btf: Result<&KernelBtf, &BtfError>) -> String {
+    let mut out = String::from("loss signals:\n");
+    match btf {
+        Ok(btf) => {
+            let args = btf.tracepoint_args(DROPS_TRACEPOINT);
+            match (btf.enum_values("skb_drop_reason"), args) {
+                (Ok(v), Ok(n)) if n >= KFREE_SKB_ARGS_WITH_REASON => out.push_str(&format!(
+                    "  drop reasons         yes  raw tracepoint kfree_skb ({n} arguments{}), \
+                     {} names from enum skb_drop_reason\n",
+                    if n >= KFREE_SKB_ARGS_WITH_RX_SK { ", rx_sk" } else { "" },
+                    v.len()
+                )),
+                (Ok(_), Ok(n)) => out.push_str(&format!(
+                    "  drop reasons         no   raw tracepoint kfree_skb has {n} arguments, no reason\n"
+                )),
+                (Err(e), _) | (_, Err(e)) => {
+                    out.push_str(&format!("  drop reasons         no   {e}\n"))
+                }
+            }
+            match kernel_layout(btf) {
+                Ok(l) => out.push_str(&format!(
+                    "  device attribution   yes  sk_buff.dev +{}, sk_buff.sk +{}, net_device.ifindex +{}, \
+                     net_device.nd_net +{}, sock.skc_net +{}, sock.skc_family +{}, net.ns.inum +{}\n",
+                    l.skb_dev, l.skb_sk, l.dev_ifindex, l.dev_net, l.sk_net, l.sk_family, l.net_inum
+                )),
+                Err(e) => out.push_str(&format!("  device attribution   no   {e}\n")),
+            }
+        }
+        Err(e) => {
+            out.push_str(&format!("  drop reasons         no   {e}\n"));
+            out.push_str("  device attribution   no   needs the kernel's BTF for struct offsets\n");
+        }
+    }
+    out.push_str(&format!(
+        "  tcp retransmits      raw tracepoint {RETRANSMITS_TRACEPOINT}, /proc/net/snmp\n"
+    ));
+    out
+}
+
+/// `kfree_skb_drops` and `tcp_retransmits` attached, and their maps.
+/// Dropping it detaches both.
+pub struct DropsSource {
+    reasons: PerCpuArray<MapData, u64>,
+    devices: PerCpuHashMap<MapData, DeviceDropKey, u64>,
+    retransmits: PerCpuArray<MapData, u64>,
+    errors: PerCpuArray<MapData, u64>,
+    names: DropReasonNames,
+    /// Programs attached, for `telemetryd_ebpf_program_attached`.
+    attached: Vec<&'static str>,
+    _links: Vec<RawTracePointLink>,
+    snmp: PathBuf,
+}
+
+impl DropsSource {
+    /// Loads and attaches both programs as raw tracepoints (a program that
+    /// fails is logged and left out) and takes their maps.
+    pub fn start(object: &mut LoadedObject, names: DropReasonNames) -> Result<Self, LoadError> {
+        let mut attached = Vec::new();
+        let mut links = Vec::new();
+        for (program, tracepoint) in [
+            (DROPS_PROGRAM, DROPS_TRACEPOINT),
+            (RETRANSMITS_PROGRAM, RETRANSMITS_TRACEPOINT),
+        ] {
+            match attach(object, program, tracepoint) {
+                Ok(link) => {
+                    info!(program, tracepoint, "raw tracepoint attached");
+                    attached.push(program);
+                    links.push(link);
+                }
+                Err(error) => warn!(program, tracepoint, %error, "raw tracepoint not attached"),
+            }
+        }
+        Ok(Self {
+            reasons: object.take_map(DROP_REASONS_MAP)?,
+            devices: object.take_map(DEVICE_DROPS_MAP)?,
+            retransmits: object.take_map(RETRANSMITS_MAP)?,
+            errors: object.take_map(DROPS_ERRORS_MAP)?,
+            names,
+            attached,
+            _links: links,
+            snmp: PathBuf::from("/proc/net/snmp"),
+        })
+    }
+
+    /// One poll: drops by reason (those seen so far) and by device, TCP
+    /// retransmits and the TCP MIB, the programs' errors.
+    pub fn poll(&mut self) -> DropStats {
+        let mut snapshot = DropStats {
+            attached: self.attached.clone(),
+            ..Default::default()
+        };
+        for slot in 0..DROP_REASON_SLOTS {
+            let n: u64 = self
+                .reasons
+                .get(&slot, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            if n > 0 {
+                snapshot
+                    .kernel_drops
+                    .insert(self.names.name(slot).to_owned(), n);
+            }
+        }
+        let mut names: Option<BTreeMap<u32, String>> = None;
+        for entry in self.devices.iter() {
+            let Ok((key, per_cpu)) = entry else { continue };
+            let n: u64 = per_cpu.iter().sum();
+            let names = names.get_or_insert_with(interface_names);
+            let device = names
+                .get(&key.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("ifindex{}", key.ifindex));
+            *snapshot
+                .device_drops
+                .entry(device)
+                .or_default()
+                .entry(self.names.name(key.reason).to_owned())
+                .or_default() += n;
+        }
+        let family = |slot: u32| -> u64 {
+            self.retransmits
+                .get(&slot, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        snapshot.tcp.retransmits_ipv4 = family(FAMILY_SLOT_IPV4);
+        snapshot.tcp.retransmits_ipv6 = family(FAMILY_SLOT_IPV6);
+        match std::fs::read_to_string(&self.snmp) {
+            Ok(text) => fill_snmp(&text, &mut snapshot.tcp),
+            Err(error) => debug!(%error, path = %self.snmp.display(), "no TCP MIB"),
+        }
+        snapshot.errors = std::array::from_fn(|slot| {
+            self.errors
+                .get(&(slot as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        });
+        snapshot
+    }
+}
+
+/// ifindex -> name of this namespace's interfaces.
+fn interface_names() -> BTreeMap<u32, String> {
+    crate::kernel::interfaces::list()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| (i.ifindex, i.name))
+        .collect()
+}
+
+fn attach(
+    object: &mut LoadedObject,
+    program: &'static str,
+    tracepoint: &str,
+) -> Result<RawTracePointLink, LoadError> {
+    let prog: &mut RawTracePoint = object.program_mut(program)?;
+    let failed = |source| LoadError::Program { program, source };
+    prog.load().map_err(failed)?;
+    let id = prog.attach(tracepoint).map_err(failed)?;
+    prog.take_link(id).map_err(failed)
+}

@@ -645,25 +645,15 @@ fn without_btf_xdp_counts_and_each_btf_feature_is_off_with_one_line() {
     let ns = NetNs::new();
     let sender = NetNs::new();
     let veth = support::VethPair::new(&ns, &sender);
-    let config = format!(
-        r#"
-[daemon]
-poll_interval = "100ms"
-[http]
-listen = "{listen}"
-[log]
-level = "info"
-format = "json"
-[xdp]
-interfaces = ["{device}"]
-mode = "auto"
-[syscalls]
-attach = "auto"
-track = ["read"]
-"#,
-        listen = support::process::LISTEN,
-        device = veth.a,
-    );
+    let config = TestConfig::new()
+        .set("log.level", "info")
+        .set("log.format", "json")
+        .interfaces(&[&veth.a])
+        .set("xdp.mode", "auto")
+        .set("syscalls.enabled", true)
+        .set("syscalls.attach", "auto")
+        .set("syscalls.track", vec!["read"])
+        .toml();
     let daemon = Daemon::spawn_with(
         &ns,
         &config,

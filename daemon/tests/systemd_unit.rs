@@ -242,26 +242,16 @@ impl ConfigFile {
     }
 
     fn write(&self, interfaces: &[&str]) {
-        let list: Vec<String> = interfaces.iter().map(|i| format!("{i:?}")).collect();
-        let text = format!(
-            r#"
-[daemon]
-poll_interval = "200ms"
-[http]
-listen = "{listen}"
-[log]
-level = "info"
-format = "json"
-[xdp]
-interfaces = [{list}]
-mode = "auto"
-[syscalls]
-attach = "auto"
-track = ["read", "write"]
-"#,
-            listen = support::process::LISTEN,
-            list = list.join(", ")
-        );
+        let text = support::TestConfig::new()
+            .set("daemon.poll_interval", "200ms")
+            .set("log.level", "info")
+            .set("log.format", "json")
+            .interfaces(interfaces)
+            .set("xdp.mode", "auto")
+            .set("syscalls.enabled", true)
+            .set("syscalls.attach", "auto")
+            .set("syscalls.track", vec!["read", "write"])
+            .toml();
         std::fs::write(&self.path, text).expect("writing the installed configuration");
     }
 }

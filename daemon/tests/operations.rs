@@ -466,6 +466,15 @@ fn the_units_capability_set_is_enough_and_cap_net_admin_is_needed_for_xdp() {
         "/metrics still served:\n{}",
         scrape.text
     );
+    // XDP is down for want of CAP_NET_ADMIN, syscalls by configuration.
+    for (source, up) in [("xdp", 0.0), ("syscalls", 0.0), ("kernel_drops", 1.0)] {
+        assert_eq!(
+            scrape.get("telemetryd_source_up", &[("source", source)]),
+            Some(up),
+            "{source}:\n{}",
+            scrape.text
+        );
+    }
     stop(&mut daemon, libc::SIGTERM);
 
     // Without CAP_BPF nothing loads: the daemon says so and exits non-zero.
@@ -549,13 +558,216 @@ fn drop_and_retransmit_tracers_attach_and_count_without_tracefs() {
         }
     });
     // ~198 of 200 datagrams; at least 100 leaves no room for chance.
-    let scrape = daemon.scrape_until(Duration::from_secs(5), |s| drops(s) >= before + 100.0);
+    let device_drops = |s: &support::metrics::Scrape| {
+        s.get(
+            "telemetryd_kernel_device_drops_total",
+            &[("device", &veth.a), ("reason", "NETFILTER_DROP")],
+        )
+        .unwrap_or(0.0)
+    };
+    let scrape = daemon.scrape_until(Duration::from_secs(10), |s| {
+        drops(s) >= before + 100.0 && device_drops(s) >= 100.0
+    });
     assert!(
         drops(&scrape) >= before + 100.0,
         "NETFILTER_DROP went from {before} to {}, 100 more expected:\n{}\n{}",
         drops(&scrape),
         scrape.text,
         daemon.log_text()
+    );
+    // Attributed to the device the skbs arrived on (offsets from this
+    // kernel's BTF).
+    assert!(
+        device_drops(&scrape) >= 100.0,
+        "drops on {} not attributed to it:\n{}",
+        veth.a,
+        scrape.text
+    );
+
+    // The reason names are this kernel's: NETFILTER_DROP has another number
+    // on every kernel line, and the name was right above. Their count is
+    // the one bpftool reads from the same BTF.
+    let dump = support::netns::run(
+        "bpftool",
+        &[
+            "btf",
+            "dump",
+            "file",
+            "/sys/kernel/btf/vmlinux",
+            "format",
+            "raw",
+        ],
+    );
+    let vlen: usize = dump
+        .lines()
+        .find(|l| l.contains("ENUM 'skb_drop_reason'"))
+        .and_then(|l| l.split("vlen=").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("bpftool shows enum skb_drop_reason");
+    let probe = support::netns::run(BIN, &["check", "--probe", "--config", SHIPPED_CONFIG]);
+    let names = format!("{vlen} names from enum skb_drop_reason");
+    assert!(
+        probe.contains(&names),
+        "check --probe must say {names:?}:\n{probe}"
+    );
+    support::matrix::record(
+        "kernel drop reasons",
+        &format!("raw tracepoint kfree_skb, {vlen} reason names from this kernel's BTF"),
+    );
+    support::matrix::record(
+        "drops by device",
+        "sk_buff/net_device offsets from this kernel's BTF",
+    );
+}
+
+// ------------------------------------------------------------ without BTF
+
+/// Wrapper (after `ip netns exec NS`, which mounts a fresh sysfs) that
+/// hides the kernel's BTF from the command after it: a private mount
+/// namespace with an empty tmpfs on /sys/kernel/btf.
+const WITHOUT_BTF: [&str; 7] = [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    "mount -t tmpfs -o ro,mode=0555 nobtf /sys/kernel/btf && exec \"$0\" \"$@\"",
+];
+
+/// A kernel whose BTF the daemon cannot see: it starts, XDP counts exactly,
+/// and every feature that needs BTF is off with one log line and
+/// `check --probe` saying why; `telemetryd_source_up` shows what runs.
+#[test]
+fn without_btf_xdp_counts_and_each_btf_feature_is_off_with_one_line() {
+    use support::frames::{ethernet, ipv4, udp, PacketSocket, ETH_P_IP, IPPROTO_UDP};
+    require_root();
+    let ns = NetNs::new();
+    let sender = NetNs::new();
+    let veth = support::VethPair::new(&ns, &sender);
+    let config = TestConfig::new()
+        .set("log.level", "info")
+        .set("log.format", "json")
+        .interfaces(&[&veth.a])
+        .set("xdp.mode", "auto")
+        .set("syscalls.enabled", true)
+        .set("syscalls.attach", "auto")
+        .set("syscalls.track", vec!["read"])
+        .toml();
+    let daemon = Daemon::spawn_with(
+        &ns,
+        &config,
+        &Spawn {
+            wrapper: &WITHOUT_BTF,
+            ..Spawn::default()
+        },
+    );
+    daemon.wait_ready(Duration::from_secs(60));
+    // The precondition, seen from the daemon's own root.
+    let btf = format!("/proc/{}/root/sys/kernel/btf/vmlinux", daemon.pid());
+    assert!(
+        !Path::new(&btf).exists(),
+        "{btf} is visible: this test proves nothing"
+    );
+
+    const N: u64 = 50;
+    let frame = ethernet(ETH_P_IP, &[], &ipv4(IPPROTO_UDP, &[], 0, &udp(64)));
+    let frame_len = frame.len() as f64;
+    let b = veth.b.clone();
+    sender.enter(move || {
+        let socket = PacketSocket::open(&b).expect("packet socket");
+        for _ in 0..N {
+            socket.send(&frame).expect("send");
+        }
+    });
+    let labels = [
+        ("device", veth.a.as_str()),
+        ("family", "ipv4"),
+        ("protocol", "udp"),
+    ];
+    let scrape = daemon.scrape_until(Duration::from_secs(10), |s| {
+        s.get("telemetryd_xdp_packets_total", &labels) == Some(N as f64)
+    });
+    assert_eq!(
+        scrape.get("telemetryd_xdp_packets_total", &labels),
+        Some(N as f64),
+        "{}",
+        scrape.text
+    );
+    assert_eq!(
+        scrape.get("telemetryd_xdp_bytes_total", &labels),
+        Some(N as f64 * frame_len)
+    );
+
+    // Each BTF feature: off, said once.
+    let log = daemon.log_text();
+    let once = |what: &str, needle: &str| {
+        let n = log.lines().filter(|l| l.contains(needle)).count();
+        assert_eq!(
+            n, 1,
+            "{what}: {n} lines contain {needle:?}, want one:\n{log}"
+        );
+    };
+    once("fentry", "\"mode\":\"fentry\",\"reason\":\"needs BTF\"");
+    once(
+        "drop reasons and device attribution",
+        "no kernel BTF: drop reasons are not read",
+    );
+    let syscall_mode = if support::kernel::kprobes().is_ok() {
+        "kprobe"
+    } else {
+        once(
+            "BTF tracepoint sys_exit",
+            "BTF tracepoint sys_exit unavailable",
+        );
+        "tracepoint"
+    };
+    assert!(
+        log.contains(&format!(
+            "\"mode\":\"{syscall_mode}\",\"syscalls\":\"read\""
+        )),
+        "syscalls attached with {syscall_mode} without BTF:\n{log}"
+    );
+    for (source, up) in [
+        ("xdp", 1.0),
+        ("syscalls", 1.0),
+        ("kernel_drops", 1.0),
+        ("tcp_retransmits", 1.0),
+    ] {
+        assert_eq!(
+            scrape.get("telemetryd_source_up", &[("source", source)]),
+            Some(up),
+            "{source}:\n{}",
+            scrape.text
+        );
+    }
+
+    // check --probe says why, seeing what the daemon sees.
+    let dir = TempDir::new();
+    let path = dir.write("config.toml", &config);
+    let probe = ns.exec(
+        WITHOUT_BTF[0],
+        &[
+            &WITHOUT_BTF[1..],
+            &[BIN, "check", "--probe", "--config", path.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    for line in [
+        "btf                  no   /sys/kernel/btf/vmlinux",
+        "fentry               no   needs BTF",
+        "fentry      no   needs BTF",
+        "drop reasons         no   reading /sys/kernel/btf/vmlinux",
+        "device attribution   no   needs the kernel's BTF",
+    ] {
+        assert!(
+            probe.contains(line),
+            "check --probe must say {line:?}:\n{probe}"
+        );
+    }
+    support::matrix::record(
+        "without kernel BTF",
+        &format!("XDP exact; syscalls via {syscall_mode}; drops counted as OTHER, not by device"),
     );
 }
 
@@ -840,6 +1052,13 @@ fn a_foreign_xdp_program_is_left_alone_unless_replace_is_set() {
 
 // --------------------------------------------------------------- systemd
 
+/// A test that cannot run says so; under CI (`CI=true`) that is a failure:
+/// what it needs is a package, not a kernel feature.
+fn cannot_run(why: &str) {
+    assert!(!support::kernel::ci(), "cannot run under CI: {why}");
+    eprintln!("NOT RUN: {why}");
+}
+
 fn systemd_analyze() -> Option<&'static str> {
     let ok = Command::new("systemd-analyze")
         .arg("--version")
@@ -851,10 +1070,7 @@ fn systemd_analyze() -> Option<&'static str> {
 #[test]
 fn the_unit_verifies_and_its_exposure_is_at_most_3() {
     let Some(analyze) = systemd_analyze() else {
-        eprintln!(
-            "SKIPPED: systemd-analyze cannot run on this machine \
-             (`cargo xtask setup` installs the systemd package)"
-        );
+        cannot_run("systemd-analyze cannot run on this machine (`cargo xtask setup` installs the systemd package)");
         return;
     };
     // verify checks that ExecStart exists: point it at the binary under test.
@@ -901,7 +1117,7 @@ fn the_unit_verifies_and_its_exposure_is_at_most_3() {
 #[test]
 fn the_units_syscall_filter_keeps_what_the_daemon_needs() {
     let Some(analyze) = systemd_analyze() else {
-        eprintln!("SKIPPED: systemd-analyze cannot run on this machine");
+        cannot_run("systemd-analyze cannot run on this machine (`cargo xtask setup` installs the systemd package)");
         return;
     };
     let unit = std::fs::read_to_string(UNIT).unwrap();

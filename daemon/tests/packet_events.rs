@@ -471,6 +471,10 @@ fn daemon_counts_every_event_and_top_talkers_exactly() {
         assert!((share - *n as f64 / total as f64).abs() < 1e-12, "{json}");
     }
     promtool_accepts(&after);
+    support::matrix::record(
+        "packet events, top talkers",
+        "XDP to a BPF ring buffer, sample_rate = 1",
+    );
 }
 
 #[test]

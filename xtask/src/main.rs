@@ -10,6 +10,7 @@ mod install;
 mod lab;
 mod monitoring;
 mod setup;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,14 +42,33 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite (unit and root integration tests), then,
-    /// without a test filter, build and check the Debian package and run a
-    /// short mesh lab (5 nodes, the loss fault).
+    /// Run the whole test suite: unit and root integration tests on this
+    /// machine's kernel, then, without a test filter, build and check the
+    /// Debian package, run a short mesh lab (5 nodes, the loss fault), and
+    /// the kernel matrix (`vm-test`, with that package in its systemd guest).
     Test {
+        /// No kernel matrix: this machine's kernel, the package and the lab.
+        #[arg(long)]
+        host_only: bool,
         /// Arguments passed on to `cargo test` (a test name filter, ...).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The kernel matrix alone: boot Debian's 6.1 and 6.12 LTS kernels under
+    /// qemu (fetched and cached under target/vm/), run the kernel-dependent
+    /// root tests in them, and the systemd unit under a real systemd.
+    VmTest {
+        /// Guests to run: 6.1, 6.12 (the suite on that kernel), systemd.
+        /// Default: all.
+        guests: Vec<String>,
+        /// Install telemetryd in the systemd guest from this Debian package
+        /// instead of with `cargo xtask install`.
+        #[arg(long, value_name = "DEB")]
+        deb: Option<PathBuf>,
+    },
+    /// Put the last run's kernel matrix table (target/vm/matrix.md) into
+    /// README.md.
+    VmReadme,
     /// Build in release mode and install the binary, the systemd unit and
     /// the default configuration (kept if present). Without --prefix:
     /// /usr/local/bin, /etc/systemd/system, /etc/telemetryd (needs root).
@@ -110,28 +130,51 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Test { args } => {
+        Task::Test { host_only, args } => {
             setup::all()?;
             require_root("the integration tests load eBPF programs and create network namespaces")?;
             setup::remove_stale_test_namespaces();
-            let mut full = vec!["test"];
-            let extra: Vec<&str> = args.iter().map(String::as_str).collect();
-            full.extend(extra);
-            cargo(&root, &full)?;
+            let mut stages = vm::Stages::default();
+            let started = std::time::Instant::now();
+            let host = vm::host_suite(&root, &args);
+            stages.add("host suite", started.elapsed());
+            let host = host?;
             if !args.is_empty() {
-                step("arguments for cargo test were given: the package and lab stages do not run");
+                step("arguments for cargo test were given: the package, lab and matrix stages do not run");
                 return Ok(());
             }
-            stage("the Debian package", || {
+            let started = std::time::Instant::now();
+            let package = stage("the Debian package", || {
                 cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
-                deb::build_and_check(&root).map(drop)
+                deb::build_and_check(&root)
             })?;
+            stages.add("Debian package", started.elapsed());
+            let started = std::time::Instant::now();
             stage("the short mesh lab", || {
                 let report = lab::run(&root, &short_lab(&root))?;
                 print!("{report}");
                 Ok(())
-            })
+            })?;
+            stages.add("short mesh lab", started.elapsed());
+            if host_only {
+                stages.print();
+                return Ok(());
+            }
+            let install = vm::Install::DebPackage(package.path);
+            let matrix = vm::vm_test(&root, &[], &install, Some(host), &mut stages);
+            stages.print();
+            matrix
         }
+        Task::VmTest { guests, deb } => {
+            setup::all()?;
+            require_root("qemu's 9p export of / must read every file")?;
+            let install = deb.map_or(vm::Install::Xtask, vm::Install::DebPackage);
+            let mut stages = vm::Stages::default();
+            let result = vm::vm_test(&root, &guests, &install, None, &mut stages);
+            stages.print();
+            result
+        }
+        Task::VmReadme => vm::vm_readme(&root),
         Task::Lab { nodes } => {
             setup::all()?;
             require_root("the lab creates network namespaces and loads eBPF programs")?;
@@ -209,13 +252,13 @@ fn short_lab(root: &Path) -> lab::Options {
 }
 
 /// Runs one stage of `cargo xtask test` and says how long it took.
-fn stage(name: &str, run: impl FnOnce() -> Result<()>) -> Result<()> {
+fn stage<T>(name: &str, run: impl FnOnce() -> Result<T>) -> Result<T> {
     step(&format!("stage: {name}"));
     let start = std::time::Instant::now();
     let result = run();
     let secs = start.elapsed().as_secs_f64();
     match &result {
-        Ok(()) => step(&format!("stage passed in {secs:.0} s: {name}")),
+        Ok(_) => step(&format!("stage passed in {secs:.0} s: {name}")),
         Err(_) => step(&format!("stage failed after {secs:.0} s: {name}")),
     }
     result.with_context(|| format!("stage: {name}"))
@@ -246,7 +289,7 @@ pub fn step(message: &str) {
     eprintln!("xtask: {message}");
 }
 
-fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     step(&format!("cargo {}", args.join(" ")));
     let status = Command::new(env!("CARGO"))
         .args(args)

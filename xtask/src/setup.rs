@@ -33,7 +33,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 
 pub fn all() -> Result<()> {
     build_tools()?;
-    debian_packages()
+    debian_packages(DEBIAN_PACKAGES)
 }
 
 /// What building the eBPF object needs: nightly with rust-src, bpf-linker.
@@ -143,8 +143,10 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Installs those of `packages` (package, a command it provides) whose
+/// command is missing.
+pub fn debian_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, command)| !on_path(command))
         .map(|(package, _)| *package)

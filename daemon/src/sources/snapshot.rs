@@ -56,6 +56,19 @@ pub trait Section {
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The signals of `telemetryd_source_up` and the program each one needs
+/// attached: packet counts (XDP), syscall latency, kernel drops and TCP
+/// retransmits.
+pub const SOURCES: [(&str, &str); 4] = [
+    ("xdp", telemetryd_common::xdp::PROGRAM_NAME),
+    ("syscalls", telemetryd_common::syscalls::PROGRAM_LABEL),
+    ("kernel_drops", telemetryd_common::drops::DROPS_PROGRAM),
+    (
+        "tcp_retransmits",
+        telemetryd_common::drops::RETRANSMITS_PROGRAM,
+    ),
+];
+
 impl Snapshot {
     /// The sections present, in the order the sources are polled.
     fn sections(&self) -> Vec<&dyn Section> {
@@ -119,6 +132,18 @@ impl Snapshot {
             "telemetryd_ebpf_program_attached",
             "1 for each place an eBPF program of telemetryd is attached, with how.",
             attached,
+        ));
+        let attachments = self.attachments();
+        families.push(gauge(
+            "telemetryd_source_up",
+            "1 while the signal's eBPF programs are attached and polled, else 0.",
+            SOURCES
+                .iter()
+                .map(|(source, program)| {
+                    let up = attachments.iter().any(|a| a.program == *program);
+                    Series::new(&[("source", source)], f64::from(u8::from(up)))
+                })
+                .collect(),
         ));
         families.push(gauge(
             "telemetryd_build_info",
@@ -203,6 +228,8 @@ mod tests {
             r#"telemetryd_xdp_packets_total{device="veth0",family="other",protocol="other"} 0"#,
             r#"telemetryd_xdp_malformed_packets_total{device="veth0"} 2"#,
             r#"telemetryd_ebpf_program_attached{attach="xdp-generic",device="veth0",program="xdp_packet_counter"} 1"#,
+            r#"telemetryd_source_up{source="xdp"} 1"#,
+            r#"telemetryd_source_up{source="syscalls"} 0"#,
             "# TYPE telemetryd_xdp_packets_total counter",
             "# TYPE telemetryd_build_info gauge",
         ] {
@@ -231,14 +258,14 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_snapshot_renders_build_info_only() {
+    fn an_empty_snapshot_renders_build_info_and_every_source_down() {
         let text = Snapshot::default().render(Vec::new()).unwrap();
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(
-            samples,
-            [format!("telemetryd_build_info{{version=\"{VERSION}\"}} 1")],
-            "{text}"
-        );
+        let mut want = vec![format!("telemetryd_build_info{{version=\"{VERSION}\"}} 1")];
+        for (source, _) in SOURCES {
+            want.push(format!("telemetryd_source_up{{source=\"{source}\"}} 0"));
+        }
+        assert_eq!(samples, want, "{text}");
     }
 
     #[test]

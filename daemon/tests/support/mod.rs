@@ -12,6 +12,8 @@
 
 pub mod config;
 pub mod frames;
+pub mod kernel;
+pub mod matrix;
 pub mod metrics;
 pub mod netns;
 pub mod process;

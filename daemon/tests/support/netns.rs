@@ -193,6 +193,31 @@ impl VethPair {
             &ns_b.name, "address", b_mac,
         ]);
         run("ip", &args);
+        Self::configure(ns_a, ns_b, a, b, a_mac, b_mac)
+    }
+
+    /// Like [`VethPair::new`], with two existing interfaces of one segment
+    /// (two NICs on one switch, such as a test guest's virtio-net pair)
+    /// moved from the calling namespace into `ns_a` and `ns_b` and set up
+    /// the same way. They go back when the namespaces are deleted.
+    pub fn adopt(ns_a: &NetNs, ns_b: &NetNs, a: &str, b: &str) -> Self {
+        let (a_mac, b_mac) = ("02:00:00:00:00:0a", "02:00:00:00:00:0b");
+        for (ns, dev, mac) in [(ns_a, a, a_mac), (ns_b, b, b_mac)] {
+            run("ip", &["link", "set", "dev", dev, "down"]);
+            run("ip", &["link", "set", "dev", dev, "netns", &ns.name]);
+            ns.ip(&["link", "set", "dev", dev, "address", mac]);
+        }
+        Self::configure(ns_a, ns_b, a.to_owned(), b.to_owned(), a_mac, b_mac)
+    }
+
+    fn configure(
+        ns_a: &NetNs,
+        ns_b: &NetNs,
+        a: String,
+        b: String,
+        a_mac: &str,
+        b_mac: &str,
+    ) -> Self {
         let (a_ip, b_ip) = ("10.203.0.1", "10.203.0.2");
         for (ns, dev, ip, peer_ip, peer_mac) in
             [(ns_a, &a, a_ip, b_ip, b_mac), (ns_b, &b, b_ip, a_ip, a_mac)]

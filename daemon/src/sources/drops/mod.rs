@@ -46,13 +46,19 @@ impl LoadSettings for DropsLoad {
 }
 
 /// Reads reason names and field offsets from the kernel's BTF. Without BTF
-/// (or a field), reasons are numbered and drops are not attributed to
-/// devices; both are logged once.
+/// no reason is read (every drop counts as OTHER) and drops are not
+/// attributed to devices, said in one log line; without a field, reasons
+/// are numbered or drops not attributed, each logged once.
 pub fn prepare(btf: Result<&KernelBtf, &BtfError>) -> DropsLoad {
     let btf = match btf {
         Ok(btf) => Some(btf),
         Err(error) => {
-            warn!(%error, "no kernel BTF: drop reasons are numbered, drops not attributed to devices");
+            warn!(
+                %error,
+                "no kernel BTF: drop reasons are not read (every drop counts as {}) \
+                 and drops are not attributed to devices",
+                telemetryd_common::drops::OVERFLOW_REASON_LABEL
+            );
             None
         }
     };
@@ -83,7 +89,8 @@ pub fn prepare(btf: Result<&KernelBtf, &BtfError>) -> DropsLoad {
         }
         None => 0,
     };
-    if layout.kfree_skb_args < KFREE_SKB_ARGS_WITH_REASON {
+    // Without BTF that was said above, once.
+    if btf.is_some() && layout.kfree_skb_args < KFREE_SKB_ARGS_WITH_REASON {
         warn!(
             arguments = layout.kfree_skb_args,
             "kfree_skb passes no drop reason on this kernel: drops are counted as OTHER"
@@ -125,7 +132,10 @@ pub fn describe(btf: Result<&KernelBtf, &BtfError>) -> String {
                 Err(e) => out.push_str(&format!("  device attribution   no   {e}\n")),
             }
         }
-        Err(e) => out.push_str(&format!("  drop reasons         no   {e}\n")),
+        Err(e) => {
+            out.push_str(&format!("  drop reasons         no   {e}\n"));
+            out.push_str("  device attribution   no   needs the kernel's BTF for struct offsets\n");
+        }
     }
     out.push_str(&format!(
         "  tcp retransmits      raw tracepoint {RETRANSMITS_TRACEPOINT}, /proc/net/snmp\n"

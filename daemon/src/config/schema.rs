@@ -288,6 +288,11 @@ pub struct AnalyzerSettings {
     pub spike_factor: f64,
     /// latency: a syscall's p99 must reach this many times its baseline p99.
     pub latency_factor: f64,
+    /// latency: the p99 a syscall must reach before it can be anomalous,
+    /// whatever its baseline: a rise from 10 µs to 50 µs is noise of a busy
+    /// machine (preemption, softirq work), not an incident.
+    #[serde(with = "super::duration::text")]
+    pub min_latency: Duration,
     /// latency and syscall_errors: calls per poll below which a syscall is
     /// not judged.
     pub min_calls: u64,
@@ -319,6 +324,7 @@ impl Default for AnalyzerSettings {
             silence_ratio: 0.05,
             spike_factor: 3.0,
             latency_factor: 4.0,
+            min_latency: Duration::from_millis(1),
             min_calls: 50,
             min_error_ratio: 0.05,
         }

@@ -237,7 +237,7 @@ pub fn evaluate(obs: &Observation, k: &mut Knowledge, s: &AnalyzerSettings) -> V
         let latency_id = SignalId::new(Metric::SyscallP99, name.as_str());
         let errors_id = SignalId::new(Metric::SyscallErrorRatio, name.as_str());
         let latency = Rule::Rise {
-            floor: 0.0,
+            floor: s.min_latency.as_secs_f64(),
             factor: s.latency_factor,
         };
         let errors = Rule::Rise {

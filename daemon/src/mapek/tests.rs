@@ -125,6 +125,8 @@ fn settings() -> AnalyzerSettings {
         warmup: Duration::from_secs(10),
         fire_after: 3,
         resolve_after: 5,
+        // The scenarios' reads take microseconds; the floor has its own tests.
+        min_latency: Duration::ZERO,
         ..Default::default()
     }
 }
@@ -606,6 +608,52 @@ fn reload_keeps_baselines_and_refuses_invalid_settings() {
     node.tcp(0, 200);
     let changes = step(&mut mapek, &node.snapshot());
     assert_eq!(changes.len(), 1, "{changes:?}");
+}
+
+/// Runs 30 normal seconds, then 4 seconds in which reads take `slow_ns`,
+/// under the default `min_latency` (1 ms); returns what fired.
+fn reads_slow_down_to(slow_ns: u64, base_ns: u64) -> Vec<StateChange> {
+    let mut mapek = MapeK::new(
+        AnalyzerSettings {
+            min_latency: AnalyzerSettings::default().min_latency,
+            ..settings()
+        },
+        AnomalyBoard::new(),
+    );
+    let mut node = Node::default();
+    for _ in 0..30 {
+        node.packets("eth0", 1000)
+            .tcp(1000, 1)
+            .calls("read", 500, base_ns, 0);
+        assert!(step(&mut mapek, &node.snapshot()).is_empty());
+    }
+    let mut fired = Vec::new();
+    for _ in 0..4 {
+        node.packets("eth0", 1000)
+            .tcp(1000, 1)
+            .calls("read", 500, slow_ns, 0);
+        fired.extend(step(&mut mapek, &node.snapshot()));
+    }
+    fired
+}
+
+#[test]
+fn latency_rise_that_stays_under_min_latency_does_not_fire() {
+    // 4 µs to 80 µs: 20x, sustained, and still far below 1 ms.
+    let fired = reads_slow_down_to(80_000, 4_000);
+    assert!(fired.is_empty(), "{fired:?}");
+}
+
+#[test]
+fn latency_rise_past_min_latency_fires() {
+    // 300 µs to 6 ms: 20x, past the 1 ms floor.
+    let fired = reads_slow_down_to(6_000_000, 300_000);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(
+        (fired[0].kind, fired[0].subject.as_str()),
+        (AnomalyKind::Latency, "read")
+    );
+    assert!(fired[0].threshold >= 0.001, "{:?}", fired[0]);
 }
 
 #[test]

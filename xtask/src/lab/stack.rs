@@ -234,6 +234,9 @@ pub fn single_value(result: &[Value]) -> Option<f64> {
 #[derive(Clone, Debug)]
 pub struct AmAlert {
     pub labels: BTreeMap<String, String>,
+    /// The analyzer's sentence (telemetryd's webhook) or the rule's
+    /// description, for messages.
+    pub explanation: String,
     pub starts_at: SystemTime,
 }
 
@@ -253,7 +256,12 @@ impl AmAlert {
             .iter()
             .map(|(k, v)| format!("{k}={v:?}"))
             .collect();
-        format!("{{{}}}", pairs.join(", "))
+        let labels = format!("{{{}}}", pairs.join(", "));
+        if self.explanation.is_empty() {
+            labels
+        } else {
+            format!("{labels}: {}", self.explanation)
+        }
     }
 }
 
@@ -278,7 +286,17 @@ pub fn alertmanager_alerts(ns: &str) -> Result<Vec<AmAlert>> {
         if ends_at.is_some_and(|end| end <= now) {
             continue;
         }
-        alerts.push(AmAlert { labels, starts_at });
+        let annotations = &a["annotations"];
+        let explanation = ["explanation", "summary", "description"]
+            .iter()
+            .find_map(|key| annotations[*key].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        alerts.push(AmAlert {
+            labels,
+            explanation,
+            starts_at,
+        });
     }
     Ok(alerts)
 }

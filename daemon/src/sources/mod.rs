@@ -32,6 +32,7 @@ use crate::reload::Applied;
 use drops::{DropsLoad, DropsSource};
 use events::{EventsLoad, PacketEvents};
 use syscalls::{SyscallSource, SyscallsLoad};
+use telemetryd_common::drops::{DROPS_PROGRAM, RETRANSMITS_PROGRAM};
 use xdp::{XdpLoad, XdpSource};
 
 /// Every running source and the object they were loaded from.
@@ -43,6 +44,9 @@ pub struct Sources {
     drops: Option<DropsSource>,
     events: Option<PacketEvents>,
     syscalls: Option<SyscallSource>,
+    /// Why a source the configuration enables could not start, by its
+    /// `telemetryd_source_up` label.
+    unavailable: Vec<(&'static str, String)>,
 }
 
 impl Sources {
@@ -70,12 +74,23 @@ impl Sources {
         if let Some(logger) = object.take_logger() {
             tokio::spawn(object_loader::forward_logs(logger));
         }
+        let mut unavailable = Vec::new();
         let DropsLoad { names, .. } = drops;
-        let drops = DropsSource::start(&mut object, names)
-            .inspect_err(
-                |error| warn!(%error, "kernel drops and TCP retransmits are not collected"),
-            )
-            .ok();
+        let drops = match DropsSource::start(&mut object, names) {
+            Ok(drops) => {
+                for (program, reason) in drops.not_attached() {
+                    unavailable.push((source_of(program), reason.clone()));
+                }
+                Some(drops)
+            }
+            Err(error) => {
+                warn!(%error, "kernel drops and TCP retransmits are not collected");
+                for source in [DROPS_PROGRAM, RETRANSMITS_PROGRAM].map(source_of) {
+                    unavailable.push((source, format!("{error:#}")));
+                }
+                None
+            }
+        };
         let syscalls = if config.syscalls.enabled {
             let support = probe::probe();
             Some(
@@ -90,6 +105,13 @@ impl Sources {
             let events = PacketEvents::start(&mut object, &config.xdp)?;
             let xdp = XdpSource::start(&mut object, &config.xdp)
                 .context("loading the XDP packet counter")?;
+            let xdp = match xdp {
+                Ok(xdp) => Some(xdp),
+                Err(reason) => {
+                    unavailable.push(("xdp", reason));
+                    None
+                }
+            };
             (Some(events), xdp)
         } else {
             info!("xdp disabled by configuration");
@@ -102,6 +124,7 @@ impl Sources {
             drops,
             events,
             syscalls,
+            unavailable,
         })
     }
 
@@ -112,6 +135,7 @@ impl Sources {
         snapshot.drops = self.drops.as_mut().map(DropsSource::poll);
         snapshot.events = self.events.as_ref().map(PacketEvents::poll);
         snapshot.syscalls = self.syscalls.as_ref().map(SyscallSource::poll);
+        snapshot.unavailable = self.unavailable.clone();
         snapshot
     }
 
@@ -167,6 +191,14 @@ pub fn describe(config: &Config, probe_kernel: bool) -> String {
     }
     out.push_str(&drops::describe(KernelBtf::from_sys_fs().as_ref()));
     out
+}
+
+/// The `telemetryd_source_up` label of the signal `program` belongs to.
+fn source_of(program: &str) -> &'static str {
+    snapshot::SOURCES
+        .iter()
+        .find(|(_, p)| *p == program)
+        .map_or("unknown", |(source, _)| source)
 }
 
 fn kernel_table(support: &KernelSupport) -> String {

@@ -52,13 +52,17 @@ impl XdpSource {
     /// Loads the program (the build with packet events when
     /// `xdp.sample_rate` is not 0) and attaches it as `config` says. A
     /// kernel that refuses it for lack of a privilege costs packet counting
-    /// only: that is logged and `None` returned, the daemon runs on.
-    pub fn start(object: &mut LoadedObject, config: &XdpConfig) -> Result<Option<Self>, LoadError> {
+    /// only: that is logged and the reason returned (`Ok(Err(reason))`),
+    /// the daemon runs on.
+    pub fn start(
+        object: &mut LoadedObject,
+        config: &XdpConfig,
+    ) -> Result<Result<Self, String>, LoadError> {
         let counter = match PacketCounter::load(object, config.sample_rate) {
             Ok(counter) => counter,
             Err(error @ LoadError::NotPermitted { .. }) => {
                 error!(%error, "xdp unavailable; running without packet counting");
-                return Ok(None);
+                return Ok(Err(format!("{error:#}")));
             }
             Err(error) => return Err(error),
         };
@@ -67,7 +71,7 @@ impl XdpSource {
             interfaces: AttachedInterfaces::default(),
         };
         source.reconcile(config);
-        Ok(Some(source))
+        Ok(Ok(source))
     }
 
     /// Attaches to interfaces that appeared or came up, detaches from ones

@@ -38,6 +38,9 @@ pub struct DaemonConfig {
     pub poll_interval: Duration,
     /// Sources (names of [`SOURCE_NAMES`]) that `/readyz` does not wait for.
     pub optional_sources: Vec<String>,
+    /// A directory on a bpffs where the packet counter's links and maps
+    /// are pinned, so that they outlive a restart; empty: off.
+    pub pin_path: String,
 }
 
 impl Default for DaemonConfig {
@@ -45,6 +48,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             poll_interval: Duration::from_secs(1),
             optional_sources: Vec::new(),
+            pin_path: String::new(),
         }
     }
 }

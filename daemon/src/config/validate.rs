@@ -16,6 +16,7 @@ impl Config {
         positive_at_most("daemon.poll_interval", self.daemon.poll_interval, hour)?;
         check_source_names(&self.daemon.optional_sources)
             .map_err(|(i, m)| Invalid::new("daemon.optional_sources", m).at_index(i))?;
+        check_pin_path(&self.daemon.pin_path).map_err(|m| Invalid::new("daemon.pin_path", m))?;
 
         let http = &self.http;
         in_range("http.max_connections", http.max_connections, 1, 10_000)?;
@@ -198,6 +199,28 @@ impl Invalid {
         self.index = Some(index);
         self
     }
+}
+
+/// `daemon.pin_path`: empty, or an absolute, normal path (no `.` or `..`)
+/// whose parent exists on a bpffs is checked at start-up, where the kernel is
+/// at hand.
+fn check_pin_path(path: &str) -> Result<(), String> {
+    use std::path::{Component, Path};
+    if path.is_empty() {
+        return Ok(());
+    }
+    let p = Path::new(path);
+    let normal = p
+        .components()
+        .skip(1)
+        .all(|c| matches!(c, Component::Normal(_)));
+    if !p.is_absolute() || !normal || p.parent().is_none() {
+        return Err(format!(
+            "{path:?} is not an absolute path without . or ..; expected \"\" (off) or a \
+             directory on a bpffs such as \"/sys/fs/bpf/telemetryd\""
+        ));
+    }
+    Ok(())
 }
 
 /// `daemon.optional_sources`: each a source's name, once.

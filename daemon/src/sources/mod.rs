@@ -33,7 +33,7 @@ use drops::{DropsLoad, DropsSource};
 use events::{EventsLoad, PacketEvents};
 use syscalls::{SyscallSource, SyscallsLoad};
 use telemetryd_common::drops::{DROPS_PROGRAM, RETRANSMITS_PROGRAM};
-use xdp::{XdpLoad, XdpSource};
+use xdp::{PinDir, XdpLoad, XdpSource};
 
 /// Every running source and the object they were loaded from.
 pub struct Sources {
@@ -62,7 +62,12 @@ impl Sources {
             .then(|| SyscallsLoad::new(&config.syscalls))
             .transpose()?;
         let events = EventsLoad::from_config(&config.xdp).context("loading the eBPF object")?;
-        let xdp = XdpLoad::default();
+        let pins = match config.daemon.pin_path.as_str() {
+            "" => None,
+            _ if !config.xdp.enabled => None,
+            path => Some(PinDir::create(std::path::Path::new(path))?),
+        };
+        let xdp = XdpLoad::new(pins.as_ref());
         // The kernel's BTF, read once for the drop tracer and dropped before
         // the object loads (aya's loader parses it again on its own).
         let drops = drops::prepare(KernelBtf::from_sys_fs().as_ref());
@@ -103,7 +108,7 @@ impl Sources {
         };
         let (events, xdp) = if config.xdp.enabled {
             let events = PacketEvents::start(&mut object, &config.xdp)?;
-            let xdp = XdpSource::start(&mut object, &config.xdp)
+            let xdp = XdpSource::start(&mut object, &config.xdp, pins)
                 .context("loading the XDP packet counter")?;
             let xdp = match xdp {
                 Ok(xdp) => Some(xdp),
@@ -160,10 +165,11 @@ impl Sources {
         }
     }
 
-    /// Detaches every program (shutdown).
+    /// Detaches every program (shutdown); with `daemon.pin_path`, XDP stays
+    /// attached for the next run.
     pub fn stop(&mut self) {
         if let Some(source) = self.xdp.as_mut() {
-            source.detach_all();
+            source.stop();
         }
         if let Some(syscalls) = self.syscalls.take() {
             info!(
@@ -191,6 +197,34 @@ pub fn describe(config: &Config, probe_kernel: bool) -> String {
     }
     out.push_str(&drops::describe(KernelBtf::from_sys_fs().as_ref()));
     out
+}
+
+/// `telemetryd unpin`: detaches and removes everything pinned under
+/// `daemon.pin_path`; the exit code.
+pub fn unpin(config: &Config) -> u8 {
+    let path = config.daemon.pin_path.as_str();
+    if path.is_empty() {
+        eprintln!(
+            "telemetryd unpin: daemon.pin_path is empty in the configuration: nothing is pinned"
+        );
+        return crate::config::EX_USAGE as u8;
+    }
+    match xdp::pins::unpin_all(std::path::Path::new(path)) {
+        Ok(removed) if removed.is_empty() => {
+            println!("nothing pinned under {path}");
+            0
+        }
+        Ok(removed) => {
+            for line in removed {
+                println!("removed {line}");
+            }
+            0
+        }
+        Err(error) => {
+            eprintln!("telemetryd unpin: {path}: {error}");
+            1
+        }
+    }
 }
 
 /// The `telemetryd_source_up` label of the signal `program` belongs to.

@@ -56,7 +56,11 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");
-                    ExitCode::FAILURE
+                    if telemetryd::service::is_configuration_error(&error) {
+                        ExitCode::from(EX_USAGE as u8)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }

@@ -75,7 +75,11 @@ pub fn merge(running: &mut Config, new: &Config) -> Applied {
         running.xdp.replace = new.xdp.replace;
         applied.xdp = true;
     }
-    let restart_keys: [(&'static str, bool); 5] = [
+    let restart_keys: [(&'static str, bool); 6] = [
+        (
+            "daemon.pin_path",
+            running.daemon.pin_path != new.daemon.pin_path,
+        ),
         ("http", running.http != new.http),
         ("log.format", running.log.format != new.log.format),
         ("xdp.enabled", running.xdp.enabled != new.xdp.enabled),

@@ -169,6 +169,14 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a start-up failure is the configuration's (exit 64): a
+/// `daemon.pin_path` that is not on a bpffs.
+pub fn is_configuration_error(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|e| e.is::<crate::sources::xdp::pins::PinPathError>())
+}
+
 /// One line per readiness change: info when ready, warn naming what is
 /// down and why when not.
 fn log_readiness(readiness: &Readiness) {

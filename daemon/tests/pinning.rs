@@ -274,7 +274,7 @@ fn a_pin_path_that_is_not_on_a_bpffs_is_refused() {
     let status = daemon
         .wait_exit(Duration::from_secs(30))
         .expect("exits on a bad pin path");
-    assert!(!status.success());
+    assert_eq!(status.code(), Some(64), "a configuration error");
     let log = daemon.log_text();
     assert!(
         log.contains("daemon.pin_path") && log.contains("is not on a bpffs"),

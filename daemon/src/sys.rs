@@ -142,7 +142,7 @@ fn c_path(path: &std::path::Path) -> io::Result<std::ffi::CString> {
 /// Whether `path` is on a BPF filesystem (bpffs), where objects can be pinned.
 pub fn is_bpffs(path: &std::path::Path) -> io::Result<bool> {
     /// `BPF_FS_MAGIC` (include/uapi/linux/magic.h).
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
     let path = c_path(path)?;
     let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
     // SAFETY: `path` is a NUL-terminated string and `stat` a writable
@@ -153,7 +153,8 @@ pub fn is_bpffs(path: &std::path::Path) -> io::Result<bool> {
     }
     // SAFETY: statfs succeeded, so it filled `stat` in.
     let stat = unsafe { stat.assume_init() };
-    Ok(stat.f_type as i64 == BPF_FS_MAGIC)
+    // `f_type` is signed on some architectures: compare the bits.
+    Ok(stat.f_type as u64 == BPF_FS_MAGIC)
 }
 
 /// Hands the heap pages glibc keeps after large frees (start-up parses the

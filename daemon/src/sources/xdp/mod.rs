@@ -57,7 +57,7 @@ impl LoadSettings for XdpLoad {
     fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         loader.map_max_entries(LOW_IFINDEX_COUNTERS_MAP, self.cpus);
         for (map, path) in &self.pins {
-            loader.map_pin_path(*map, path.as_path());
+            loader.map_pin_path(map, path.as_path());
         }
     }
 }

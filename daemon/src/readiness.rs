@@ -49,8 +49,6 @@ impl Readiness {
                 Some("disabled by configuration".to_owned())
             } else if let Some(reason) = snapshot.unavailable_reason(source) {
                 Some(reason.to_owned())
-            } else if source == "xdp" && snapshot.xdp.is_some() {
-                Some("loaded, but attached to no interface".to_owned())
             } else {
                 Some("not attached".to_owned())
             };
@@ -213,12 +211,11 @@ mod tests {
 
     #[test]
     fn xdp_attached_nowhere_is_not_up() {
-        let readiness = Readiness::of(&snapshot(Some(XdpStats::default()), &[]), &config(&[]));
+        let reason = "attached to no interface: interface eth9 does not exist";
+        let snapshot = snapshot(Some(XdpStats::default()), &[("xdp", reason)]);
+        let readiness = Readiness::of(&snapshot, &config(&[]));
         assert!(!readiness.ready);
-        assert_eq!(
-            readiness.sources["xdp"].reason.as_deref(),
-            Some("loaded, but attached to no interface")
-        );
+        assert_eq!(readiness.sources["xdp"].reason.as_deref(), Some(reason));
     }
 
     #[test]

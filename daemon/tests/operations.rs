@@ -1054,9 +1054,21 @@ fn a_foreign_xdp_program_is_left_alone_unless_replace_is_set() {
             "info",
         )
     };
-    let mut daemon = Daemon::start(&ns, &xdp(false));
-    wait_log(&daemon, "did not attach", Duration::from_secs(5));
+    // Its one interface taken, XDP is attached nowhere: not ready, and
+    // /readyz says why.
+    let mut daemon = Daemon::spawn(&ns, &xdp(false), &[]);
+    wait_log(&daemon, "did not attach", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = daemon.get("/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    let readiness: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let reason = readiness["sources"]["xdp"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("attached to no interface") && reason.contains("did not attach"),
+        "{body}"
+    );
     let programs: BTreeMap<String, u64> = xdp_programs(&ns)
         .into_iter()
         .map(|(d, _, id)| (d, id))
@@ -1086,6 +1098,7 @@ fn a_foreign_xdp_program_is_left_alone_unless_replace_is_set() {
     let scrape = daemon.scrape_until(Duration::from_secs(2), |s| {
         s.sum("telemetryd_ebpf_program_attached", &[("device", "rva")]) == 1.0
     });
+    daemon.wait_ready(Duration::from_secs(2));
     assert_eq!(
         scrape.sum("telemetryd_ebpf_program_attached", &[("device", "rva")]),
         1.0

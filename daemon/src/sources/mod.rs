@@ -141,6 +141,9 @@ impl Sources {
         snapshot.events = self.events.as_ref().map(PacketEvents::poll);
         snapshot.syscalls = self.syscalls.as_ref().map(SyscallSource::poll);
         snapshot.unavailable = self.unavailable.clone();
+        if let Some(reason) = self.xdp.as_ref().and_then(XdpSource::attached_nowhere) {
+            snapshot.unavailable.push(("xdp", reason));
+        }
         snapshot
     }
 

@@ -502,6 +502,13 @@ impl AttachedInterfaces {
         }
     }
 
+    /// Why the wanted interfaces are not attached, as last logged.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures: Vec<String> = self.reported.values().cloned().collect();
+        failures.sort();
+        failures
+    }
+
     /// Takes attachments adopted from their pins.
     pub fn adopt(&mut self, adopted: Vec<Attachment>) {
         self.attachments.extend(adopted);

@@ -110,6 +110,19 @@ impl XdpSource {
         self.interfaces.detach_all(&mut self.counter);
     }
 
+    /// Why it is attached nowhere, when it is not attached anywhere.
+    pub fn attached_nowhere(&self) -> Option<String> {
+        if !self.interfaces.attachments().is_empty() {
+            return None;
+        }
+        let failures = self.interfaces.failures();
+        Some(if failures.is_empty() {
+            "loaded, but attached to no interface".to_owned()
+        } else {
+            format!("attached to no interface: {}", failures.join("; "))
+        })
+    }
+
     /// Shutdown: with pinning the program stays attached (the pins hold its
     /// links) for the next run to adopt; without, everything is detached.
     pub fn stop(&mut self) {

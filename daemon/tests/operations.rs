@@ -388,10 +388,10 @@ fn status_field(pid: u32, field: &str) -> String {
 }
 
 fn spawn_with_caps(ns: &NetNs, caps: &[String]) -> Daemon {
-    spawn_with_caps_and(ns, caps, &config("mode = \"auto\"", "100ms", "info"))
+    spawn_with_caps_and(ns, caps, &config("mode = \"auto\"", "100ms", "info"), &[])
 }
 
-fn spawn_with_caps_and(ns: &NetNs, caps: &[String], config: &str) -> Daemon {
+fn spawn_with_caps_and(ns: &NetNs, caps: &[String], config: &str, env: &[(&str, &str)]) -> Daemon {
     let wrapper = setpriv_with(caps);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     Daemon::spawn_with(
@@ -399,6 +399,7 @@ fn spawn_with_caps_and(ns: &NetNs, caps: &[String], config: &str) -> Daemon {
         config,
         &Spawn {
             wrapper: &wrapper,
+            env,
             ..Spawn::default()
         },
     )
@@ -459,7 +460,30 @@ fn the_units_capability_set_is_enough_and_cap_net_admin_is_needed_for_xdp() {
     // runs and /metrics is served, but the daemon is not ready: /readyz
     // answers 503 naming xdp and why.
     let without: Vec<String> = caps.iter().filter(|c| *c != "net_admin").cloned().collect();
-    let mut daemon = spawn_with_caps(&ns, &without);
+    let notify = NotifySocket::bind();
+    // The daemon runs as nobody: let it reach the socket.
+    for (path, mode) in [(&notify._dir.0, 0o755), (&notify.path, 0o777)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let mut daemon = spawn_with_caps_and(
+        &ns,
+        &without,
+        &config("mode = \"auto\"", "100ms", "info"),
+        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
+    );
+    // Not ready, so no READY=1: systemd would fail the start. STATUS= says why.
+    let first = notify
+        .next(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no notification:\n{}", daemon.log_text()));
+    assert!(
+        first.starts_with("STATUS=not ready: xdp (") && first.contains("CAP_NET_ADMIN"),
+        "first message: {first:?}"
+    );
+    let rest = notify.collect(Duration::from_secs(1));
+    assert!(
+        !rest.iter().any(|(_, m)| m.contains("READY=1")),
+        "READY=1 while a required source is down: {rest:?}"
+    );
     // The kernel refuses to load networking programs without CAP_NET_ADMIN
     // (bpf_net_capable), so the refusal comes at load, before any attach.
     wait_log(&daemon, "CAP_NET_ADMIN", Duration::from_secs(30));
@@ -524,7 +548,7 @@ fn the_units_capability_set_is_enough_and_cap_net_admin_is_needed_for_xdp() {
         .set("daemon.optional_sources", vec!["xdp"])
         .set("xdp.mode", "auto")
         .toml();
-    let mut daemon = spawn_with_caps_and(&ns, &without, &optional);
+    let mut daemon = spawn_with_caps_and(&ns, &without, &optional, &[]);
     daemon.wait_ready(Duration::from_secs(30));
     let (status, body) = daemon.get("/readyz").unwrap();
     assert_eq!(status, 200, "{body}");

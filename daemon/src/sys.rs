@@ -126,6 +126,7 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
     let pointer = path.as_ptr() as u64;
     attr[0] = pointer as u32;
     attr[1] = (pointer >> 32) as u32;
+    // `path` outlives the call.
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     let fd = i32::try_from(fd).map_err(|_| io::Error::other("BPF_OBJ_GET: fd out of range"))?;
     // SAFETY: a successful BPF_OBJ_GET returns a new descriptor that

@@ -222,8 +222,20 @@ fn a_restart_under_steady_traffic_counts_every_frame_and_unpin_leaves_nothing() 
             "XDP_COUNTERS",
         ],
     );
+    // And a folder of another layout version (an older or newer build's).
+    let other_version = pin.join("maps-v0");
+    std::fs::create_dir(&other_version).unwrap();
     let mut daemon = Daemon::start(&ns_a, &config);
     let log = daemon.log_text();
+    assert!(
+        log.contains("pinned counter maps of another layout version; replaced"),
+        "{log}"
+    );
+    assert!(
+        !other_version.exists(),
+        "{} is left",
+        other_version.display()
+    );
     assert!(
         log.contains("pinned counter map layout does not match; replaced")
             && log.contains("max_entries 7"),

@@ -32,6 +32,9 @@ pub enum Command {
         #[arg(long)]
         probe: bool,
     },
+    /// Detach and remove everything pinned under `daemon.pin_path` (the XDP links and the
+    /// counter maps a stopped telemetryd left for the next run).
+    Unpin,
 }
 
 /// The clap definition; [`Cli`] is its resolved form.

@@ -23,6 +23,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
 use crate::metrics;
+use crate::readiness::Readiness;
 use crate::sources::Snapshot;
 
 /// Families owned by other parts of the daemon, rendered at scrape time.
@@ -34,8 +35,8 @@ pub type AnomaliesJson = Arc<dyn Fn() -> String + Send + Sync>;
 #[derive(Clone)]
 pub struct HttpState {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
-    /// Released once every program that can be attached is attached.
-    pub ready: watch::Receiver<bool>,
+    /// Whether every required source is up, after the latest poll.
+    pub readiness: watch::Receiver<Arc<Readiness>>,
     pub extra_families: ExtraFamilies,
     pub anomalies: AnomaliesJson,
 }
@@ -82,14 +83,13 @@ pub fn handle<B>(request: &Request<B>, state: &HttpState) -> Response<Body> {
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if *state.ready.borrow() {
-                text(StatusCode::OK, "ready\n")
+            let readiness = state.readiness.borrow().clone();
+            let status = if readiness.ready {
+                StatusCode::OK
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: programs are not attached yet\n",
-                )
-            }
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            with_type(status, readiness.to_json(), "application/json")
         }
         "/api/v1/top-talkers" => {
             let snapshot = state.snapshot.borrow().clone();
@@ -199,10 +199,13 @@ mod tests {
 
     fn state(ready: bool) -> HttpState {
         let (_, snapshot) = watch::channel(Arc::new(Snapshot::default()));
-        let (_, ready) = watch::channel(ready);
+        let (_, readiness) = watch::channel(Arc::new(Readiness {
+            ready,
+            ..Readiness::default()
+        }));
         HttpState {
             snapshot,
-            ready,
+            readiness,
             extra_families: Arc::new(Vec::new),
             anomalies: Arc::new(|| "{\"active\":[],\"resolved\":[]}".to_owned()),
         }
@@ -298,11 +301,14 @@ mod tests {
     }
 
     #[test]
-    fn readiness_follows_the_latch() {
-        assert_eq!(
-            get(Method::GET, "/readyz", &state(false)).status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+    fn readiness_is_json_with_200_only_when_ready() {
+        let response = get(Method::GET, "/readyz", &state(false));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(futures_body(response), r#"{"ready":false,"sources":{}}"#);
+        let response = get(Method::GET, "/readyz", &state(true));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(futures_body(response), r#"{"ready":true,"sources":{}}"#);
     }
 
     #[test]

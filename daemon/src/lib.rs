@@ -19,6 +19,7 @@ pub mod logging;
 pub mod mapek;
 pub mod metrics;
 pub mod notify;
+pub mod readiness;
 pub mod reload;
 pub mod service;
 pub mod shutdown;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { probe } => ExitCode::from(telemetryd::check::run(&config, probe)),
+        Command::Unpin => ExitCode::from(telemetryd::sources::unpin(&config)),
         Command::Run => {
             let log = match telemetryd::logging::init(config.log.format, &config.log.level) {
                 Ok(log) => log,
@@ -55,7 +56,11 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");
-                    ExitCode::FAILURE
+                    if telemetryd::service::is_configuration_error(&error) {
+                        ExitCode::from(EX_USAGE as u8)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }

@@ -21,6 +21,10 @@ pub struct Notifier {
     socket: Option<(UnixDatagram, SocketAddr)>,
     watchdog: Option<Duration>,
     last_ping: Option<Instant>,
+    /// `READY=1` has been sent: systemd counts the service as started.
+    started: bool,
+    /// The last `STATUS=` sent.
+    status: String,
 }
 
 impl Notifier {
@@ -58,6 +62,8 @@ impl Notifier {
             socket,
             watchdog,
             last_ping: None,
+            started: false,
+            status: String::new(),
         }
     }
 
@@ -66,10 +72,34 @@ impl Notifier {
         self.watchdog
     }
 
-    /// `READY=1`: programs are attached and the listener is bound.
-    pub fn ready(&mut self) {
-        self.send("READY=1\nSTATUS=attached and serving");
-        self.last_ping = Some(Instant::now());
+    /// Called after every poll with whether the daemon is ready (every
+    /// required source up, the listener bound) and the readiness summary.
+    /// The first time it is ready: `READY=1`, so systemd counts the service
+    /// as started only then (a unit whose required source cannot start
+    /// fails its start). Otherwise `STATUS=` when the summary changed.
+    pub fn readiness(&mut self, ready: bool, status: &str) {
+        if ready && !self.started {
+            self.started = true;
+            self.status = status.to_owned();
+            self.send(&format!("READY=1\nSTATUS={status}"));
+            self.last_ping = Some(Instant::now());
+        } else if self.status != status {
+            self.status = status.to_owned();
+            self.send(&format!("STATUS={status}"));
+        }
+    }
+
+    /// Whether `READY=1` has been sent.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// `READY=1` again, ending a reload (only once started: before that,
+    /// the first `READY=1` is readiness's).
+    pub fn reloaded(&mut self) {
+        if self.started {
+            self.send("READY=1");
+        }
     }
 
     /// `STOPPING=1`: shutdown has begun.
@@ -77,8 +107,12 @@ impl Notifier {
         self.send("STOPPING=1");
     }
 
-    /// `RELOADING=1` ... `READY=1` around a configuration reload.
+    /// `RELOADING=1` ... `READY=1` ([`Self::reloaded`]) around a
+    /// configuration reload, once started.
     pub fn reloading(&mut self, monotonic_usec: u64) {
+        if !self.started {
+            return;
+        }
         self.send(&format!("RELOADING=1\nMONOTONIC_USEC={monotonic_usec}"));
     }
 
@@ -179,8 +213,23 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
         let mut n = Notifier::new(Some(path.to_str().unwrap()), Some("1000000"), None, 1);
-        n.ready();
-        assert!(receive(&server).starts_with("READY=1"));
+        // Not ready: a status, no READY=1, and reloads are not announced.
+        n.readiness(false, "not ready: xdp (no CAP_NET_ADMIN) down");
+        assert_eq!(
+            receive(&server),
+            "STATUS=not ready: xdp (no CAP_NET_ADMIN) down"
+        );
+        n.readiness(false, "not ready: xdp (no CAP_NET_ADMIN) down");
+        n.reloading(1);
+        n.reloaded();
+        assert!(!n.started());
+        n.readiness(true, "ready: xdp up");
+        assert_eq!(receive(&server), "READY=1\nSTATUS=ready: xdp up");
+        n.readiness(true, "ready: xdp up");
+        n.reloading(7);
+        assert_eq!(receive(&server), "RELOADING=1\nMONOTONIC_USEC=7");
+        n.reloaded();
+        assert_eq!(receive(&server), "READY=1");
         let t0 = Instant::now();
         n.poll_alive(t0); // right after READY: too soon
         n.poll_alive(t0 + Duration::from_millis(600));
@@ -200,14 +249,14 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
         let mut n = Notifier::new(Some(&format!("@{name}")), None, None, 1);
-        n.ready();
+        n.readiness(true, "ready");
         assert!(receive(&server).starts_with("READY=1"));
         assert_eq!(n.watchdog(), None);
 
         // Relative path, missing socket, nothing at all: no panic, no error.
         for bad in [Some("relative"), Some("/nonexistent/notify.sock"), None] {
             let mut n = Notifier::new(bad, Some("1000"), None, 1);
-            n.ready();
+            n.readiness(true, "ready");
             n.poll_alive(Instant::now() + Duration::from_secs(1));
             n.stopping();
         }

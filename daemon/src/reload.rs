@@ -3,7 +3,8 @@
 //!
 //! Applied live: `log.level`, `[analyzer]` (published on a watch channel the
 //! MAPE-K loop reads), `xdp.interfaces`/`xdp.mode`/`xdp.replace` (the daemon
-//! reconciles its attachments), `daemon.poll_interval`. Everything else
+//! reconciles its attachments), `daemon.poll_interval`,
+//! `daemon.optional_sources` (readiness is judged again). Everything else
 //! (listen address, log format, enabling or disabling programs, syscall
 //! tracing settings) needs a restart: a changed value is logged and the
 //! running one kept.
@@ -63,6 +64,8 @@ pub fn merge(running: &mut Config, new: &Config) -> Applied {
         running.daemon.poll_interval = new.daemon.poll_interval;
         applied.poll_interval = true;
     }
+    // Readiness is judged anew at the next poll.
+    running.daemon.optional_sources = new.daemon.optional_sources.clone();
     if running.xdp.mode != new.xdp.mode || running.xdp.replace != new.xdp.replace {
         applied.xdp_reattach = true;
     }
@@ -72,7 +75,11 @@ pub fn merge(running: &mut Config, new: &Config) -> Applied {
         running.xdp.replace = new.xdp.replace;
         applied.xdp = true;
     }
-    let restart_keys: [(&'static str, bool); 5] = [
+    let restart_keys: [(&'static str, bool); 6] = [
+        (
+            "daemon.pin_path",
+            running.daemon.pin_path != new.daemon.pin_path,
+        ),
         ("http", running.http != new.http),
         ("log.format", running.log.format != new.log.format),
         ("xdp.enabled", running.xdp.enabled != new.xdp.enabled),

@@ -18,6 +18,7 @@ use crate::http::{self, HttpLimits, HttpState};
 use crate::logging::LogControl;
 use crate::mapek::{AnomalyBoard, MapeK};
 use crate::notify::{self, Notifier};
+use crate::readiness::Readiness;
 use crate::reload::{ConfigSource, Reloader};
 use crate::shutdown;
 use crate::sources::{Snapshot, Sources};
@@ -75,16 +76,18 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
     };
     let mut sources = Sources::start(&config)?;
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
-    let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let _ = snapshot_tx.send(Arc::new(sources.poll()));
+    let first = Arc::new(sources.poll());
+    let mut readiness = Readiness::of(&first, &config);
+    let (readiness_tx, readiness_rx) = watch::channel(Arc::new(readiness.clone()));
+    log_readiness(&readiness);
+    let _ = snapshot_tx.send(first);
 
     // The anomaly loop runs on its own task, fed through the snapshot
     // channel: a slow analysis never delays a poll.
     let board = AnomalyBoard::new();
     let mapek = MapeK::new(config.analyzer.clone(), board.clone());
     tokio::spawn(mapek.run(snapshot_rx.clone(), reloader.analyzer_settings()));
-    let _ = ready_tx.send(true);
     // Start-up parsed the kernel's BTF (several MiB, more than once: aya's
     // loader does it eagerly) and freed it again; glibc keeps such freed
     // heap resident until told otherwise.
@@ -93,7 +96,7 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
     let families_board = board.clone();
     let state = HttpState {
         snapshot: snapshot_rx,
-        ready: ready_rx,
+        readiness: readiness_rx,
         extra_families: Arc::new(move || families_board.metric_families()),
         anomalies: Arc::new(move || board.to_json()),
     };
@@ -102,7 +105,7 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
         header_read_timeout: config.http.header_read_timeout,
     };
     let server = tokio::spawn(http::serve(listener, state, limits, stop_rx));
-    notifier.ready();
+    notifier.readiness(readiness.ready, &readiness.summary());
 
     let mut ticker = tokio::time::interval(config.daemon.poll_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -120,7 +123,15 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = ticker.tick() => {
                 sources.follow_interfaces(&config.xdp);
-                let _ = snapshot_tx.send(Arc::new(sources.poll()));
+                let snapshot = Arc::new(sources.poll());
+                let now = Readiness::of(&snapshot, &config);
+                if now != readiness {
+                    readiness = now;
+                    log_readiness(&readiness);
+                    notifier.readiness(readiness.ready, &readiness.summary());
+                    let _ = readiness_tx.send(Arc::new(readiness.clone()));
+                }
+                let _ = snapshot_tx.send(snapshot);
                 polls += 1;
                 if stall_after.is_some_and(|n| polls > n) {
                     warn!("TEST HOOK: stalling the poll loop");
@@ -139,7 +150,7 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
                     }
                     sources.apply(&config, &applied);
                 }
-                notifier.ready();
+                notifier.reloaded();
             }
             signal = &mut stop => break signal.context("installing signal handlers")?,
         }
@@ -156,6 +167,25 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Whether a start-up failure is the configuration's (exit 64): a
+/// `daemon.pin_path` that is not on a bpffs.
+pub fn is_configuration_error(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|e| e.is::<crate::sources::xdp::pins::PinPathError>())
+}
+
+/// One line per readiness change: info when ready, warn naming what is
+/// down and why when not.
+fn log_readiness(readiness: &Readiness) {
+    let summary = readiness.summary();
+    if readiness.ready {
+        info!(status = %summary, "ready");
+    } else {
+        warn!(status = %summary, "not ready");
+    }
 }
 
 /// Resolves when the next watchdog ping is due; never without a watchdog.

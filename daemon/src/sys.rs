@@ -8,6 +8,9 @@
 //! - [`xdp_link_create`] and [`link_detach`]: `BPF_LINK_CREATE` and
 //!   `BPF_LINK_DETACH`, which aya 0.14 does not expose for a link it hands
 //!   out (see [`link_detach`] for why the daemon needs them);
+//! - [`link_update`], [`obj_pin`], [`obj_get`]: `BPF_LINK_UPDATE`,
+//!   `BPF_OBJ_PIN`, `BPF_OBJ_GET` on those links (`daemon.pin_path`), and
+//!   [`is_bpffs`] (`statfs`);
 //! - [`return_freed_heap`]: glibc's `malloc_trim`.
 
 use std::io;
@@ -31,7 +34,10 @@ pub fn readable(fd: BorrowedFd<'_>) -> io::Result<AsyncFd<OwnedFd>> {
 }
 
 /// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
 /// `enum bpf_attach_type`: `BPF_XDP`.
 const BPF_XDP: u32 = 37;
@@ -88,6 +94,68 @@ pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = [0u32; ATTR_WORDS];
     attr[0] = link.as_raw_fd() as u32;
     bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// Replaces the program of `link` by `program` atomically: frames before
+/// it run the old program, frames after it the new one.
+pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+    // struct { u32 link_fd; u32 new_prog_fd; u32 flags; u32 old_prog_fd; } link_update
+    let mut attr = [0u32; ATTR_WORDS];
+    attr[0] = link.as_raw_fd() as u32;
+    attr[1] = program.as_raw_fd() as u32;
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// Pins the BPF object `fd` (a link here) at `path` on a bpffs.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    let path = c_path(path)?;
+    // struct { u64 pathname; u32 bpf_fd; u32 file_flags; } obj_pin
+    let mut attr = [0u32; ATTR_WORDS];
+    let pointer = path.as_ptr() as u64;
+    attr[0] = pointer as u32;
+    attr[1] = (pointer >> 32) as u32;
+    attr[2] = fd.as_raw_fd() as u32;
+    // `path` outlives the call.
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// Opens the BPF object pinned at `path`.
+pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let path = c_path(path)?;
+    let mut attr = [0u32; ATTR_WORDS];
+    let pointer = path.as_ptr() as u64;
+    attr[0] = pointer as u32;
+    attr[1] = (pointer >> 32) as u32;
+    // `path` outlives the call.
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("BPF_OBJ_GET: fd out of range"))?;
+    // SAFETY: a successful BPF_OBJ_GET returns a new descriptor that
+    // nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn c_path(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))
+}
+
+/// Whether `path` is on a BPF filesystem (bpffs), where objects can be pinned.
+pub fn is_bpffs(path: &std::path::Path) -> io::Result<bool> {
+    /// `BPF_FS_MAGIC` (include/uapi/linux/magic.h).
+    const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+    let path = c_path(path)?;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `path` is a NUL-terminated string and `stat` a writable
+    // statfs, both valid for the call; the kernel keeps neither.
+    let ret = unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs succeeded, so it filled `stat` in.
+    let stat = unsafe { stat.assume_init() };
+    // `f_type` is signed on some architectures: compare the bits.
+    Ok(stat.f_type as u64 == BPF_FS_MAGIC)
 }
 
 /// Hands the heap pages glibc keeps after large frees (start-up parses the

@@ -388,13 +388,18 @@ fn status_field(pid: u32, field: &str) -> String {
 }
 
 fn spawn_with_caps(ns: &NetNs, caps: &[String]) -> Daemon {
+    spawn_with_caps_and(ns, caps, &config("mode = \"auto\"", "100ms", "info"), &[])
+}
+
+fn spawn_with_caps_and(ns: &NetNs, caps: &[String], config: &str, env: &[(&str, &str)]) -> Daemon {
     let wrapper = setpriv_with(caps);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     Daemon::spawn_with(
         ns,
-        &config("mode = \"auto\"", "100ms", "info"),
+        config,
         &Spawn {
             wrapper: &wrapper,
+            env,
             ..Spawn::default()
         },
     )
@@ -411,6 +416,13 @@ fn the_units_capability_set_is_enough_and_cap_net_admin_is_needed_for_xdp() {
     // Exactly the unit's set, as uid 65534: everything attaches.
     let mut daemon = spawn_with_caps(&ns, &caps);
     daemon.wait_ready(Duration::from_secs(30));
+    let (_, body) = daemon.get("/readyz").unwrap();
+    let readiness: serde_json::Value = serde_json::from_str(&body).expect("/readyz JSON");
+    assert_eq!(readiness["ready"], true, "{body}");
+    for source in ["xdp", "kernel_drops", "tcp_retransmits"] {
+        assert_eq!(readiness["sources"][source]["up"], true, "{body}");
+        assert_eq!(readiness["sources"][source]["required"], true, "{body}");
+    }
     assert!(
         wait_until(Duration::from_secs(5), || devices_with_xdp(&ns)
             == ["cva", "cvb"]),
@@ -444,18 +456,70 @@ fn the_units_capability_set_is_enough_and_cap_net_admin_is_needed_for_xdp() {
     stop(&mut daemon, libc::SIGTERM);
     assert!(devices_with_xdp(&ns).is_empty(), "detached on SIGTERM");
 
-    // Without CAP_NET_ADMIN: XDP says which capability is missing, the rest runs.
+    // Without CAP_NET_ADMIN: XDP says which capability is missing, the rest
+    // runs and /metrics is served, but the daemon is not ready: /readyz
+    // answers 503 naming xdp and why.
     let without: Vec<String> = caps.iter().filter(|c| *c != "net_admin").cloned().collect();
-    let mut daemon = spawn_with_caps(&ns, &without);
-    daemon.wait_ready(Duration::from_secs(30));
+    let notify = NotifySocket::bind();
+    // The daemon runs as nobody: let it reach the socket.
+    for (path, mode) in [(&notify._dir.0, 0o755), (&notify.path, 0o777)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let mut daemon = spawn_with_caps_and(
+        &ns,
+        &without,
+        &config("mode = \"auto\"", "100ms", "info"),
+        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
+    );
+    // Not ready, so no READY=1: systemd would fail the start. STATUS= says why.
+    let first = notify
+        .next(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no notification:\n{}", daemon.log_text()));
+    assert!(
+        first.starts_with("STATUS=not ready: xdp (") && first.contains("CAP_NET_ADMIN"),
+        "first message: {first:?}"
+    );
+    let rest = notify.collect(Duration::from_secs(1));
+    assert!(
+        !rest.iter().any(|(_, m)| m.contains("READY=1")),
+        "READY=1 while a required source is down: {rest:?}"
+    );
     // The kernel refuses to load networking programs without CAP_NET_ADMIN
     // (bpf_net_capable), so the refusal comes at load, before any attach.
-    wait_log(&daemon, "CAP_NET_ADMIN", Duration::from_secs(5));
+    wait_log(&daemon, "CAP_NET_ADMIN", Duration::from_secs(30));
     let log = daemon.log_text();
     assert!(log.contains("xdp unavailable"), "{log}");
     assert!(devices_with_xdp(&ns).is_empty());
+    assert!(
+        wait_until(Duration::from_secs(10), || daemon.get("/healthz").is_ok()),
+        "no HTTP:\n{}",
+        daemon.log_text()
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(daemon.get("/healthz").unwrap().0, 200);
+    let (status, body) = daemon.get("/readyz").unwrap();
+    assert_eq!(status, 503, "/readyz without CAP_NET_ADMIN: {body}\n{log}");
+    let readiness: serde_json::Value = serde_json::from_str(&body).expect("/readyz JSON");
+    assert_eq!(readiness["ready"], false, "{body}");
+    assert_eq!(readiness["sources"]["xdp"]["up"], false, "{body}");
+    assert_eq!(readiness["sources"]["xdp"]["required"], true, "{body}");
+    let reason = readiness["sources"]["xdp"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("CAP_NET_ADMIN"),
+        "the reason names the capability: {body}"
+    );
+    assert_eq!(readiness["sources"]["kernel_drops"]["up"], true, "{body}");
+    assert_eq!(
+        readiness["sources"]["syscalls"]["required"], false,
+        "{body}"
+    );
+    assert!(
+        daemon.log_text().contains("not ready"),
+        "the log says why it is not ready:\n{}",
+        daemon.log_text()
+    );
     let scrape = daemon.scrape();
     assert_eq!(
         scrape.get(
@@ -466,7 +530,8 @@ fn the_units_capability_set_is_enough_and_cap_net_admin_is_needed_for_xdp() {
         "/metrics still served:\n{}",
         scrape.text
     );
-    // XDP is down for want of CAP_NET_ADMIN, syscalls by configuration.
+    // XDP is down for want of CAP_NET_ADMIN, syscalls by configuration:
+    // the same truth as /readyz.
     for (source, up) in [("xdp", 0.0), ("syscalls", 0.0), ("kernel_drops", 1.0)] {
         assert_eq!(
             scrape.get("telemetryd_source_up", &[("source", source)]),
@@ -475,6 +540,22 @@ fn the_units_capability_set_is_enough_and_cap_net_admin_is_needed_for_xdp() {
             scrape.text
         );
     }
+    stop(&mut daemon, libc::SIGTERM);
+
+    // The same, with xdp optional: ready, and /readyz still says xdp is down.
+    let optional = TestConfig::new()
+        .set("log.level", "info")
+        .set("daemon.optional_sources", vec!["xdp"])
+        .set("xdp.mode", "auto")
+        .toml();
+    let mut daemon = spawn_with_caps_and(&ns, &without, &optional, &[]);
+    daemon.wait_ready(Duration::from_secs(30));
+    let (status, body) = daemon.get("/readyz").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let readiness: serde_json::Value = serde_json::from_str(&body).expect("/readyz JSON");
+    assert_eq!(readiness["ready"], true, "{body}");
+    assert_eq!(readiness["sources"]["xdp"]["up"], false, "{body}");
+    assert_eq!(readiness["sources"]["xdp"]["required"], false, "{body}");
     stop(&mut daemon, libc::SIGTERM);
 
     // Without CAP_BPF nothing loads: the daemon says so and exits non-zero.
@@ -997,9 +1078,21 @@ fn a_foreign_xdp_program_is_left_alone_unless_replace_is_set() {
             "info",
         )
     };
-    let mut daemon = Daemon::start(&ns, &xdp(false));
-    wait_log(&daemon, "did not attach", Duration::from_secs(5));
+    // Its one interface taken, XDP is attached nowhere: not ready, and
+    // /readyz says why.
+    let mut daemon = Daemon::spawn(&ns, &xdp(false), &[]);
+    wait_log(&daemon, "did not attach", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = daemon.get("/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    let readiness: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let reason = readiness["sources"]["xdp"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("attached to no interface") && reason.contains("did not attach"),
+        "{body}"
+    );
     let programs: BTreeMap<String, u64> = xdp_programs(&ns)
         .into_iter()
         .map(|(d, _, id)| (d, id))
@@ -1029,6 +1122,7 @@ fn a_foreign_xdp_program_is_left_alone_unless_replace_is_set() {
     let scrape = daemon.scrape_until(Duration::from_secs(2), |s| {
         s.sum("telemetryd_ebpf_program_attached", &[("device", "rva")]) == 1.0
     });
+    daemon.wait_ready(Duration::from_secs(2));
     assert_eq!(
         scrape.sum("telemetryd_ebpf_program_attached", &[("device", "rva")]),
         1.0

@@ -380,7 +380,8 @@ fn a_reused_counter_entry_counts_from_zero() {
         let (a, b, ns_b_name) = (veth.a.clone(), veth.b.clone(), ns_b.name.clone());
         let seen = ns_a.enter_with_sysfs(move || {
             let mut object = load_default_object().expect("loading the eBPF object");
-            let mut xdp = PacketCounter::load(&mut object, 0).expect("loading xdp_packet_counter");
+            let mut xdp =
+                PacketCounter::load(&mut object, 0, None).expect("loading xdp_packet_counter");
             let frame = support::frames::ethernet(
                 support::frames::ETH_P_IP,
                 &[],
@@ -458,7 +459,8 @@ fn a_detach_takes_effect_while_a_child_still_holds_the_link() {
     let a = veth.a.clone();
     ns_a.enter_with_sysfs(move || {
         let mut object = load_default_object().expect("loading the eBPF object");
-        let mut xdp = PacketCounter::load(&mut object, 0).expect("loading xdp_packet_counter");
+        let mut xdp =
+            PacketCounter::load(&mut object, 0, None).expect("loading xdp_packet_counter");
         let generic = Choice::Only(XdpMode::Generic);
         let attachment = xdp.attach(&a, generic, false).expect("attach");
         // SAFETY: the child only sleeps and exits (both async-signal-safe),

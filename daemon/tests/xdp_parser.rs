@@ -78,7 +78,8 @@ fn classify(
 #[test]
 fn each_cpu_counts_in_its_own_row() {
     let mut object = load();
-    let xdp = PacketCounter::load(&mut object, 0).expect("the verifier accepts xdp_packet_counter");
+    let xdp =
+        PacketCounter::load(&mut object, 0, None).expect("the verifier accepts xdp_packet_counter");
     let frame = ethernet(ETH_P_IP, &[], &ipv4(IPPROTO_UDP, &[], 0, &udp(8)));
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let before = xdp
@@ -146,7 +147,8 @@ fn load() -> LoadedObject {
 #[test]
 fn every_frame_kind_lands_in_its_slot() {
     let mut object = load();
-    let xdp = PacketCounter::load(&mut object, 0).expect("the verifier accepts xdp_packet_counter");
+    let xdp =
+        PacketCounter::load(&mut object, 0, None).expect("the verifier accepts xdp_packet_counter");
     for case in cases() {
         let got = classify(&object, &xdp, &case.frame);
         assert_eq!(
@@ -168,7 +170,8 @@ fn every_frame_kind_lands_in_its_slot() {
 #[test]
 fn every_truncation_is_passed_and_counted_once() {
     let mut object = load();
-    let xdp = PacketCounter::load(&mut object, 0).expect("the verifier accepts xdp_packet_counter");
+    let xdp =
+        PacketCounter::load(&mut object, 0, None).expect("the verifier accepts xdp_packet_counter");
     let deep = [
         (
             "QinQ ipv4 with options, tcp",

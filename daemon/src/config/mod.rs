@@ -22,7 +22,7 @@ pub use duration::{format_duration, parse_duration};
 pub use overrides::Overrides;
 pub use schema::{
     AnalyzerSettings, Choice, Config, DaemonConfig, HttpConfig, LogConfig, LogFormat, Named,
-    SyscallAttach, SyscallsConfig, WebhookSettings, XdpConfig, XdpMode,
+    SyscallAttach, SyscallsConfig, WebhookSettings, XdpConfig, XdpMode, SOURCE_NAMES,
 };
 pub use validate::{check_interface_name, check_log_level, webhook_uri};
 
@@ -238,6 +238,10 @@ mod tests {
         bad("interval too long", "[daemon]\npoll_interval = \"2h\"\n", "daemon.poll_interval", Some((2, 17)), "at most \"1h\""),
         bad("zero interval, dotted key", "daemon.poll_interval = \"0s\"\n", "daemon.poll_interval", Some((1, 24)), "\"0s\""),
         bad("zero interval, inline table", "daemon = { poll_interval = \"0s\" }\n", "daemon.poll_interval", Some((1, 28)), "\"0s\""),
+        bad("unknown optional source", "[daemon]\noptional_sources = [\"xdp\", \"drops\"]\n", "daemon.optional_sources", Some((2, 28)), "\"drops\" is not a source"),
+        bad("optional source twice", "[daemon]\noptional_sources = [\"xdp\", \"xdp\"]\n", "daemon.optional_sources", Some((2, 28)), "\"xdp\" is listed twice"),
+        bad("relative pin path", "[daemon]\npin_path = \"bpf/telemetryd\"\n", "daemon.pin_path", Some((2, 12)), "\"bpf/telemetryd\" is not an absolute path"),
+        bad("pin path with ..", "[daemon]\npin_path = \"/sys/fs/bpf/../x\"\n", "daemon.pin_path", Some((2, 12)), "without . or .."),
         bad("zero header timeout", "[http]\nheader_read_timeout = \"0ms\"\n", "http.header_read_timeout", Some((2, 23)), "greater than 0"),
         bad("unknown attach mode", "[syscalls]\nattach = \"uprobe\"\n", "syscalls.attach", Some((2, 10)), "uprobe"),
         bad("unknown xdp mode", "[xdp]\nmode = \"offload\"\n", "xdp.mode", Some((2, 8)), "offload"),

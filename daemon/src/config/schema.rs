@@ -36,15 +36,26 @@ pub struct Config {
 pub struct DaemonConfig {
     #[serde(with = "super::duration::text")]
     pub poll_interval: Duration,
+    /// Sources (names of [`SOURCE_NAMES`]) that `/readyz` does not wait for.
+    pub optional_sources: Vec<String>,
+    /// A directory on a bpffs where the packet counter's links and maps
+    /// are pinned, so that they outlive a restart; empty: off.
+    pub pin_path: String,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             poll_interval: Duration::from_secs(1),
+            optional_sources: Vec::new(),
+            pin_path: String::new(),
         }
     }
 }
+
+/// The signals, as `telemetryd_source_up` labels them and
+/// `daemon.optional_sources` names them.
+pub const SOURCE_NAMES: [&str; 4] = ["xdp", "syscalls", "kernel_drops", "tcp_retransmits"];
 
 /// `[http]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::duration::format_duration;
-use super::{syscall_number, AnalyzerSettings, Config};
+use super::{syscall_number, AnalyzerSettings, Config, SOURCE_NAMES};
 
 impl Config {
     /// Checks every value that its type alone does not constrain.
@@ -14,6 +14,9 @@ impl Config {
         let hour = Duration::from_secs(3600);
 
         positive_at_most("daemon.poll_interval", self.daemon.poll_interval, hour)?;
+        check_source_names(&self.daemon.optional_sources)
+            .map_err(|(i, m)| Invalid::new("daemon.optional_sources", m).at_index(i))?;
+        check_pin_path(&self.daemon.pin_path).map_err(|m| Invalid::new("daemon.pin_path", m))?;
 
         let http = &self.http;
         in_range("http.max_connections", http.max_connections, 1, 10_000)?;
@@ -196,6 +199,48 @@ impl Invalid {
         self.index = Some(index);
         self
     }
+}
+
+/// `daemon.pin_path`: empty, or an absolute, normal path (no `.` or `..`)
+/// whose parent exists on a bpffs is checked at start-up, where the kernel is
+/// at hand.
+fn check_pin_path(path: &str) -> Result<(), String> {
+    use std::path::{Component, Path};
+    if path.is_empty() {
+        return Ok(());
+    }
+    let p = Path::new(path);
+    let normal = p
+        .components()
+        .skip(1)
+        .all(|c| matches!(c, Component::Normal(_)));
+    if !p.is_absolute() || !normal || p.parent().is_none() {
+        return Err(format!(
+            "{path:?} is not an absolute path without . or ..; expected \"\" (off) or a \
+             directory on a bpffs such as \"/sys/fs/bpf/telemetryd\""
+        ));
+    }
+    Ok(())
+}
+
+/// `daemon.optional_sources`: each a source's name, once.
+fn check_source_names(names: &[String]) -> Result<(), (usize, String)> {
+    let mut seen = HashSet::new();
+    for (i, name) in names.iter().enumerate() {
+        if !SOURCE_NAMES.contains(&name.as_str()) {
+            return Err((
+                i,
+                format!(
+                    "{name:?} is not a source; expected one of {}",
+                    SOURCE_NAMES.map(|n| format!("{n:?}")).join(", ")
+                ),
+            ));
+        }
+        if !seen.insert(name) {
+            return Err((i, format!("{name:?} is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 fn in_range(key: &'static str, value: u32, min: u32, max: u32) -> Result<(), Invalid> {

@@ -32,7 +32,8 @@ use crate::reload::Applied;
 use drops::{DropsLoad, DropsSource};
 use events::{EventsLoad, PacketEvents};
 use syscalls::{SyscallSource, SyscallsLoad};
-use xdp::{XdpLoad, XdpSource};
+use telemetryd_common::drops::{DROPS_PROGRAM, RETRANSMITS_PROGRAM};
+use xdp::{PinDir, XdpLoad, XdpSource};
 
 /// Every running source and the object they were loaded from.
 pub struct Sources {
@@ -43,6 +44,9 @@ pub struct Sources {
     drops: Option<DropsSource>,
     events: Option<PacketEvents>,
     syscalls: Option<SyscallSource>,
+    /// Why a source the configuration enables could not start, by its
+    /// `telemetryd_source_up` label.
+    unavailable: Vec<(&'static str, String)>,
 }
 
 impl Sources {
@@ -58,7 +62,12 @@ impl Sources {
             .then(|| SyscallsLoad::new(&config.syscalls))
             .transpose()?;
         let events = EventsLoad::from_config(&config.xdp).context("loading the eBPF object")?;
-        let xdp = XdpLoad::default();
+        let pins = match config.daemon.pin_path.as_str() {
+            "" => None,
+            _ if !config.xdp.enabled => None,
+            path => Some(PinDir::create(std::path::Path::new(path))?),
+        };
+        let xdp = XdpLoad::new(pins.as_ref());
         // The kernel's BTF, read once for the drop tracer and dropped before
         // the object loads (aya's loader parses it again on its own).
         let drops = drops::prepare(KernelBtf::from_sys_fs().as_ref());
@@ -70,12 +79,23 @@ impl Sources {
         if let Some(logger) = object.take_logger() {
             tokio::spawn(object_loader::forward_logs(logger));
         }
+        let mut unavailable = Vec::new();
         let DropsLoad { names, .. } = drops;
-        let drops = DropsSource::start(&mut object, names)
-            .inspect_err(
-                |error| warn!(%error, "kernel drops and TCP retransmits are not collected"),
-            )
-            .ok();
+        let drops = match DropsSource::start(&mut object, names) {
+            Ok(drops) => {
+                for (program, reason) in drops.not_attached() {
+                    unavailable.push((source_of(program), reason.clone()));
+                }
+                Some(drops)
+            }
+            Err(error) => {
+                warn!(%error, "kernel drops and TCP retransmits are not collected");
+                for source in [DROPS_PROGRAM, RETRANSMITS_PROGRAM].map(source_of) {
+                    unavailable.push((source, format!("{error:#}")));
+                }
+                None
+            }
+        };
         let syscalls = if config.syscalls.enabled {
             let support = probe::probe();
             Some(
@@ -88,8 +108,15 @@ impl Sources {
         };
         let (events, xdp) = if config.xdp.enabled {
             let events = PacketEvents::start(&mut object, &config.xdp)?;
-            let xdp = XdpSource::start(&mut object, &config.xdp)
+            let xdp = XdpSource::start(&mut object, &config.xdp, pins)
                 .context("loading the XDP packet counter")?;
+            let xdp = match xdp {
+                Ok(xdp) => Some(xdp),
+                Err(reason) => {
+                    unavailable.push(("xdp", reason));
+                    None
+                }
+            };
             (Some(events), xdp)
         } else {
             info!("xdp disabled by configuration");
@@ -102,6 +129,7 @@ impl Sources {
             drops,
             events,
             syscalls,
+            unavailable,
         })
     }
 
@@ -112,6 +140,10 @@ impl Sources {
         snapshot.drops = self.drops.as_mut().map(DropsSource::poll);
         snapshot.events = self.events.as_ref().map(PacketEvents::poll);
         snapshot.syscalls = self.syscalls.as_ref().map(SyscallSource::poll);
+        snapshot.unavailable = self.unavailable.clone();
+        if let Some(reason) = self.xdp.as_ref().and_then(XdpSource::attached_nowhere) {
+            snapshot.unavailable.push(("xdp", reason));
+        }
         snapshot
     }
 
@@ -136,10 +168,11 @@ impl Sources {
         }
     }
 
-    /// Detaches every program (shutdown).
+    /// Detaches every program (shutdown); with `daemon.pin_path`, XDP stays
+    /// attached for the next run.
     pub fn stop(&mut self) {
         if let Some(source) = self.xdp.as_mut() {
-            source.detach_all();
+            source.stop();
         }
         if let Some(syscalls) = self.syscalls.take() {
             info!(
@@ -167,6 +200,42 @@ pub fn describe(config: &Config, probe_kernel: bool) -> String {
     }
     out.push_str(&drops::describe(KernelBtf::from_sys_fs().as_ref()));
     out
+}
+
+/// `telemetryd unpin`: detaches and removes everything pinned under
+/// `daemon.pin_path`; the exit code.
+pub fn unpin(config: &Config) -> u8 {
+    let path = config.daemon.pin_path.as_str();
+    if path.is_empty() {
+        eprintln!(
+            "telemetryd unpin: daemon.pin_path is empty in the configuration: nothing is pinned"
+        );
+        return crate::config::EX_USAGE as u8;
+    }
+    match xdp::pins::unpin_all(std::path::Path::new(path)) {
+        Ok(removed) if removed.is_empty() => {
+            println!("nothing pinned under {path}");
+            0
+        }
+        Ok(removed) => {
+            for line in removed {
+                println!("removed {line}");
+            }
+            0
+        }
+        Err(error) => {
+            eprintln!("telemetryd unpin: {path}: {error}");
+            1
+        }
+    }
+}
+
+/// The `telemetryd_source_up` label of the signal `program` belongs to.
+fn source_of(program: &str) -> &'static str {
+    snapshot::SOURCES
+        .iter()
+        .find(|(_, p)| *p == program)
+        .map_or("unknown", |(source, _)| source)
 }
 
 fn kernel_table(support: &KernelSupport) -> String {

@@ -29,6 +29,9 @@ pub struct Snapshot {
     pub drops: Option<DropStats>,
     pub events: Option<EventStats>,
     pub syscalls: Option<TracerStats>,
+    /// Why a source the configuration enables could not start (a missing
+    /// capability, a missing kernel feature), by its `source` label.
+    pub unavailable: Vec<(&'static str, String)>,
 }
 
 /// One attachment of one eBPF program.
@@ -96,6 +99,24 @@ impl Snapshot {
             .collect()
     }
 
+    /// Each signal of [`SOURCES`] and whether it is up: its program is
+    /// attached somewhere. `telemetryd_source_up` and `/readyz` both say this.
+    pub fn sources_up(&self) -> Vec<(&'static str, bool)> {
+        let attachments = self.attachments();
+        SOURCES
+            .iter()
+            .map(|(source, program)| (*source, attachments.iter().any(|a| a.program == *program)))
+            .collect()
+    }
+
+    /// Why `source` could not start, when it could not.
+    pub fn unavailable_reason(&self, source: &str) -> Option<&str> {
+        self.unavailable
+            .iter()
+            .find(|(name, _)| *name == source)
+            .map(|(_, reason)| reason.as_str())
+    }
+
     /// Every metric family of the snapshot: each section's, the families
     /// all programs share, and `telemetryd_build_info`.
     pub fn families(&self) -> Vec<MetricFamily> {
@@ -133,16 +154,12 @@ impl Snapshot {
             "1 for each place an eBPF program of telemetryd is attached, with how.",
             attached,
         ));
-        let attachments = self.attachments();
         families.push(gauge(
             "telemetryd_source_up",
             "1 while the signal's eBPF programs are attached and polled, else 0.",
-            SOURCES
-                .iter()
-                .map(|(source, program)| {
-                    let up = attachments.iter().any(|a| a.program == *program);
-                    Series::new(&[("source", source)], f64::from(u8::from(up)))
-                })
+            self.sources_up()
+                .into_iter()
+                .map(|(source, up)| Series::new(&[("source", source)], f64::from(u8::from(up))))
                 .collect(),
         ));
         families.push(gauge(

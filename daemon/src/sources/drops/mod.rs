@@ -153,6 +153,8 @@ pub struct DropsSource {
     names: DropReasonNames,
     /// Programs attached, for `telemetryd_ebpf_program_attached`.
     attached: Vec<&'static str>,
+    /// Programs that did not attach, and why.
+    failed: Vec<(&'static str, String)>,
     _links: Vec<RawTracePointLink>,
     snmp: PathBuf,
 }
@@ -162,6 +164,7 @@ impl DropsSource {
     /// fails is logged and left out) and takes their maps.
     pub fn start(object: &mut LoadedObject, names: DropReasonNames) -> Result<Self, LoadError> {
         let mut attached = Vec::new();
+        let mut failed = Vec::new();
         let mut links = Vec::new();
         for (program, tracepoint) in [
             (DROPS_PROGRAM, DROPS_TRACEPOINT),
@@ -173,7 +176,10 @@ impl DropsSource {
                     attached.push(program);
                     links.push(link);
                 }
-                Err(error) => warn!(program, tracepoint, %error, "raw tracepoint not attached"),
+                Err(error) => {
+                    warn!(program, tracepoint, %error, "raw tracepoint not attached");
+                    failed.push((program, format!("raw tracepoint {tracepoint}: {error:#}")));
+                }
             }
         }
         Ok(Self {
@@ -183,9 +189,15 @@ impl DropsSource {
             errors: object.take_map(DROPS_ERRORS_MAP)?,
             names,
             attached,
+            failed,
             _links: links,
             snmp: PathBuf::from("/proc/net/snmp"),
         })
+    }
+
+    /// The programs that did not attach, and why.
+    pub fn not_attached(&self) -> &[(&'static str, String)] {
+        &self.failed
     }
 
     /// One poll: drops by reason (those seen so far) and by device, TCP

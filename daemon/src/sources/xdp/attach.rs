@@ -16,6 +16,7 @@ use telemetryd_common::xdp::{program_symbol, InterfaceCounters};
 use tracing::{info, warn};
 
 use super::counters::{CounterMaps, CounterPlace};
+use super::pins::PinDir;
 use crate::config::{Choice, XdpConfig, XdpMode};
 use crate::kernel::interfaces::{self, Interface};
 use crate::kernel::netlink::{RouteSocket, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE};
@@ -96,12 +97,18 @@ pub struct PacketCounter {
     /// The program's descriptor, for creating links.
     fd: OwnedFd,
     maps: CounterMaps,
+    /// Where links are pinned (`daemon.pin_path`).
+    pins: Option<PinDir>,
 }
 
 impl PacketCounter {
     /// Loads the build for `sample_rate` through the verifier and takes the
     /// counter maps out of `object`.
-    pub fn load(object: &mut LoadedObject, sample_rate: u32) -> Result<Self, LoadError> {
+    pub fn load(
+        object: &mut LoadedObject,
+        sample_rate: u32,
+        pins: Option<PinDir>,
+    ) -> Result<Self, LoadError> {
         let name = program_symbol(sample_rate);
         let maps = CounterMaps::take(object)?;
         let program: &mut Xdp = object.program_mut(name)?;
@@ -124,7 +131,60 @@ impl PacketCounter {
             program: name,
             fd,
             maps,
+            pins,
         })
+    }
+
+    /// Where links are pinned, with `daemon.pin_path`.
+    pub fn pins(&self) -> Option<&PinDir> {
+        self.pins.as_ref()
+    }
+
+    /// Takes over the links an earlier run pinned: each is moved to this
+    /// program with `BPF_LINK_UPDATE` (atomically: every frame runs one
+    /// program or the other, both counting into the same pinned maps).
+    /// Links of interfaces that are gone, or in a mode `mode` does not
+    /// allow, are detached and unpinned.
+    pub fn adopt_pinned(&mut self, mode: Choice<XdpMode>) -> Vec<Attachment> {
+        let Some(pins) = self.pins.clone() else {
+            return Vec::new();
+        };
+        let present = interfaces::list().unwrap_or_default();
+        let mut adopted = Vec::new();
+        for pinned in pins.pinned_links() {
+            let interface = present.iter().find(|i| i.ifindex == pinned.ifindex);
+            let refused = match interface {
+                None => Some("its interface is gone".to_owned()),
+                Some(_) if !mode.candidates().contains(&pinned.mode) => {
+                    Some(format!("xdp.mode is now {}", mode.name()))
+                }
+                Some(_) => sys::link_update(pinned.link.as_fd(), self.fd.as_fd())
+                    .err()
+                    .map(|e| format!("moving it to this program: {e}")),
+            };
+            if let Some(reason) = refused {
+                info!(ifindex = pinned.ifindex, %reason, "pinned xdp link dropped");
+                let _ = sys::link_detach(pinned.link.as_fd());
+                pinned.unpin();
+                continue;
+            }
+            let interface = interface.expect("checked above").clone();
+            let counters = self.maps.adopt(interface.ifindex);
+            info!(
+                device = %interface.name,
+                ifindex = interface.ifindex,
+                mode = pinned.mode.label(),
+                counters = counters.label(),
+                "xdp adopted from its pin; the program never left the interface"
+            );
+            adopted.push(Attachment {
+                interface,
+                mode: pinned.mode,
+                counters,
+                link: pinned.link,
+            });
+        }
+        adopted
     }
 
     /// Attaches to the named interface. `auto` tries native (driver) mode
@@ -174,6 +234,12 @@ impl PacketCounter {
             };
             match sys::xdp_link_create(self.fd.as_fd(), interface.ifindex, flags) {
                 Ok(link) => {
+                    if let Some(pins) = &self.pins {
+                        if let Err(error) = pins.pin_link(link.as_fd(), interface.ifindex, attempt)
+                        {
+                            warn!(device = %interface.name, %error, "pinning the xdp link; it detaches when telemetryd stops");
+                        }
+                    }
                     info!(
                         device = %interface.name,
                         ifindex = interface.ifindex,
@@ -222,6 +288,9 @@ impl PacketCounter {
     /// Detaches from one interface, at once (see [`sys::link_detach`]). An
     /// interface that vanished already took the link with it.
     pub fn detach(&mut self, attachment: Attachment) {
+        if let Some(pins) = &self.pins {
+            pins.unpin_link(attachment.interface.ifindex);
+        }
         match sys::link_detach(attachment.link.as_fd()) {
             Ok(()) => info!(device = %attachment.interface.name, "xdp detached"),
             Err(error) => warn!(
@@ -431,6 +500,23 @@ impl AttachedInterfaces {
         for attachment in self.attachments.drain(..) {
             counter.detach(attachment);
         }
+    }
+
+    /// Why the wanted interfaces are not attached, as last logged.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures: Vec<String> = self.reported.values().cloned().collect();
+        failures.sort();
+        failures
+    }
+
+    /// Takes attachments adopted from their pins.
+    pub fn adopt(&mut self, adopted: Vec<Attachment>) {
+        self.attachments.extend(adopted);
+    }
+
+    /// Closes every link without detaching: pinned links stay attached.
+    pub fn forget_all(&mut self) {
+        self.attachments.clear();
     }
 
     fn report(&mut self, device: &str, message: String) {

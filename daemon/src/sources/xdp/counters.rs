@@ -82,6 +82,14 @@ impl SlotAllocator {
         self.free.push_back(slot);
     }
 
+    /// Takes `slot` out of the free queue (a slot an adopted link's
+    /// interface already counts in); false if it was not free.
+    pub fn claim(&mut self, slot: u32) -> bool {
+        let before = self.free.len();
+        self.free.retain(|&s| s != slot);
+        self.free.len() < before
+    }
+
     pub fn free(&self) -> usize {
         self.free.len()
     }
@@ -165,6 +173,26 @@ impl CounterMaps {
                 CounterPlace::Hash
             }
         }
+    }
+
+    /// Where an interface whose link was adopted from its pin already
+    /// counts: its low-ifindex entry from zero (the earlier run's baseline is
+    /// gone; an earlier interface of this ifindex in the same pinned table
+    /// would show through), its mapped slot (claimed, not zeroed), or the hash.
+    pub fn adopt(&mut self, ifindex: u32) -> CounterPlace {
+        if ifindex < LOW_IFINDEX_LIMIT {
+            return CounterPlace::LowIfindex {
+                baseline: InterfaceCounters::default(),
+            };
+        }
+        if SlotAllocator::serves(ifindex) {
+            if let Ok(mapped) = self.slot_of_ifindex.get(&ifindex, 0) {
+                if mapped > 0 && self.slots.claim(mapped - 1) {
+                    return CounterPlace::Slot(mapped - 1);
+                }
+            }
+        }
+        CounterPlace::Hash
     }
 
     /// Unmaps `ifindex` and queues its slot for reuse. A low-ifindex entry

@@ -6,16 +6,18 @@
 pub mod attach;
 pub mod counters;
 pub mod metrics;
+pub mod pins;
 pub mod stats;
 
 use std::collections::HashSet;
 
 use aya::EbpfLoader;
 use telemetryd_common::xdp::LOW_IFINDEX_COUNTERS_MAP;
-use tracing::error;
+use tracing::{error, info};
 
 pub use attach::{wanted, AttachError, AttachedInterfaces, Attachment, PacketCounter};
 pub use counters::CounterPlace;
+pub use pins::PinDir;
 pub use stats::{InterfaceStats, XdpStats};
 
 use crate::config::XdpConfig;
@@ -23,22 +25,40 @@ use crate::kernel::interfaces::statistic;
 use crate::loader::{LoadError, LoadSettings, LoadedObject};
 
 /// The packet counter's load-time settings: one row of the low-ifindex
-/// table per possible CPU.
+/// table per possible CPU, and where its counter maps are pinned (with
+/// `daemon.pin_path`).
 pub struct XdpLoad {
     cpus: u32,
+    pins: Vec<(&'static str, std::path::PathBuf)>,
 }
 
 impl Default for XdpLoad {
     fn default() -> Self {
         Self {
             cpus: counters::cpu_id_bound(),
+            pins: Vec::new(),
         }
+    }
+}
+
+impl XdpLoad {
+    /// With `pins`: the counter maps pinned there are adopted when their
+    /// layout matches, else replaced (see [`PinDir::prepare_maps`]).
+    pub fn new(pins: Option<&PinDir>) -> Self {
+        let mut load = Self::default();
+        if let Some(pins) = pins {
+            load.pins = pins.prepare_maps(&pins::counter_layouts(load.cpus));
+        }
+        load
     }
 }
 
 impl LoadSettings for XdpLoad {
     fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         loader.map_max_entries(LOW_IFINDEX_COUNTERS_MAP, self.cpus);
+        for (map, path) in &self.pins {
+            loader.map_pin_path(map, path.as_path());
+        }
     }
 }
 
@@ -52,13 +72,20 @@ impl XdpSource {
     /// Loads the program (the build with packet events when
     /// `xdp.sample_rate` is not 0) and attaches it as `config` says. A
     /// kernel that refuses it for lack of a privilege costs packet counting
-    /// only: that is logged and `None` returned, the daemon runs on.
-    pub fn start(object: &mut LoadedObject, config: &XdpConfig) -> Result<Option<Self>, LoadError> {
-        let counter = match PacketCounter::load(object, config.sample_rate) {
+    /// only: that is logged and the reason returned (`Ok(Err(reason))`),
+    /// the daemon runs on.
+    /// With `pins`, links pinned by an earlier run are adopted first (the
+    /// program moved over to this one's without leaving the interface).
+    pub fn start(
+        object: &mut LoadedObject,
+        config: &XdpConfig,
+        pins: Option<PinDir>,
+    ) -> Result<Result<Self, String>, LoadError> {
+        let counter = match PacketCounter::load(object, config.sample_rate, pins) {
             Ok(counter) => counter,
             Err(error @ LoadError::NotPermitted { .. }) => {
                 error!(%error, "xdp unavailable; running without packet counting");
-                return Ok(None);
+                return Ok(Err(format!("{error:#}")));
             }
             Err(error) => return Err(error),
         };
@@ -66,8 +93,10 @@ impl XdpSource {
             counter,
             interfaces: AttachedInterfaces::default(),
         };
+        let adopted = source.counter.adopt_pinned(config.mode);
+        source.interfaces.adopt(adopted);
         source.reconcile(config);
-        Ok(Some(source))
+        Ok(Ok(source))
     }
 
     /// Attaches to interfaces that appeared or came up, detaches from ones
@@ -79,6 +108,35 @@ impl XdpSource {
     /// Detaches everything (shutdown, or a mode change before re-attaching).
     pub fn detach_all(&mut self) {
         self.interfaces.detach_all(&mut self.counter);
+    }
+
+    /// Why it is attached nowhere, when it is not attached anywhere.
+    pub fn attached_nowhere(&self) -> Option<String> {
+        if !self.interfaces.attachments().is_empty() {
+            return None;
+        }
+        let failures = self.interfaces.failures();
+        Some(if failures.is_empty() {
+            "loaded, but attached to no interface".to_owned()
+        } else {
+            format!("attached to no interface: {}", failures.join("; "))
+        })
+    }
+
+    /// Shutdown: with pinning the program stays attached (the pins hold its
+    /// links) for the next run to adopt; without, everything is detached.
+    pub fn stop(&mut self) {
+        match self.counter.pins() {
+            Some(pins) => {
+                info!(
+                    path = %pins.root().display(),
+                    interfaces = self.interfaces.attachments().len(),
+                    "xdp left attached, pinned (telemetryd unpin detaches it)"
+                );
+                self.interfaces.forget_all();
+            }
+            None => self.detach_all(),
+        }
     }
 
     /// One poll: the attached interfaces' counters, the kernel's own

@@ -41,6 +41,8 @@ pub struct Applied {
     /// redone, not only new ones added.
     pub xdp_reattach: bool,
     pub poll_interval: bool,
+    /// `daemon.ebpf_stats` changed: take or release BPF statistics.
+    pub ebpf_stats: bool,
     pub log_level: bool,
     pub analyzer: bool,
     /// Keys whose new value was ignored until the next restart.
@@ -62,6 +64,10 @@ pub fn merge(running: &mut Config, new: &Config) -> Applied {
     if running.daemon.poll_interval != new.daemon.poll_interval {
         running.daemon.poll_interval = new.daemon.poll_interval;
         applied.poll_interval = true;
+    }
+    if running.daemon.ebpf_stats != new.daemon.ebpf_stats {
+        running.daemon.ebpf_stats = new.daemon.ebpf_stats;
+        applied.ebpf_stats = true;
     }
     if running.xdp.mode != new.xdp.mode || running.xdp.replace != new.xdp.replace {
         applied.xdp_reattach = true;
@@ -184,8 +190,10 @@ mod tests {
         new.analyzer.fire_after = 9;
         new.xdp.interfaces = vec!["eth1".into()];
         new.daemon.poll_interval = Duration::from_millis(250);
+        new.daemon.ebpf_stats = true;
         let applied = merge(&mut running, &new);
         assert!(applied.log_level && applied.analyzer && applied.xdp && applied.poll_interval);
+        assert!(applied.ebpf_stats);
         assert!(!applied.xdp_reattach);
         assert!(applied.needs_restart.is_empty());
         assert_eq!(running, new);

@@ -21,8 +21,8 @@ use std::str::FromStr as _;
 pub use duration::{format_duration, parse_duration};
 pub use overrides::Overrides;
 pub use schema::{
-    AnalyzerSettings, Choice, Config, DaemonConfig, HttpConfig, LogConfig, LogFormat, Named,
-    SyscallAttach, SyscallsConfig, WebhookSettings, XdpConfig, XdpMode,
+    AnalyzerSettings, Choice, Config, DaemonConfig, HttpConfig, LogConfig, LogFormat,
+    MetricsConfig, Named, SyscallAttach, SyscallsConfig, WebhookSettings, XdpConfig, XdpMode,
 };
 pub use validate::{check_interface_name, check_log_level, webhook_uri};
 
@@ -181,10 +181,33 @@ impl Config {
     }
 }
 
+impl Config {
+    /// A fingerprint of the configuration as it runs (the file with defaults
+    /// and command-line flags applied, written out canonically): 16 hex
+    /// digits of FNV-1a 64, the same on every node and every build that runs
+    /// the same settings, whatever the file's comments or key order.
+    pub fn fingerprint(&self) -> String {
+        let canonical = toml::to_string(self).unwrap_or_default();
+        let hash = canonical.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn fingerprint_follows_settings_not_text() {
+        let a = Config::from_toml("[log]\nlevel = \"debug\"\n", "a").unwrap();
+        let b = Config::from_toml("# a comment\nlog.level = \"debug\"\n", "b").unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 16);
+        assert_ne!(a.fingerprint(), Config::default().fingerprint());
+    }
 
     #[test]
     fn shipped_file_equals_default() {

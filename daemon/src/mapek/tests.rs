@@ -109,6 +109,7 @@ impl Node {
                 syscalls: self.syscalls.clone(),
                 errors: Default::default(),
             }),
+            ..Default::default()
         }
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod drops;
 pub mod events;
+pub mod program_stats;
 pub mod snapshot;
 pub mod syscalls;
 pub mod xdp;
@@ -31,6 +32,7 @@ use crate::loader::{self as object_loader, LoadError, LoadSettings, LoadedObject
 use crate::reload::Applied;
 use drops::{DropsLoad, DropsSource};
 use events::{EventsLoad, PacketEvents};
+use program_stats::StatsSwitch;
 use syscalls::{SyscallSource, SyscallsLoad};
 use xdp::{XdpLoad, XdpSource};
 
@@ -38,7 +40,9 @@ use xdp::{XdpLoad, XdpSource};
 pub struct Sources {
     clock: SnapshotClock,
     /// The programs stay here (the sources own their maps and links).
-    _object: LoadedObject,
+    object: LoadedObject,
+    /// BPF run-time statistics, held on with `daemon.ebpf_stats`.
+    stats: StatsSwitch,
     xdp: Option<XdpSource>,
     drops: Option<DropsSource>,
     events: Option<PacketEvents>,
@@ -67,6 +71,9 @@ impl Sources {
             settings.push(syscalls);
         }
         let mut object = LoadedObject::load(&settings).context("loading the eBPF object")?;
+        // Before any program attaches, so their counts start with their first run.
+        let mut stats = StatsSwitch::default();
+        stats.set(config.daemon.ebpf_stats);
         if let Some(logger) = object.take_logger() {
             tokio::spawn(object_loader::forward_logs(logger));
         }
@@ -97,7 +104,8 @@ impl Sources {
         };
         Ok(Self {
             clock: SnapshotClock::new(),
-            _object: object,
+            object,
+            stats,
             xdp,
             drops,
             events,
@@ -112,6 +120,7 @@ impl Sources {
         snapshot.drops = self.drops.as_mut().map(DropsSource::poll);
         snapshot.events = self.events.as_ref().map(PacketEvents::poll);
         snapshot.syscalls = self.syscalls.as_ref().map(SyscallSource::poll);
+        snapshot.programs = self.stats.read(&self.object.ebpf);
         snapshot
     }
 
@@ -126,6 +135,9 @@ impl Sources {
     /// Applies what a reload changed (`config` is the running configuration
     /// after the reload).
     pub fn apply(&mut self, config: &Config, applied: &Applied) {
+        if applied.ebpf_stats {
+            self.stats.set(config.daemon.ebpf_stats);
+        }
         if let Some(source) = self.xdp.as_mut() {
             if applied.xdp_reattach {
                 source.detach_all();

@@ -13,6 +13,7 @@ use prometheus::proto::MetricFamily;
 
 use super::drops::DropStats;
 use super::events::EventStats;
+use super::program_stats::ProgramStats;
 use super::syscalls::TracerStats;
 use super::xdp::XdpStats;
 use crate::metrics::family::{counter, gauge, Series};
@@ -29,6 +30,8 @@ pub struct Snapshot {
     pub drops: Option<DropStats>,
     pub events: Option<EventStats>,
     pub syscalls: Option<TracerStats>,
+    /// The loaded programs' kernel counters (run time, runs).
+    pub programs: ProgramStats,
 }
 
 /// One attachment of one eBPF program.
@@ -55,6 +58,11 @@ pub trait Section {
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit built (`-dirty` with uncommitted changes; `unknown` outside
+/// git), from `build.rs`.
+pub const REVISION: &str = env!("TELEMETRYD_GIT_REVISION");
+/// `rustc --version` of the compiler that built telemetryd, from `build.rs`.
+pub const RUSTC: &str = env!("TELEMETRYD_RUSTC_VERSION");
 
 /// The signals of `telemetryd_source_up` and the program each one needs
 /// attached: packet counts (XDP), syscall latency, kernel drops and TCP
@@ -148,8 +156,16 @@ impl Snapshot {
         families.push(gauge(
             "telemetryd_build_info",
             "Always 1; the labels describe this build.",
-            vec![Series::new(&[("version", VERSION)], 1.0)],
+            vec![Series::new(
+                &[
+                    ("version", VERSION),
+                    ("revision", REVISION),
+                    ("rustc", RUSTC),
+                ],
+                1.0,
+            )],
         ));
+        families.extend(self.programs.families());
         families
     }
 
@@ -261,7 +277,10 @@ mod tests {
     fn an_empty_snapshot_renders_build_info_and_every_source_down() {
         let text = Snapshot::default().render(Vec::new()).unwrap();
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        let mut want = vec![format!("telemetryd_build_info{{version=\"{VERSION}\"}} 1")];
+        let mut want = vec![format!(
+            "telemetryd_build_info{{revision=\"{REVISION}\",rustc=\"{RUSTC}\",version=\"{VERSION}\"}} 1"
+        )];
+        want.push("telemetryd_ebpf_stats_enabled 0".to_owned());
         for (source, _) in SOURCES {
             want.push(format!("telemetryd_source_up{{source=\"{source}\"}} 0"));
         }

@@ -3,7 +3,8 @@
 //!
 //! Applied live: `log.level`, `[analyzer]` (published on a watch channel the
 //! MAPE-K loop reads), `xdp.interfaces`/`xdp.mode`/`xdp.replace` (the daemon
-//! reconciles its attachments), `daemon.poll_interval`. Everything else
+//! reconciles its attachments), `daemon.poll_interval`, `daemon.ebpf_stats`,
+//! `[metrics]` (new device caps). Everything else
 //! (listen address, log format, enabling or disabling programs, syscall
 //! tracing settings) needs a restart: a changed value is logged and the
 //! running one kept.
@@ -43,6 +44,8 @@ pub struct Applied {
     pub poll_interval: bool,
     /// `daemon.ebpf_stats` changed: take or release BPF statistics.
     pub ebpf_stats: bool,
+    /// `[metrics]` changed: new device caps.
+    pub metrics: bool,
     pub log_level: bool,
     pub analyzer: bool,
     /// Keys whose new value was ignored until the next restart.
@@ -64,6 +67,10 @@ pub fn merge(running: &mut Config, new: &Config) -> Applied {
     if running.daemon.poll_interval != new.daemon.poll_interval {
         running.daemon.poll_interval = new.daemon.poll_interval;
         applied.poll_interval = true;
+    }
+    if running.metrics != new.metrics {
+        running.metrics = new.metrics.clone();
+        applied.metrics = true;
     }
     if running.daemon.ebpf_stats != new.daemon.ebpf_stats {
         running.daemon.ebpf_stats = new.daemon.ebpf_stats;
@@ -191,7 +198,9 @@ mod tests {
         new.xdp.interfaces = vec!["eth1".into()];
         new.daemon.poll_interval = Duration::from_millis(250);
         new.daemon.ebpf_stats = true;
+        new.metrics.max_devices = 3;
         let applied = merge(&mut running, &new);
+        assert!(applied.metrics);
         assert!(applied.log_level && applied.analyzer && applied.xdp && applied.poll_interval);
         assert!(applied.ebpf_stats);
         assert!(!applied.xdp_reattach);

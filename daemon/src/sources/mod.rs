@@ -13,6 +13,7 @@
 //! settings, starts the sources and polls them. Together with `loader`, the
 //! only part of the daemon that touches aya.
 
+pub mod cardinality;
 pub mod drops;
 pub mod events;
 pub mod program_stats;
@@ -78,11 +79,14 @@ impl Sources {
             tokio::spawn(object_loader::forward_logs(logger));
         }
         let DropsLoad { names, .. } = drops;
-        let drops = DropsSource::start(&mut object, names)
+        let mut drops = DropsSource::start(&mut object, names)
             .inspect_err(
                 |error| warn!(%error, "kernel drops and TCP retransmits are not collected"),
             )
             .ok();
+        if let Some(drops) = drops.as_mut() {
+            drops.set_device_cap(&config.metrics);
+        }
         let syscalls = if config.syscalls.enabled {
             let support = probe::probe();
             Some(
@@ -97,6 +101,10 @@ impl Sources {
             let events = PacketEvents::start(&mut object, &config.xdp)?;
             let xdp = XdpSource::start(&mut object, &config.xdp)
                 .context("loading the XDP packet counter")?;
+            let mut xdp = xdp;
+            if let Some(xdp) = xdp.as_mut() {
+                xdp.set_device_cap(&config.metrics);
+            }
             (Some(events), xdp)
         } else {
             info!("xdp disabled by configuration");
@@ -137,6 +145,14 @@ impl Sources {
     pub fn apply(&mut self, config: &Config, applied: &Applied) {
         if applied.ebpf_stats {
             self.stats.set(config.daemon.ebpf_stats);
+        }
+        if applied.metrics {
+            if let Some(source) = self.xdp.as_mut() {
+                source.set_device_cap(&config.metrics);
+            }
+            if let Some(source) = self.drops.as_mut() {
+                source.set_device_cap(&config.metrics);
+            }
         }
         if let Some(source) = self.xdp.as_mut() {
             if applied.xdp_reattach {

@@ -55,6 +55,11 @@ pub trait Section {
     fn attachments(&self) -> Vec<ProgramAttachment>;
     /// Rows of `telemetryd_ebpf_program_errors_total`.
     fn program_errors(&self) -> Vec<ProgramErrorCount>;
+    /// Rows of `telemetryd_series_folded`: per capped family, the series
+    /// folded into its `device="other"` roll-up (`[metrics]`).
+    fn folded_series(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -112,20 +117,35 @@ impl Snapshot {
         let mut errors: Vec<ProgramErrorCount> =
             sections.iter().flat_map(|s| s.program_errors()).collect();
         errors.sort();
-        let attached = self
-            .attachments()
+        // Attachments of folded devices share device="other": counted.
+        let mut places: std::collections::BTreeMap<ProgramAttachment, u64> = Default::default();
+        for a in self.attachments() {
+            *places.entry(a).or_default() += 1;
+        }
+        let attached = places
             .iter()
-            .map(|a| {
+            .map(|(a, n)| {
                 Series::new(
                     &[
                         ("program", &a.program),
                         ("attach", &a.attach),
                         ("device", &a.device),
                     ],
-                    1.0,
+                    *n as f64,
                 )
             })
             .collect();
+        let mut folded: Vec<(&'static str, u64)> =
+            sections.iter().flat_map(|s| s.folded_series()).collect();
+        folded.sort();
+        families.push(gauge(
+            "telemetryd_series_folded",
+            "Series of each capped family folded into its device=\"other\" roll-up as of the last poll ([metrics] device_include, device_exclude, max_devices, max_drop_devices).",
+            folded
+                .iter()
+                .map(|(family, n)| Series::new(&[("family", family)], *n as f64))
+                .collect(),
+        ));
         families.push(counter(
             "telemetryd_ebpf_program_errors_total",
             "Errors of telemetryd's eBPF programs themselves; the traffic or call was still let through.",
@@ -138,7 +158,7 @@ impl Snapshot {
         ));
         families.push(gauge(
             "telemetryd_ebpf_program_attached",
-            "1 for each place an eBPF program of telemetryd is attached, with how.",
+            "1 for each place an eBPF program of telemetryd is attached, with how; for device=\"other\", the number of folded devices it is attached to.",
             attached,
         ));
         let attachments = self.attachments();

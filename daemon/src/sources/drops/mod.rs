@@ -29,8 +29,10 @@ use tracing::{debug, info, warn};
 pub use layout::{kernel_layout, DropReasonNames};
 pub use stats::{DropStats, TcpStats};
 
+use crate::config::MetricsConfig;
 use crate::kernel::btf::{BtfError, KernelBtf};
 use crate::loader::{LoadError, LoadSettings, LoadedObject};
+use crate::sources::cardinality::{DeviceCap, DevicePolicy};
 use snmp::fill_snmp;
 
 /// What [`DropsLoad::prepare`] found out before the object is loaded.
@@ -155,6 +157,8 @@ pub struct DropsSource {
     attached: Vec<&'static str>,
     _links: Vec<RawTracePointLink>,
     snmp: PathBuf,
+    /// `[metrics]`: which devices have series of their own.
+    cap: DeviceCap<String>,
 }
 
 impl DropsSource {
@@ -185,7 +189,17 @@ impl DropsSource {
             attached,
             _links: links,
             snmp: PathBuf::from("/proc/net/snmp"),
+            cap: DeviceCap::new(DevicePolicy::default(), usize::MAX),
         })
+    }
+
+    /// Caps `telemetryd_kernel_device_drops_total` as `[metrics]` says (at
+    /// start and on reload).
+    pub fn set_device_cap(&mut self, metrics: &MetricsConfig) {
+        self.cap = DeviceCap::new(
+            DevicePolicy::from_config(metrics),
+            metrics.max_drop_devices as usize,
+        );
     }
 
     /// One poll: drops by reason (those seen so far) and by device, TCP
@@ -208,14 +222,16 @@ impl DropsSource {
             }
         }
         let mut names: Option<BTreeMap<u32, String>> = None;
+        let mut gone = Vec::new();
         for entry in self.devices.iter() {
             let Ok((key, per_cpu)) = entry else { continue };
             let n: u64 = per_cpu.iter().sum();
             let names = names.get_or_insert_with(interface_names);
-            let device = names
-                .get(&key.ifindex)
-                .cloned()
-                .unwrap_or_else(|| format!("ifindex{}", key.ifindex));
+            let Some(device) = names.get(&key.ifindex).cloned() else {
+                // A device that is gone: no series, and no entry left behind.
+                gone.push(key);
+                continue;
+            };
             *snapshot
                 .device_drops
                 .entry(device)
@@ -223,6 +239,21 @@ impl DropsSource {
                 .entry(self.names.name(key.reason).to_owned())
                 .or_default() += n;
         }
+        if !gone.is_empty() {
+            // Read again, so a device that appeared during the walk keeps its entries.
+            let now = interface_names();
+            for key in gone.iter().filter(|k| !now.contains_key(&k.ifindex)) {
+                if let Err(error) = self.devices.remove(key) {
+                    debug!(%error, ifindex = key.ifindex, "forgetting a vanished device's drops");
+                }
+            }
+        }
+        let by_device = &snapshot.device_drops;
+        snapshot.device_drops_folded = self
+            .cap
+            .fold(by_device.keys().map(String::as_str), |device| {
+                by_device[device].clone()
+            });
         let family = |slot: u32| -> u64 {
             self.retransmits
                 .get(&slot, 0)

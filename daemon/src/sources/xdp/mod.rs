@@ -18,9 +18,10 @@ pub use attach::{wanted, AttachError, AttachedInterfaces, Attachment, PacketCoun
 pub use counters::CounterPlace;
 pub use stats::{InterfaceStats, XdpStats};
 
-use crate::config::XdpConfig;
+use crate::config::{MetricsConfig, XdpConfig};
 use crate::kernel::interfaces::statistic;
 use crate::loader::{LoadError, LoadSettings, LoadedObject};
+use crate::sources::cardinality::{DeviceCap, DevicePolicy};
 
 /// The packet counter's load-time settings: one row of the low-ifindex
 /// table per possible CPU.
@@ -46,6 +47,8 @@ impl LoadSettings for XdpLoad {
 pub struct XdpSource {
     counter: PacketCounter,
     interfaces: AttachedInterfaces,
+    /// `[metrics]`: which devices have series of their own.
+    cap: DeviceCap<usize>,
 }
 
 impl XdpSource {
@@ -65,6 +68,7 @@ impl XdpSource {
         let mut source = Self {
             counter,
             interfaces: AttachedInterfaces::default(),
+            cap: DeviceCap::new(DevicePolicy::default(), usize::MAX),
         };
         source.reconcile(config);
         Ok(Some(source))
@@ -74,6 +78,15 @@ impl XdpSource {
     /// that vanished or are no longer configured.
     pub fn reconcile(&mut self, config: &XdpConfig) {
         self.interfaces.reconcile(&mut self.counter, config);
+    }
+
+    /// Caps the per-device families as `[metrics]` says (at start and on
+    /// reload; a reload starts the places and the roll-up afresh).
+    pub fn set_device_cap(&mut self, metrics: &MetricsConfig) {
+        self.cap = DeviceCap::new(
+            DevicePolicy::from_config(metrics),
+            metrics.max_devices as usize,
+        );
     }
 
     /// Detaches everything (shutdown, or a mode change before re-attaching).
@@ -104,6 +117,12 @@ impl XdpSource {
                 .push((iface.name.clone(), attachment.mode));
         }
         stats.errors = self.counter.maps().errors();
+        let interfaces = &stats.interfaces;
+        stats.folded = self
+            .cap
+            .fold(interfaces.keys().map(String::as_str), |device| {
+                interfaces[device].to_counts()
+            });
         let attached: HashSet<u32> = attachments.iter().map(|a| a.interface.ifindex).collect();
         self.counter.maps_mut().forget_detached(&attached);
         stats

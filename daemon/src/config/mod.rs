@@ -274,6 +274,9 @@ mod tests {
         bad("non-power-of-two ring buffer", "[xdp]\nring_buffer_size = 300000\n", "xdp.ring_buffer_size", Some((2, 20)), "300000"),
         bad("too-small ring buffer", "[xdp]\nring_buffer_size = 2048\n", "xdp.ring_buffer_size", Some((2, 20)), "2048"),
         bad("negative sample rate", "[xdp]\nsample_rate = -1\n", "xdp.sample_rate", Some((2, 15)), "-1"),
+        bad("bad device pattern", "[metrics]\ndevice_exclude = \"veth(\"\n", "metrics.device_exclude", Some((2, 18)), "not a regular expression"),
+        bad("too many devices", "[metrics]\nmax_devices = 100001\n", "metrics.max_devices", Some((2, 15)), "0 to 100000"),
+        bad("ebpf_stats as string", "[daemon]\nebpf_stats = \"on\"\n", "daemon.ebpf_stats", Some((2, 14)), "\"on\""),
         bad("top_talkers = 0", "[xdp]\ntop_talkers = 0\n", "xdp.top_talkers", Some((2, 15)), "1 to 1000"),
         bad("invalid syscall name", "[syscalls]\ntrack = [\"read\", \"raed\"]\n", "syscalls.track", Some((2, 18)), "unknown syscall \"raed\""),
         bad("empty track list", "[syscalls]\ntrack = []\n", "syscalls.track", Some((2, 9)), "empty"),
@@ -365,6 +368,12 @@ mod tests {
         let text = r#"
             [daemon]
             poll_interval = "1.5s"
+            ebpf_stats = true
+            [metrics]
+            device_include = "eth[0-9]+|bond.*"
+            device_exclude = "eth9"
+            max_devices = 100000
+            max_drop_devices = 0
             [http]
             listen = "[::1]:9000"
             max_connections = 10000
@@ -397,6 +406,11 @@ mod tests {
         "#;
         let c = Config::from_toml(text, "t.toml").unwrap();
         assert_eq!(c.daemon.poll_interval, Duration::from_millis(1500));
+        assert!(c.daemon.ebpf_stats);
+        assert_eq!(c.metrics.device_include, "eth[0-9]+|bond.*");
+        assert_eq!(c.metrics.device_exclude, "eth9");
+        assert_eq!(c.metrics.max_devices, 100_000);
+        assert_eq!(c.metrics.max_drop_devices, 0);
         assert_eq!(c.http.listen, "[::1]:9000".parse().unwrap());
         assert_eq!(c.http.max_connections, 10000);
         assert_eq!(c.http.header_read_timeout, Duration::from_millis(250));

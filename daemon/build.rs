@@ -56,9 +56,8 @@ fn main() -> Result<()> {
 }
 
 /// `telemetryd_build_info`'s labels, as compile-time environment variables:
-/// `TELEMETRYD_GIT_REVISION` (the commit, with `-dirty` when the work tree
-/// had changes; `unknown` without git or a repository, as in a tarball
-/// build) and `TELEMETRYD_RUSTC_VERSION` (`rustc --version` of the compiler
+/// `TELEMETRYD_GIT_REVISION` (the commit checked out; `unknown` without
+/// git or a repository, as in a tarball build) and `TELEMETRYD_RUSTC_VERSION` (`rustc --version` of the compiler
 /// cargo uses).
 fn build_info(workspace: &Path) {
     let git = |args: &[&str]| -> Option<String> {
@@ -73,17 +72,10 @@ fn build_info(workspace: &Path) {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
             .filter(|s| !s.is_empty())
     };
-    let revision = match git(&["rev-parse", "--short=12", "HEAD"]) {
-        Some(commit) => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some();
-            if dirty {
-                format!("{commit}-dirty")
-            } else {
-                commit
-            }
-        }
-        None => "unknown".to_owned(),
-    };
+    // The commit alone: a "-dirty" mark would go stale, since this script
+    // only reruns when HEAD or the index change, not on every edit.
+    let revision =
+        git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
     // Rebuilt when HEAD moves (a commit, a checkout) or the index changes
     // (`--git-path` resolves them in a linked worktree too).
     let mut watched = vec!["HEAD".to_owned(), "index".to_owned()];

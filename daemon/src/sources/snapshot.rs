@@ -63,8 +63,7 @@ pub trait Section {
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The commit built (`-dirty` with uncommitted changes; `unknown` outside
-/// git), from `build.rs`.
+/// The commit checked out when built (`unknown` outside git), from `build.rs`.
 pub const REVISION: &str = env!("TELEMETRYD_GIT_REVISION");
 /// `rustc --version` of the compiler that built telemetryd, from `build.rs`.
 pub const RUSTC: &str = env!("TELEMETRYD_RUSTC_VERSION");

@@ -257,6 +257,36 @@ fn five_hundred_veths_are_capped_folded_and_forgotten() {
     assert_eq!(other_udp(&sent, &capped), 2.0 * FRAMES as f64);
     let reached = other_udp(&sent, "other");
 
+    // The stack drops those frames (not for this host): by device for the
+    // capped one, in "other" for the folded one (the first 16 names not
+    // excluded have places in telemetryd_kernel_device_drops_total).
+    let drops = |s: &Scrape, device: &str| {
+        s.get(
+            "telemetryd_kernel_device_drops_total",
+            &[("device", device), ("reason", "OTHERHOST")],
+        )
+    };
+    let dropped = daemon.scrape_until(Duration::from_secs(5), |s| {
+        drops(s, &capped) == Some(2.0 * FRAMES as f64) && drops(s, "other") == Some(FRAMES as f64)
+    });
+    assert_eq!(
+        drops(&dropped, &capped),
+        Some(2.0 * FRAMES as f64),
+        "{}",
+        dropped.text
+    );
+    assert_eq!(
+        drops(&dropped, "other"),
+        Some(FRAMES as f64),
+        "{}",
+        dropped.text
+    );
+    assert_eq!(
+        folded_of(&dropped, "telemetryd_kernel_device_drops_total"),
+        Some(1.0),
+        "one folded device with one reason"
+    );
+
     // Every veth goes: no series of any of them is left, and "other" keeps
     // what it counted (a counter never goes down).
     fleet.remove();
@@ -275,6 +305,16 @@ fn five_hundred_veths_are_capped_folded_and_forgotten() {
         BTreeSet::from(["other".to_owned()])
     );
     assert_eq!(other_udp(&gone, "other"), reached);
+    assert_eq!(
+        drops(&gone, &capped),
+        None,
+        "the capped device's drops are gone"
+    );
+    assert_eq!(
+        drops(&gone, "other"),
+        Some(FRAMES as f64),
+        "other keeps its count"
+    );
     for family in [
         "telemetryd_xdp_packets_total",
         "telemetryd_ebpf_program_attached",

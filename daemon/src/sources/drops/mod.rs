@@ -159,6 +159,8 @@ pub struct DropsSource {
     snmp: PathBuf,
     /// `[metrics]`: which devices have series of their own.
     cap: DeviceCap<String>,
+    /// The last interface listing that worked (ifindex -> name).
+    last_names: BTreeMap<u32, String>,
 }
 
 impl DropsSource {
@@ -190,6 +192,7 @@ impl DropsSource {
             _links: links,
             snmp: PathBuf::from("/proc/net/snmp"),
             cap: DeviceCap::new(DevicePolicy::default(), usize::MAX),
+            last_names: BTreeMap::new(),
         })
     }
 
@@ -226,7 +229,11 @@ impl DropsSource {
         for entry in self.devices.iter() {
             let Ok((key, per_cpu)) = entry else { continue };
             let n: u64 = per_cpu.iter().sum();
-            let names = names.get_or_insert_with(interface_names);
+            // A failed listing keeps the last good one: no device looks gone
+            // (its series would flap, its roll-up count twice).
+            let names = names.get_or_insert_with(|| {
+                interface_names().unwrap_or_else(|| self.last_names.clone())
+            });
             let Some(device) = names.get(&key.ifindex).cloned() else {
                 // A device that is gone: no series, and no entry left behind.
                 gone.push(key);
@@ -239,9 +246,11 @@ impl DropsSource {
                 .entry(self.names.name(key.reason).to_owned())
                 .or_default() += n;
         }
-        if !gone.is_empty() {
-            // Read again, so a device that appeared during the walk keeps its entries.
-            let now = interface_names();
+        if let Some(names) = names {
+            self.last_names = names;
+        }
+        // Read again, so a device that appeared during the walk keeps its entries.
+        if let Some(now) = (!gone.is_empty()).then(interface_names).flatten() {
             for key in gone.iter().filter(|k| !now.contains_key(&k.ifindex)) {
                 if let Err(error) = self.devices.remove(key) {
                     debug!(%error, ifindex = key.ifindex, "forgetting a vanished device's drops");
@@ -276,13 +285,16 @@ impl DropsSource {
     }
 }
 
-/// ifindex -> name of this namespace's interfaces.
-fn interface_names() -> BTreeMap<u32, String> {
-    crate::kernel::interfaces::list()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|i| (i.ifindex, i.name))
-        .collect()
+/// ifindex -> name of this namespace's interfaces; `None` when sysfs could
+/// not be listed.
+fn interface_names() -> Option<BTreeMap<u32, String>> {
+    match crate::kernel::interfaces::list() {
+        Ok(all) => Some(all.into_iter().map(|i| (i.ifindex, i.name)).collect()),
+        Err(error) => {
+            debug!(%error, "listing interfaces for the drops by device");
+            None
+        }
+    }
 }
 
 fn attach(

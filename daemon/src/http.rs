@@ -23,6 +23,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
 use crate::metrics;
+use crate::metrics::self_metrics::SelfMetrics;
 use crate::readiness::Readiness;
 use crate::sources::Snapshot;
 
@@ -39,6 +40,8 @@ pub struct HttpState {
     pub readiness: watch::Receiver<Arc<Readiness>>,
     pub extra_families: ExtraFamilies,
     pub anomalies: AnomaliesJson,
+    /// Where each `/metrics` render's duration goes.
+    pub self_metrics: Arc<SelfMetrics>,
 }
 
 /// Limits of the listener.
@@ -69,8 +72,11 @@ pub fn handle<B>(request: &Request<B>, state: &HttpState) -> Response<Body> {
     }
     let mut response = match path {
         "/metrics" => {
+            let started = std::time::Instant::now();
             let snapshot = state.snapshot.borrow().clone();
-            match snapshot.render((state.extra_families)()) {
+            let rendered = snapshot.render((state.extra_families)());
+            state.self_metrics.scrapes.observe(started.elapsed());
+            match rendered {
                 Ok(body) => with_type(StatusCode::OK, body, metrics::CONTENT_TYPE),
                 Err(error) => {
                     warn!(%error, "rendering /metrics");
@@ -208,6 +214,7 @@ mod tests {
             readiness,
             extra_families: Arc::new(Vec::new),
             anomalies: Arc::new(|| "{\"active\":[],\"resolved\":[]}".to_owned()),
+            self_metrics: Arc::new(SelfMetrics::new("test".into())),
         }
     }
 

@@ -4,7 +4,8 @@
 //! Applied live: `log.level`, `[analyzer]` (published on a watch channel the
 //! MAPE-K loop reads), `xdp.interfaces`/`xdp.mode`/`xdp.replace` (the daemon
 //! reconciles its attachments), `daemon.poll_interval`,
-//! `daemon.optional_sources` (readiness is judged again). Everything else
+//! `daemon.optional_sources` (readiness is judged again), `daemon.ebpf_stats`,
+//! `[metrics]` (new device caps). Everything else
 //! (listen address, log format, enabling or disabling programs, syscall
 //! tracing settings) needs a restart: a changed value is logged and the
 //! running one kept.
@@ -42,6 +43,10 @@ pub struct Applied {
     /// redone, not only new ones added.
     pub xdp_reattach: bool,
     pub poll_interval: bool,
+    /// `daemon.ebpf_stats` changed: take or release BPF statistics.
+    pub ebpf_stats: bool,
+    /// `[metrics]` changed: new device caps.
+    pub metrics: bool,
     pub log_level: bool,
     pub analyzer: bool,
     /// Keys whose new value was ignored until the next restart.
@@ -66,6 +71,14 @@ pub fn merge(running: &mut Config, new: &Config) -> Applied {
     }
     // Readiness is judged anew at the next poll.
     running.daemon.optional_sources = new.daemon.optional_sources.clone();
+    if running.metrics != new.metrics {
+        running.metrics = new.metrics.clone();
+        applied.metrics = true;
+    }
+    if running.daemon.ebpf_stats != new.daemon.ebpf_stats {
+        running.daemon.ebpf_stats = new.daemon.ebpf_stats;
+        applied.ebpf_stats = true;
+    }
     if running.xdp.mode != new.xdp.mode || running.xdp.replace != new.xdp.replace {
         applied.xdp_reattach = true;
     }
@@ -191,8 +204,12 @@ mod tests {
         new.analyzer.fire_after = 9;
         new.xdp.interfaces = vec!["eth1".into()];
         new.daemon.poll_interval = Duration::from_millis(250);
+        new.daemon.ebpf_stats = true;
+        new.metrics.max_devices = 3;
         let applied = merge(&mut running, &new);
+        assert!(applied.metrics);
         assert!(applied.log_level && applied.analyzer && applied.xdp && applied.poll_interval);
+        assert!(applied.ebpf_stats);
         assert!(!applied.xdp_reattach);
         assert!(applied.needs_restart.is_empty());
         assert_eq!(running, new);

@@ -5,6 +5,7 @@
 //! touches no eBPF itself: that is the sources' business.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,6 +18,7 @@ use crate::hotplug::LinkWatch;
 use crate::http::{self, HttpLimits, HttpState};
 use crate::logging::LogControl;
 use crate::mapek::{AnomalyBoard, MapeK};
+use crate::metrics::self_metrics::SelfMetrics;
 use crate::notify::{self, Notifier};
 use crate::readiness::Readiness;
 use crate::reload::{ConfigSource, Reloader};
@@ -74,10 +76,13 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
             None
         }
     };
+    let self_metrics = Arc::new(SelfMetrics::new(config.fingerprint()));
     let mut sources = Sources::start(&config)?;
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let started = Instant::now();
     let first = Arc::new(sources.poll());
+    self_metrics.poll_done(started.elapsed(), config.daemon.poll_interval);
     let mut readiness = Readiness::of(&first, &config);
     let (readiness_tx, readiness_rx) = watch::channel(Arc::new(readiness.clone()));
     log_readiness(&readiness);
@@ -94,11 +99,17 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
     sys::return_freed_heap();
 
     let families_board = board.clone();
+    let families_self = self_metrics.clone();
     let state = HttpState {
         snapshot: snapshot_rx,
         readiness: readiness_rx,
-        extra_families: Arc::new(move || families_board.metric_families()),
+        extra_families: Arc::new(move || {
+            let mut families = families_board.metric_families();
+            families.extend(families_self.families());
+            families
+        }),
         anomalies: Arc::new(move || board.to_json()),
+        self_metrics: self_metrics.clone(),
     };
     let limits = HttpLimits {
         max_connections: config.http.max_connections as usize,
@@ -122,8 +133,10 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
     let reason = loop {
         tokio::select! {
             _ = ticker.tick() => {
+                let started = Instant::now();
                 sources.follow_interfaces(&config.xdp);
                 let snapshot = Arc::new(sources.poll());
+                self_metrics.poll_done(started.elapsed(), config.daemon.poll_interval);
                 let now = Readiness::of(&snapshot, &config);
                 if now != readiness {
                     readiness = now;
@@ -137,13 +150,15 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
                     warn!("TEST HOOK: stalling the poll loop");
                     tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
                 }
-                notifier.poll_alive(std::time::Instant::now());
+                notifier.poll_alive(Instant::now());
             }
-            () = watchdog_due(watchdog.as_mut()) => notifier.poll_alive(std::time::Instant::now()),
+            () = watchdog_due(watchdog.as_mut()) => notifier.poll_alive(Instant::now()),
             () = link_change(links.as_ref()) => sources.follow_interfaces(&config.xdp),
             _ = hangup.recv() => {
                 notifier.reloading(notify::monotonic_usec());
-                if let Some(applied) = reloader.reload(&mut config) {
+                let applied = reloader.reload(&mut config);
+                self_metrics.reloaded(applied.as_ref().map(|_| config.fingerprint()));
+                if let Some(applied) = applied {
                     if applied.poll_interval {
                         ticker = tokio::time::interval(config.daemon.poll_interval);
                         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -522,10 +522,10 @@ fn the_units_capability_set_is_enough_and_cap_net_admin_is_needed_for_xdp() {
     );
     let scrape = daemon.scrape();
     assert_eq!(
-        scrape.get(
+        Some(scrape.sum(
             "telemetryd_build_info",
             &[("version", env!("CARGO_PKG_VERSION"))]
-        ),
+        )),
         Some(1.0),
         "/metrics still served:\n{}",
         scrape.text

@@ -453,10 +453,29 @@ fn daemon_counts_every_event_and_top_talkers_exactly() {
             Some((*n * frame.len() as u64) as f64)
         );
     }
+    // The fourth sender is in peer="other", and counted as folded.
+    let other = [("peer", "other"), ("direction", "rx")];
     assert_eq!(
-        after.sum("telemetryd_top_talker_packets", &[]),
-        100.0,
-        "bounded to K = 3 series"
+        after.get("telemetryd_top_talker_packets", &other),
+        Some(5.0),
+        "{}",
+        after.text
+    );
+    assert_eq!(
+        after.get("telemetryd_top_talker_bytes", &other),
+        Some((5 * frames[3].0.len()) as f64)
+    );
+    assert_eq!(
+        after.get(
+            "telemetryd_series_folded",
+            &[("family", "telemetryd_top_talker_packets")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        after.text.matches("telemetryd_top_talker_packets{").count(),
+        3 + 1,
+        "bounded to K = 3 series and other"
     );
 
     let json = top_talkers(&daemon);
@@ -607,8 +626,8 @@ fn many_distinct_sources_stay_within_the_bound() {
     );
     assert!(
         after.sum("telemetryd_top_talker_packets", &[]) > 0.0
-            && after.text.matches("telemetryd_top_talker_packets{").count() <= 10,
-        "at most K series:\n{}",
+            && after.text.matches("telemetryd_top_talker_packets{").count() <= 10 + 1,
+        "at most K series and other:\n{}",
         after.text
     );
 }

@@ -21,8 +21,9 @@ use std::str::FromStr as _;
 pub use duration::{format_duration, parse_duration};
 pub use overrides::Overrides;
 pub use schema::{
-    AnalyzerSettings, Choice, Config, DaemonConfig, HttpConfig, LogConfig, LogFormat, Named,
-    SyscallAttach, SyscallsConfig, WebhookSettings, XdpConfig, XdpMode, SOURCE_NAMES,
+    AnalyzerSettings, Choice, Config, DaemonConfig, HttpConfig, LogConfig, LogFormat,
+    MetricsConfig, Named, SyscallAttach, SyscallsConfig, WebhookSettings, XdpConfig, XdpMode,
+    SOURCE_NAMES,
 };
 pub use validate::{check_interface_name, check_log_level, webhook_uri};
 
@@ -181,10 +182,33 @@ impl Config {
     }
 }
 
+impl Config {
+    /// A fingerprint of the configuration as it runs (the file with defaults
+    /// and command-line flags applied, written out canonically): 16 hex
+    /// digits of FNV-1a 64, the same on every node and every build that runs
+    /// the same settings, whatever the file's comments or key order.
+    pub fn fingerprint(&self) -> String {
+        let canonical = toml::to_string(self).unwrap_or_default();
+        let hash = canonical.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn fingerprint_follows_settings_not_text() {
+        let a = Config::from_toml("[log]\nlevel = \"debug\"\n", "a").unwrap();
+        let b = Config::from_toml("# a comment\nlog.level = \"debug\"\n", "b").unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 16);
+        assert_ne!(a.fingerprint(), Config::default().fingerprint());
+    }
 
     #[test]
     fn shipped_file_equals_default() {
@@ -255,6 +279,9 @@ mod tests {
         bad("non-power-of-two ring buffer", "[xdp]\nring_buffer_size = 300000\n", "xdp.ring_buffer_size", Some((2, 20)), "300000"),
         bad("too-small ring buffer", "[xdp]\nring_buffer_size = 2048\n", "xdp.ring_buffer_size", Some((2, 20)), "2048"),
         bad("negative sample rate", "[xdp]\nsample_rate = -1\n", "xdp.sample_rate", Some((2, 15)), "-1"),
+        bad("bad device pattern", "[metrics]\ndevice_exclude = \"veth(\"\n", "metrics.device_exclude", Some((2, 18)), "not a regular expression"),
+        bad("too many devices", "[metrics]\nmax_devices = 100001\n", "metrics.max_devices", Some((2, 15)), "0 to 100000"),
+        bad("ebpf_stats as string", "[daemon]\nebpf_stats = \"on\"\n", "daemon.ebpf_stats", Some((2, 14)), "\"on\""),
         bad("top_talkers = 0", "[xdp]\ntop_talkers = 0\n", "xdp.top_talkers", Some((2, 15)), "1 to 1000"),
         bad("invalid syscall name", "[syscalls]\ntrack = [\"read\", \"raed\"]\n", "syscalls.track", Some((2, 18)), "unknown syscall \"raed\""),
         bad("empty track list", "[syscalls]\ntrack = []\n", "syscalls.track", Some((2, 9)), "empty"),
@@ -346,6 +373,12 @@ mod tests {
         let text = r#"
             [daemon]
             poll_interval = "1.5s"
+            ebpf_stats = true
+            [metrics]
+            device_include = "eth[0-9]+|bond.*"
+            device_exclude = "eth9"
+            max_devices = 100000
+            max_drop_devices = 0
             [http]
             listen = "[::1]:9000"
             max_connections = 10000
@@ -378,6 +411,11 @@ mod tests {
         "#;
         let c = Config::from_toml(text, "t.toml").unwrap();
         assert_eq!(c.daemon.poll_interval, Duration::from_millis(1500));
+        assert!(c.daemon.ebpf_stats);
+        assert_eq!(c.metrics.device_include, "eth[0-9]+|bond.*");
+        assert_eq!(c.metrics.device_exclude, "eth9");
+        assert_eq!(c.metrics.max_devices, 100_000);
+        assert_eq!(c.metrics.max_drop_devices, 0);
         assert_eq!(c.http.listen, "[::1]:9000".parse().unwrap());
         assert_eq!(c.http.max_connections, 10000);
         assert_eq!(c.http.header_read_timeout, Duration::from_millis(250));

@@ -24,6 +24,7 @@ pub struct Config {
     pub xdp: XdpConfig,
     pub syscalls: SyscallsConfig,
     pub analyzer: AnalyzerSettings,
+    pub metrics: MetricsConfig,
     /// The `--config` path it was loaded with (`None`: the default lookup),
     /// so that SIGHUP reloads from the same place. Not a key.
     #[serde(skip)]
@@ -41,6 +42,9 @@ pub struct DaemonConfig {
     /// A directory on a bpffs where the packet counter's links and maps
     /// are pinned, so that they outlive a restart; empty: off.
     pub pin_path: String,
+    /// Have the kernel count the run time and runs of every eBPF program
+    /// (`BPF_ENABLE_STATS`, held while telemetryd runs).
+    pub ebpf_stats: bool,
 }
 
 impl Default for DaemonConfig {
@@ -49,6 +53,36 @@ impl Default for DaemonConfig {
             poll_interval: Duration::from_secs(1),
             optional_sources: Vec::new(),
             pin_path: String::new(),
+            ebpf_stats: false,
+        }
+    }
+}
+
+/// `[metrics]`: the caps of the per-device families (see
+/// `crate::sources::cardinality`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A regular expression a device name must match (in full) to have
+    /// series of its own; empty: every device.
+    pub device_include: String,
+    /// A regular expression of device names (in full) folded into
+    /// `device="other"`; empty: none.
+    pub device_exclude: String,
+    /// Devices with series of their own in the XDP and interface families;
+    /// further ones are folded into `device="other"`.
+    pub max_devices: u32,
+    /// Devices with series of their own in `telemetryd_kernel_device_drops_total`.
+    pub max_drop_devices: u32,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            device_include: String::new(),
+            device_exclude: String::new(),
+            max_devices: 64,
+            max_drop_devices: 16,
         }
     }
 }

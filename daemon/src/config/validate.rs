@@ -57,6 +57,21 @@ impl Config {
         }
         in_range("syscalls.max_in_flight", sys.max_in_flight, 1, 1 << 20)?;
 
+        let metrics = &self.metrics;
+        for (key, pattern) in [
+            ("metrics.device_include", &metrics.device_include),
+            ("metrics.device_exclude", &metrics.device_exclude),
+        ] {
+            check_device_pattern(pattern).map_err(|m| Invalid::new(key, m))?;
+        }
+        in_range("metrics.max_devices", metrics.max_devices, 0, 100_000)?;
+        in_range(
+            "metrics.max_drop_devices",
+            metrics.max_drop_devices,
+            0,
+            100_000,
+        )?;
+
         validate_analyzer(&self.analyzer)
     }
 }
@@ -279,6 +294,17 @@ fn at_most(key: &'static str, value: Duration, max: Duration) -> Result<(), Inva
             format_duration(max)
         ),
     ))
+}
+
+/// A device name pattern: empty, or a regular expression (matched against
+/// the whole name).
+fn check_device_pattern(pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() {
+        return Ok(());
+    }
+    regex_lite::Regex::new(pattern)
+        .map(|_| ())
+        .map_err(|e| format!("{pattern:?} is not a regular expression: {e}"))
 }
 
 /// Checks a network interface name the way the kernel would (`dev_valid_name`).

@@ -45,7 +45,13 @@ fn lookup_in(root: &Path, name: &str) -> io::Result<Option<Interface>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let flags = read_number(&dir.join("flags"), 16)?;
+    // An interface deleted between the two reads is gone, not an error (a
+    // failed read would fail the whole list while interfaces come and go).
+    let flags = match read_number(&dir.join("flags"), 16) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
     Ok(Some(Interface {
         name: name.to_owned(),
         ifindex,

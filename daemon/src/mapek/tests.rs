@@ -109,7 +109,7 @@ impl Node {
                 syscalls: self.syscalls.clone(),
                 errors: Default::default(),
             }),
-            unavailable: Vec::new(),
+            ..Default::default()
         }
     }
 }

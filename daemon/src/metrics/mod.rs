@@ -4,6 +4,8 @@
 //! (`crate::sources::snapshot::Section`); nothing here keeps state.
 
 pub mod family;
+pub mod process;
+pub mod self_metrics;
 
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, TextEncoder};

@@ -13,8 +13,10 @@
 //! settings, starts the sources and polls them. Together with `loader`, the
 //! only part of the daemon that touches aya.
 
+pub mod cardinality;
 pub mod drops;
 pub mod events;
+pub mod program_stats;
 pub mod snapshot;
 pub mod syscalls;
 pub mod xdp;
@@ -31,6 +33,7 @@ use crate::loader::{self as object_loader, LoadError, LoadSettings, LoadedObject
 use crate::reload::Applied;
 use drops::{DropsLoad, DropsSource};
 use events::{EventsLoad, PacketEvents};
+use program_stats::StatsSwitch;
 use syscalls::{SyscallSource, SyscallsLoad};
 use telemetryd_common::drops::{DROPS_PROGRAM, RETRANSMITS_PROGRAM};
 use xdp::{PinDir, XdpLoad, XdpSource};
@@ -39,7 +42,9 @@ use xdp::{PinDir, XdpLoad, XdpSource};
 pub struct Sources {
     clock: SnapshotClock,
     /// The programs stay here (the sources own their maps and links).
-    _object: LoadedObject,
+    object: LoadedObject,
+    /// BPF run-time statistics, held on with `daemon.ebpf_stats`.
+    stats: StatsSwitch,
     xdp: Option<XdpSource>,
     drops: Option<DropsSource>,
     events: Option<PacketEvents>,
@@ -76,12 +81,15 @@ impl Sources {
             settings.push(syscalls);
         }
         let mut object = LoadedObject::load(&settings).context("loading the eBPF object")?;
+        // Before any program attaches, so their counts start with their first run.
+        let mut stats = StatsSwitch::default();
+        stats.set(config.daemon.ebpf_stats);
         if let Some(logger) = object.take_logger() {
             tokio::spawn(object_loader::forward_logs(logger));
         }
         let mut unavailable = Vec::new();
         let DropsLoad { names, .. } = drops;
-        let drops = match DropsSource::start(&mut object, names) {
+        let mut drops = match DropsSource::start(&mut object, names) {
             Ok(drops) => {
                 for (program, reason) in drops.not_attached() {
                     unavailable.push((source_of(program), reason.clone()));
@@ -96,6 +104,9 @@ impl Sources {
                 None
             }
         };
+        if let Some(drops) = drops.as_mut() {
+            drops.set_device_cap(&config.metrics);
+        }
         let syscalls = if config.syscalls.enabled {
             let support = probe::probe();
             Some(
@@ -110,13 +121,16 @@ impl Sources {
             let events = PacketEvents::start(&mut object, &config.xdp)?;
             let xdp = XdpSource::start(&mut object, &config.xdp, pins)
                 .context("loading the XDP packet counter")?;
-            let xdp = match xdp {
+            let mut xdp = match xdp {
                 Ok(xdp) => Some(xdp),
                 Err(reason) => {
                     unavailable.push(("xdp", reason));
                     None
                 }
             };
+            if let Some(xdp) = xdp.as_mut() {
+                xdp.set_device_cap(&config.metrics);
+            }
             (Some(events), xdp)
         } else {
             info!("xdp disabled by configuration");
@@ -124,7 +138,8 @@ impl Sources {
         };
         Ok(Self {
             clock: SnapshotClock::new(),
-            _object: object,
+            object,
+            stats,
             xdp,
             drops,
             events,
@@ -144,6 +159,7 @@ impl Sources {
         if let Some(reason) = self.xdp.as_ref().and_then(XdpSource::attached_nowhere) {
             snapshot.unavailable.push(("xdp", reason));
         }
+        snapshot.programs = self.stats.read(&self.object.ebpf);
         snapshot
     }
 
@@ -158,6 +174,17 @@ impl Sources {
     /// Applies what a reload changed (`config` is the running configuration
     /// after the reload).
     pub fn apply(&mut self, config: &Config, applied: &Applied) {
+        if applied.ebpf_stats {
+            self.stats.set(config.daemon.ebpf_stats);
+        }
+        if applied.metrics {
+            if let Some(source) = self.xdp.as_mut() {
+                source.set_device_cap(&config.metrics);
+            }
+            if let Some(source) = self.drops.as_mut() {
+                source.set_device_cap(&config.metrics);
+            }
+        }
         if let Some(source) = self.xdp.as_mut() {
             if applied.xdp_reattach {
                 source.detach_all();

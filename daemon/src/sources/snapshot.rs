@@ -13,6 +13,7 @@ use prometheus::proto::MetricFamily;
 
 use super::drops::DropStats;
 use super::events::EventStats;
+use super::program_stats::ProgramStats;
 use super::syscalls::TracerStats;
 use super::xdp::XdpStats;
 use crate::metrics::family::{counter, gauge, Series};
@@ -32,6 +33,8 @@ pub struct Snapshot {
     /// Why a source the configuration enables could not start (a missing
     /// capability, a missing kernel feature), by its `source` label.
     pub unavailable: Vec<(&'static str, String)>,
+    /// The loaded programs' kernel counters (run time, runs).
+    pub programs: ProgramStats,
 }
 
 /// One attachment of one eBPF program.
@@ -55,9 +58,18 @@ pub trait Section {
     fn attachments(&self) -> Vec<ProgramAttachment>;
     /// Rows of `telemetryd_ebpf_program_errors_total`.
     fn program_errors(&self) -> Vec<ProgramErrorCount>;
+    /// Rows of `telemetryd_series_folded`: per capped family, the series
+    /// folded into its `device="other"` roll-up (`[metrics]`).
+    fn folded_series(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit checked out when built (`unknown` outside git), from `build.rs`.
+pub const REVISION: &str = env!("TELEMETRYD_GIT_REVISION");
+/// `rustc --version` of the compiler that built telemetryd, from `build.rs`.
+pub const RUSTC: &str = env!("TELEMETRYD_RUSTC_VERSION");
 
 /// The signals of `telemetryd_source_up` and the program each one needs
 /// attached: packet counts (XDP), syscall latency, kernel drops and TCP
@@ -125,20 +137,35 @@ impl Snapshot {
         let mut errors: Vec<ProgramErrorCount> =
             sections.iter().flat_map(|s| s.program_errors()).collect();
         errors.sort();
-        let attached = self
-            .attachments()
+        // Attachments of folded devices share device="other": counted.
+        let mut places: std::collections::BTreeMap<ProgramAttachment, u64> = Default::default();
+        for a in self.attachments() {
+            *places.entry(a).or_default() += 1;
+        }
+        let attached = places
             .iter()
-            .map(|a| {
+            .map(|(a, n)| {
                 Series::new(
                     &[
                         ("program", &a.program),
                         ("attach", &a.attach),
                         ("device", &a.device),
                     ],
-                    1.0,
+                    *n as f64,
                 )
             })
             .collect();
+        let mut folded: Vec<(&'static str, u64)> =
+            sections.iter().flat_map(|s| s.folded_series()).collect();
+        folded.sort();
+        families.push(gauge(
+            "telemetryd_series_folded",
+            "Series of each capped family folded into its device=\"other\" roll-up as of the last poll ([metrics] device_include, device_exclude, max_devices, max_drop_devices).",
+            folded
+                .iter()
+                .map(|(family, n)| Series::new(&[("family", family)], *n as f64))
+                .collect(),
+        ));
         families.push(counter(
             "telemetryd_ebpf_program_errors_total",
             "Errors of telemetryd's eBPF programs themselves; the traffic or call was still let through.",
@@ -151,7 +178,7 @@ impl Snapshot {
         ));
         families.push(gauge(
             "telemetryd_ebpf_program_attached",
-            "1 for each place an eBPF program of telemetryd is attached, with how.",
+            "1 for each place an eBPF program of telemetryd is attached, with how; for device=\"other\", the number of folded devices it is attached to.",
             attached,
         ));
         families.push(gauge(
@@ -165,8 +192,16 @@ impl Snapshot {
         families.push(gauge(
             "telemetryd_build_info",
             "Always 1; the labels describe this build.",
-            vec![Series::new(&[("version", VERSION)], 1.0)],
+            vec![Series::new(
+                &[
+                    ("version", VERSION),
+                    ("revision", REVISION),
+                    ("rustc", RUSTC),
+                ],
+                1.0,
+            )],
         ));
+        families.extend(self.programs.families());
         families
     }
 
@@ -278,7 +313,10 @@ mod tests {
     fn an_empty_snapshot_renders_build_info_and_every_source_down() {
         let text = Snapshot::default().render(Vec::new()).unwrap();
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        let mut want = vec![format!("telemetryd_build_info{{version=\"{VERSION}\"}} 1")];
+        let mut want = vec![format!(
+            "telemetryd_build_info{{revision=\"{REVISION}\",rustc=\"{RUSTC}\",version=\"{VERSION}\"}} 1"
+        )];
+        want.push("telemetryd_ebpf_stats_enabled 0".to_owned());
         for (source, _) in SOURCES {
             want.push(format!("telemetryd_source_up{{source=\"{source}\"}} 0"));
         }

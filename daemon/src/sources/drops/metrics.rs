@@ -7,6 +7,7 @@ use telemetryd_common::drops::DROPS_ERROR_LABELS;
 
 use super::stats::DropStats;
 use crate::metrics::family::{counter, Series};
+use crate::sources::cardinality::OTHER;
 use crate::sources::snapshot::{ProgramAttachment, ProgramErrorCount, Section};
 
 impl Section for DropStats {
@@ -32,6 +33,17 @@ impl Section for DropStats {
             .map(|((program, reason), count)| (*program, *reason, count))
             .collect()
     }
+
+    fn folded_series(&self) -> Vec<(&'static str, u64)> {
+        let folded = &self.device_drops_folded.devices;
+        let series = self
+            .device_drops
+            .iter()
+            .filter(|(device, _)| folded.contains(*device))
+            .map(|(_, reasons)| reasons.len() as u64)
+            .sum();
+        vec![("telemetryd_kernel_device_drops_total", series)]
+    }
 }
 
 fn families(snapshot: &DropStats) -> Vec<MetricFamily> {
@@ -40,9 +52,13 @@ fn families(snapshot: &DropStats) -> Vec<MetricFamily> {
         .iter()
         .map(|(reason, n)| Series::new(&[("reason", reason)], *n as f64))
         .collect();
+    let folded = &snapshot.device_drops_folded;
     let by_device = snapshot
         .device_drops
         .iter()
+        .filter(|(device, _)| !folded.devices.contains(*device))
+        .map(|(device, reasons)| (device.as_str(), reasons))
+        .chain(folded.other.as_ref().map(|other| (OTHER, other)))
         .flat_map(|(device, reasons)| {
             reasons.iter().map(move |(reason, n)| {
                 Series::new(&[("device", device), ("reason", reason)], *n as f64)

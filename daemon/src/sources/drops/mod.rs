@@ -29,8 +29,10 @@ use tracing::{debug, info, warn};
 pub use layout::{kernel_layout, DropReasonNames};
 pub use stats::{DropStats, TcpStats};
 
+use crate::config::MetricsConfig;
 use crate::kernel::btf::{BtfError, KernelBtf};
 use crate::loader::{LoadError, LoadSettings, LoadedObject};
+use crate::sources::cardinality::{DeviceCap, DevicePolicy};
 use snmp::fill_snmp;
 
 /// What [`DropsLoad::prepare`] found out before the object is loaded.
@@ -157,6 +159,10 @@ pub struct DropsSource {
     failed: Vec<(&'static str, String)>,
     _links: Vec<RawTracePointLink>,
     snmp: PathBuf,
+    /// `[metrics]`: which devices have series of their own.
+    cap: DeviceCap<String>,
+    /// The last interface listing that worked (ifindex -> name).
+    last_names: BTreeMap<u32, String>,
 }
 
 impl DropsSource {
@@ -192,12 +198,23 @@ impl DropsSource {
             failed,
             _links: links,
             snmp: PathBuf::from("/proc/net/snmp"),
+            cap: DeviceCap::new(DevicePolicy::default(), usize::MAX),
+            last_names: BTreeMap::new(),
         })
     }
 
     /// The programs that did not attach, and why.
     pub fn not_attached(&self) -> &[(&'static str, String)] {
         &self.failed
+    }
+
+    /// Caps `telemetryd_kernel_device_drops_total` as `[metrics]` says (at
+    /// start and on reload).
+    pub fn set_device_cap(&mut self, metrics: &MetricsConfig) {
+        self.cap = DeviceCap::new(
+            DevicePolicy::from_config(metrics),
+            metrics.max_drop_devices as usize,
+        );
     }
 
     /// One poll: drops by reason (those seen so far) and by device, TCP
@@ -220,14 +237,20 @@ impl DropsSource {
             }
         }
         let mut names: Option<BTreeMap<u32, String>> = None;
+        let mut gone = Vec::new();
         for entry in self.devices.iter() {
             let Ok((key, per_cpu)) = entry else { continue };
             let n: u64 = per_cpu.iter().sum();
-            let names = names.get_or_insert_with(interface_names);
-            let device = names
-                .get(&key.ifindex)
-                .cloned()
-                .unwrap_or_else(|| format!("ifindex{}", key.ifindex));
+            // A failed listing keeps the last good one: no device looks gone
+            // (its series would flap, its roll-up count twice).
+            let names = names.get_or_insert_with(|| {
+                interface_names().unwrap_or_else(|| self.last_names.clone())
+            });
+            let Some(device) = names.get(&key.ifindex).cloned() else {
+                // A device that is gone: no series, and no entry left behind.
+                gone.push(key);
+                continue;
+            };
             *snapshot
                 .device_drops
                 .entry(device)
@@ -235,6 +258,23 @@ impl DropsSource {
                 .entry(self.names.name(key.reason).to_owned())
                 .or_default() += n;
         }
+        if let Some(names) = names {
+            self.last_names = names;
+        }
+        // Read again, so a device that appeared during the walk keeps its entries.
+        if let Some(now) = (!gone.is_empty()).then(interface_names).flatten() {
+            for key in gone.iter().filter(|k| !now.contains_key(&k.ifindex)) {
+                if let Err(error) = self.devices.remove(key) {
+                    debug!(%error, ifindex = key.ifindex, "forgetting a vanished device's drops");
+                }
+            }
+        }
+        let by_device = &snapshot.device_drops;
+        snapshot.device_drops_folded = self
+            .cap
+            .fold(by_device.keys().map(String::as_str), |device| {
+                by_device[device].clone()
+            });
         let family = |slot: u32| -> u64 {
             self.retransmits
                 .get(&slot, 0)
@@ -257,13 +297,16 @@ impl DropsSource {
     }
 }
 
-/// ifindex -> name of this namespace's interfaces.
-fn interface_names() -> BTreeMap<u32, String> {
-    crate::kernel::interfaces::list()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|i| (i.ifindex, i.name))
-        .collect()
+/// ifindex -> name of this namespace's interfaces; `None` when sysfs could
+/// not be listed.
+fn interface_names() -> Option<BTreeMap<u32, String>> {
+    match crate::kernel::interfaces::list() {
+        Ok(all) => Some(all.into_iter().map(|i| (i.ifindex, i.name)).collect()),
+        Err(error) => {
+            debug!(%error, "listing interfaces for the drops by device");
+            None
+        }
+    }
 }
 
 fn attach(

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use telemetryd_common::drops::DROPS_ERROR_SLOTS;
 
+use crate::sources::cardinality::Folded;
+
 /// What one poll read of the drop and retransmit programs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DropStats {
@@ -14,6 +16,9 @@ pub struct DropStats {
     /// namespace, by device name, then reason name (a subset of
     /// `kernel_drops`).
     pub device_drops: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Devices of `device_drops` whose series are folded into
+    /// `device="other"` (`[metrics] max_drop_devices`), and the roll-up.
+    pub device_drops_folded: Folded<String>,
     /// TCP counters of the node.
     pub tcp: TcpStats,
     /// The programs' own errors by `DropsError` slot.

@@ -4,6 +4,7 @@ use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
 
 use super::stats::{DeliveryLatency, EventStats, DELIVERY_BUCKETS};
 use crate::metrics::family::{counter, gauge, Series};
+use crate::sources::cardinality::OTHER;
 use crate::sources::snapshot::{ProgramAttachment, ProgramErrorCount, Section};
 
 /// Every family, at zero before the first event. Its program is the XDP
@@ -19,6 +20,14 @@ impl Section for EventStats {
 
     fn program_errors(&self) -> Vec<ProgramErrorCount> {
         Vec::new()
+    }
+
+    fn folded_series(&self) -> Vec<(&'static str, u64)> {
+        let peers = self.top_talkers.folded_peers;
+        vec![
+            ("telemetryd_top_talker_packets", peers),
+            ("telemetryd_top_talker_bytes", peers),
+        ]
     }
 }
 
@@ -67,14 +76,18 @@ fn families(events: &EventStats) -> Vec<MetricFamily> {
         packets.push(Series::new(&labels, peer.packets));
         bytes.push(Series::new(&labels, peer.bytes));
     }
+    // Everyone outside the top K, from the start (0 before any event).
+    let other = [("peer", OTHER), ("direction", "rx")];
+    packets.push(Series::new(&other, events.top_talkers.other_packets));
+    bytes.push(Series::new(&other, events.top_talkers.other_bytes));
     families.push(gauge(
         "telemetryd_top_talker_packets",
-        "Estimated packets from each of the top K peers over the top-talkers window (sampled count x sample rate).",
+        "Estimated packets from each of the top K peers over the top-talkers window (sampled count x sample rate); peer=\"other\": every other peer.",
         packets,
     ));
     families.push(gauge(
         "telemetryd_top_talker_bytes",
-        "Estimated bytes (L2 frame length) from each of the top K peers over the top-talkers window.",
+        "Estimated bytes (L2 frame length) from each of the top K peers over the top-talkers window; peer=\"other\": every other peer.",
         bytes,
     ));
     families
@@ -137,6 +150,8 @@ mod tests {
             r#"telemetryd_event_delivery_seconds_count{source="packet_events"} 0"#,
             r#"telemetryd_event_delivery_seconds_bucket{source="packet_events",le="+Inf"} 0"#,
             r#"telemetryd_top_talkers_capacity{source="packet_events"} 384"#,
+            r#"telemetryd_top_talker_packets{direction="rx",peer="other"} 0"#,
+            r#"telemetryd_series_folded{family="telemetryd_top_talker_packets"} 0"#,
             "# TYPE telemetryd_event_delivery_seconds histogram",
         ] {
             assert!(
@@ -150,8 +165,10 @@ mod tests {
         events.delivery.record(0.0003);
         events.delivery.record(0.002);
         events.delivery.record(7.0);
-        let mut top = TopTalkers::new(2, std::time::Duration::from_secs(60), 10);
+        let mut top = TopTalkers::new(1, std::time::Duration::from_secs(60), 10);
         top.record(1, "10.0.0.2".parse().unwrap(), 100);
+        top.record(1, "10.0.0.2".parse().unwrap(), 100);
+        top.record(1, "10.0.0.3".parse().unwrap(), 60);
         events.top_talkers = top.report(1);
         let text = snapshot.render(Vec::new()).unwrap();
         for line in [
@@ -161,8 +178,11 @@ mod tests {
             r#"telemetryd_event_delivery_seconds_bucket{source="packet_events",le="0.0025"} 2"#,
             r#"telemetryd_event_delivery_seconds_bucket{source="packet_events",le="1"} 2"#,
             r#"telemetryd_event_delivery_seconds_bucket{source="packet_events",le="+Inf"} 3"#,
-            r#"telemetryd_top_talker_packets{direction="rx",peer="10.0.0.2"} 10"#,
-            r#"telemetryd_top_talker_bytes{direction="rx",peer="10.0.0.2"} 1000"#,
+            r#"telemetryd_top_talker_packets{direction="rx",peer="10.0.0.2"} 20"#,
+            r#"telemetryd_top_talker_bytes{direction="rx",peer="10.0.0.2"} 2000"#,
+            r#"telemetryd_top_talker_packets{direction="rx",peer="other"} 10"#,
+            r#"telemetryd_top_talker_bytes{direction="rx",peer="other"} 600"#,
+            r#"telemetryd_series_folded{family="telemetryd_top_talker_packets"} 1"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -117,6 +117,15 @@ pub struct TopTalkersReport {
     /// Sampled packets in the window, over all peers.
     pub sampled_packets: u64,
     pub peers: Vec<TopTalker>,
+    /// Estimated packets and bytes of every peer outside the top K over
+    /// the window (the `peer="other"` roll-up of the metrics).
+    #[serde(skip)]
+    pub other_packets: f64,
+    #[serde(skip)]
+    pub other_bytes: f64,
+    /// Peers tracked in the window but not in the top K.
+    #[serde(skip)]
+    pub folded_peers: u64,
 }
 
 /// Heavy hitters over a sliding window.
@@ -212,8 +221,10 @@ impl TopTalkers {
             .filter(|s| s.index + SUB_WINDOWS as u64 > current);
         let mut merged: HashMap<IpAddr, (u64, u64)> = HashMap::new();
         let mut total = 0;
+        let mut total_bytes = 0;
         for sub in live {
             total += sub.packets;
+            total_bytes += sub.bytes;
             for (peer, c) in &sub.summary.counts {
                 let m = merged.entry(*peer).or_default();
                 m.0 += c.packets;
@@ -223,12 +234,18 @@ impl TopTalkers {
         let mut peers: Vec<(IpAddr, u64, u64)> =
             merged.into_iter().map(|(p, (n, b))| (p, n, b)).collect();
         peers.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
+        let tracked = peers.len();
         peers.truncate(self.k);
         let scale = f64::from(self.sample_rate.max(1));
+        let top_packets: u64 = peers.iter().map(|p| p.1).sum();
+        let top_bytes: u64 = peers.iter().map(|p| p.2).sum();
         TopTalkersReport {
             window_seconds: self.window.as_secs_f64(),
             sample_rate: self.sample_rate,
             sampled_packets: total,
+            other_packets: total.saturating_sub(top_packets) as f64 * scale,
+            other_bytes: total_bytes.saturating_sub(top_bytes) as f64 * scale,
+            folded_peers: (tracked - peers.len()) as u64,
             peers: peers
                 .into_iter()
                 .map(|(peer, packets, bytes)| TopTalker {

@@ -20,9 +20,10 @@ pub use counters::CounterPlace;
 pub use pins::PinDir;
 pub use stats::{InterfaceStats, XdpStats};
 
-use crate::config::XdpConfig;
+use crate::config::{MetricsConfig, XdpConfig};
 use crate::kernel::interfaces::statistic;
 use crate::loader::{LoadError, LoadSettings, LoadedObject};
+use crate::sources::cardinality::{DeviceCap, DevicePolicy};
 
 /// The packet counter's load-time settings: one row of the low-ifindex
 /// table per possible CPU, and where its counter maps are pinned (with
@@ -66,6 +67,8 @@ impl LoadSettings for XdpLoad {
 pub struct XdpSource {
     counter: PacketCounter,
     interfaces: AttachedInterfaces,
+    /// `[metrics]`: which devices have series of their own.
+    cap: DeviceCap<usize>,
 }
 
 impl XdpSource {
@@ -92,6 +95,7 @@ impl XdpSource {
         let mut source = Self {
             counter,
             interfaces: AttachedInterfaces::default(),
+            cap: DeviceCap::new(DevicePolicy::default(), usize::MAX),
         };
         let adopted = source.counter.adopt_pinned(config.mode);
         source.interfaces.adopt(adopted);
@@ -103,6 +107,15 @@ impl XdpSource {
     /// that vanished or are no longer configured.
     pub fn reconcile(&mut self, config: &XdpConfig) {
         self.interfaces.reconcile(&mut self.counter, config);
+    }
+
+    /// Caps the per-device families as `[metrics]` says (at start and on
+    /// reload; a reload starts the places and the roll-up afresh).
+    pub fn set_device_cap(&mut self, metrics: &MetricsConfig) {
+        self.cap = DeviceCap::new(
+            DevicePolicy::from_config(metrics),
+            metrics.max_devices as usize,
+        );
     }
 
     /// Detaches everything (shutdown, or a mode change before re-attaching).
@@ -162,6 +175,12 @@ impl XdpSource {
                 .push((iface.name.clone(), attachment.mode));
         }
         stats.errors = self.counter.maps().errors();
+        let interfaces = &stats.interfaces;
+        stats.folded = self
+            .cap
+            .fold(interfaces.keys().map(String::as_str), |device| {
+                interfaces[device].to_counts()
+            });
         let attached: HashSet<u32> = attachments.iter().map(|a| a.interface.ifindex).collect();
         self.counter.maps_mut().forget_detached(&attached);
         stats

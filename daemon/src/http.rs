@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 
 use crate::metrics;
 use crate::sources::Snapshot;
+use crate::webconfig::WebAccess;
 
 /// Families owned by other parts of the daemon, rendered at scrape time.
 pub type ExtraFamilies = Arc<dyn Fn() -> Vec<MetricFamily> + Send + Sync>;
@@ -38,6 +39,8 @@ pub struct HttpState {
     pub ready: watch::Receiver<bool>,
     pub extra_families: ExtraFamilies,
     pub anomalies: AnomaliesJson,
+    /// TLS, basic auth and headers (`http.web_config`), as SIGHUP leaves them.
+    pub web: WebAccess,
 }
 
 /// Limits of the listener.
@@ -172,9 +175,16 @@ pub async fn serve(
         let state = state.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let timeout = limits.header_read_timeout;
+            let Some(stream) = state.web.accept(stream, peer, timeout).await else {
+                return;
+            };
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let response = handle(&request, &state);
-                async move { Ok::<_, Infallible>(response) }
+                let state = state.clone();
+                async move {
+                    let response = state.web.respond(request, |r| handle(r, &state)).await;
+                    Ok::<_, Infallible>(response)
+                }
             });
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -205,6 +215,7 @@ mod tests {
             ready,
             extra_families: Arc::new(Vec::new),
             anomalies: Arc::new(|| "{\"active\":[],\"resolved\":[]}".to_owned()),
+            web: WebAccess::default(),
         }
     }
 

@@ -3,7 +3,9 @@
 //!
 //! Applied live: `log.level`, `[analyzer]` (published on a watch channel the
 //! MAPE-K loop reads), `xdp.interfaces`/`xdp.mode`/`xdp.replace` (the daemon
-//! reconciles its attachments), `daemon.poll_interval`. Everything else
+//! reconciles its attachments), `daemon.poll_interval`, and the web
+//! configuration (`http.web_config`: the file is re-read on every SIGHUP, its
+//! certificates and users with it; see [`crate::webconfig`]). Everything else
 //! (listen address, log format, enabling or disabling programs, syscall
 //! tracing settings) needs a restart: a changed value is logged and the
 //! running one kept.
@@ -15,6 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{AnalyzerSettings, Config, ConfigError, Overrides};
 use crate::logging::LogControl;
+use crate::webconfig::WebAccess;
 
 /// Where the configuration comes from: the file (or the default path, or
 /// the embedded default) and the command-line flags that override it.
@@ -43,6 +46,8 @@ pub struct Applied {
     pub poll_interval: bool,
     pub log_level: bool,
     pub analyzer: bool,
+    /// `http.web_config` names another file.
+    pub web_config: bool,
     /// Keys whose new value was ignored until the next restart.
     pub needs_restart: Vec<&'static str>,
 }
@@ -72,6 +77,10 @@ pub fn merge(running: &mut Config, new: &Config) -> Applied {
         running.xdp.replace = new.xdp.replace;
         applied.xdp = true;
     }
+    if running.http.web_config != new.http.web_config {
+        running.http.web_config = new.http.web_config.clone();
+        applied.web_config = true;
+    }
     let restart_keys: [(&'static str, bool); 5] = [
         ("http", running.http != new.http),
         ("log.format", running.log.format != new.log.format),
@@ -98,6 +107,7 @@ pub struct Reloader {
     source: ConfigSource,
     log: Option<LogControl>,
     analyzer: watch::Sender<AnalyzerSettings>,
+    web: Option<WebAccess>,
 }
 
 impl Reloader {
@@ -107,7 +117,14 @@ impl Reloader {
             source,
             log,
             analyzer,
+            web: None,
         }
+    }
+
+    /// Re-reads the web configuration into `web` on every reload.
+    pub fn reloading_web(mut self, web: WebAccess) -> Self {
+        self.web = Some(web);
+        self
     }
 
     /// The analyzer settings as they change on SIGHUP (for the MAPE-K loop).
@@ -147,6 +164,9 @@ impl Reloader {
         if applied.analyzer {
             self.analyzer.send_replace(running.analyzer.clone());
         }
+        if let Some(web) = &self.web {
+            web.reload(running.http.web_config_path());
+        }
         for key in &applied.needs_restart {
             warn!(
                 key,
@@ -158,6 +178,7 @@ impl Reloader {
             analyzer = applied.analyzer,
             xdp = applied.xdp,
             poll_interval = applied.poll_interval,
+            web_config = applied.web_config,
             "configuration reloaded"
         );
         Some(applied)
@@ -184,8 +205,10 @@ mod tests {
         new.analyzer.fire_after = 9;
         new.xdp.interfaces = vec!["eth1".into()];
         new.daemon.poll_interval = Duration::from_millis(250);
+        new.http.web_config = "/etc/telemetryd/web.yml".into();
         let applied = merge(&mut running, &new);
         assert!(applied.log_level && applied.analyzer && applied.xdp && applied.poll_interval);
+        assert!(applied.web_config, "another web config file applies live");
         assert!(!applied.xdp_reattach);
         assert!(applied.needs_restart.is_empty());
         assert_eq!(running, new);

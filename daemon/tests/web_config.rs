@@ -612,3 +612,126 @@ fn prometheus_scrapes_over_tls_with_a_client_certificate_and_basic_auth() {
         "{result}"
     );
 }
+
+#[test]
+fn client_auth_types_versions_and_ciphers_behave_as_in_go_and_stalled_handshakes_are_cut() {
+    require_root();
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    pki.leaf(&ca, "server"); // server.crt, server.key: named in web.yml
+    let good = pki.leaf(&ca, "client");
+    let rogue_ca = pki.ca("rogue-ca");
+    let rogue = pki.leaf(&rogue_ca, "rogue");
+    let web = pki.path("web.yml");
+    let write = |tls_extra: &str| {
+        pki.replace(
+            "web.yml",
+            format!(
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{tls_extra}"
+            )
+            .as_bytes(),
+        )
+    };
+    write("  client_auth_type: RequestClientCert\n");
+    let ns = NetNs::new();
+    let config = TestConfig::new()
+        .set("xdp.enabled", false)
+        .set("http.web_config", p(&web))
+        .set("http.header_read_timeout", "500ms")
+        .toml();
+    let mut daemon = Daemon::spawn(&ns, &config, &[]);
+    let trust = ["--cacert", p(&ca.cert)];
+    wait_healthy(&mut daemon, &trust);
+    let get = |extra: &[&str]| {
+        curl(
+            &ns.name,
+            &format!("{URL}/healthz"),
+            &[&trust[..], extra].concat(),
+        )
+    };
+    let good_cert = ["--cert", p(&good.cert), "--key", p(&good.key)];
+    let rogue_cert = ["--cert", p(&rogue.cert), "--key", p(&rogue.key)];
+
+    // (client_auth_type, served without a certificate, with one from the
+    // CA, with one from another CA)
+    let mut reloads = 0;
+    for (auth, none, trusted, untrusted) in [
+        ("RequestClientCert", true, true, true),
+        ("RequireAnyClientCert", false, true, true),
+        ("VerifyClientCertIfGiven", true, true, false),
+        ("RequireAndVerifyClientCert", false, true, false),
+        ("NoClientCert", true, true, true),
+    ] {
+        if reloads > 0 {
+            let ca_line = if auth.starts_with("Verify") || auth.starts_with("RequireAnd") {
+                "  client_ca_file: ca.crt\n"
+            } else {
+                ""
+            };
+            write(&format!("  client_auth_type: {auth}\n{ca_line}"));
+            daemon.signal(libc::SIGHUP);
+            wait_log(&daemon, "SIGHUP: web configuration reloaded", reloads);
+        }
+        reloads += 1;
+        for (what, args, served) in [
+            ("no certificate", &[][..], none),
+            ("a trusted certificate", &good_cert[..], trusted),
+            ("an untrusted certificate", &rogue_cert[..], untrusted),
+        ] {
+            let reply = get(args);
+            let got = reply.status == 200;
+            assert_eq!(got, served, "{auth} with {what}: {reply:?}");
+            if !served {
+                assert!([35, 56].contains(&reply.exit), "{auth}, {what}: {reply:?}");
+            }
+        }
+    }
+
+    // min_version TLS13 refuses a TLS 1.2 client.
+    write("  min_version: TLS13\n");
+    daemon.signal(libc::SIGHUP);
+    wait_log(&daemon, "SIGHUP: web configuration reloaded", reloads);
+    reloads += 1;
+    assert_eq!(get(&[]).status, 200);
+    let old = get(&["--tls-max", "1.2"]);
+    assert_eq!((old.exit, old.status), (35, 0), "{old:?}");
+
+    // max_version TLS12 and one cipher suite: only that suite is served.
+    write("  max_version: TLS12\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\n");
+    daemon.signal(libc::SIGHUP);
+    wait_log(&daemon, "SIGHUP: web configuration reloaded", reloads);
+    assert_eq!(
+        get(&["--ciphers", "ECDHE-ECDSA-AES128-GCM-SHA256"]).status,
+        200
+    );
+    let other = get(&[
+        "--tls-max",
+        "1.2",
+        "--ciphers",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+    ]);
+    assert_eq!((other.exit, other.status), (35, 0), "{other:?}");
+    let tls13 = get(&["--tlsv1.3"]);
+    assert_eq!((tls13.exit, tls13.status), (35, 0), "{tls13:?}");
+
+    // A client that opens a connection and never starts the handshake is
+    // cut off after header_read_timeout (500 ms), and meanwhile others are
+    // served.
+    let started = Instant::now();
+    let silent = ns.enter(|| {
+        use std::io::Read as _;
+        let mut stream = std::net::TcpStream::connect("127.0.0.1:9469").unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        stream.read(&mut buf).map_err(|e| e.kind())
+    });
+    let waited = started.elapsed();
+    assert!(
+        matches!(silent, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+        "the silent client was closed, not kept: {silent:?}"
+    );
+    assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
+    assert_eq!(get(&[]).status, 200);
+}

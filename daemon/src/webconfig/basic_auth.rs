@@ -4,10 +4,14 @@
 //! known user with a wrong password and an unknown user alike (the latter
 //! against a dummy hash of the highest cost configured), so the time taken
 //! does not tell which users exist; bcrypt compares the digests in constant
-//! time.
+//! time. As in the exporter toolkit, credentials that passed are remembered
+//! (a SHA-256 of hash, user and password, for this set of users only), so
+//! a scraper pays for bcrypt once, not at every scrape; a wrong password is
+//! never remembered and always costs a full bcrypt.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr as _;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 
@@ -18,7 +22,12 @@ pub struct BasicAuth {
     users: BTreeMap<String, String>,
     /// Verified for unknown users, so they take as long as known ones.
     dummy: String,
+    /// Digests of credentials that passed (see [`PASSED_KEPT`]).
+    passed: Arc<Mutex<HashSet<[u8; 32]>>>,
 }
+
+/// Credentials remembered at most; past it the memory starts again empty.
+const PASSED_KEPT: usize = 256;
 
 impl BasicAuth {
     /// Checks every hash; `None` for an empty table (no authentication).
@@ -57,6 +66,7 @@ impl BasicAuth {
         Ok(Some(Self {
             users: users.clone(),
             dummy,
+            passed: Arc::default(),
         }))
     }
 
@@ -75,7 +85,23 @@ impl BasicAuth {
             return false;
         };
         match self.users.get(&user) {
-            Some(hash) => bcrypt::verify(&password, hash).unwrap_or(false),
+            Some(hash) => {
+                let digest = passed_digest(hash, &user, &password);
+                let mut passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
+                if passed.contains(&digest) {
+                    return true;
+                }
+                drop(passed);
+                let ok = bcrypt::verify(&password, hash).unwrap_or(false);
+                if ok {
+                    passed = self.passed.lock().unwrap_or_else(|p| p.into_inner());
+                    if passed.len() >= PASSED_KEPT {
+                        passed.clear();
+                    }
+                    passed.insert(digest);
+                }
+                ok
+            }
             None => {
                 let _ = bcrypt::verify(&password, &self.dummy);
                 false
@@ -87,6 +113,16 @@ impl BasicAuth {
     fn dummy_cost(&self) -> u32 {
         bcrypt::HashParts::from_str(&self.dummy).unwrap().get_cost()
     }
+}
+
+fn passed_digest(hash: &str, user: &str, password: &[u8]) -> [u8; 32] {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [hash.as_bytes(), b"\0", user.as_bytes(), b"\0", password] {
+        context.update(part);
+    }
+    let mut digest = [0; 32];
+    digest.copy_from_slice(context.finish().as_ref());
+    digest
 }
 
 /// `Basic base64(user:password)` -> (user, password).
@@ -153,6 +189,20 @@ mod tests {
         assert!(!auth.verify(Some(b"Bearer YWxpY2U6czNjcmV0")));
         assert!(!auth.verify(Some(b"Basic !!!")));
         assert!(!auth.verify(Some(b"Basic YWxpY2U=")), "no colon");
+
+        // Only what passed is remembered, and only for these users.
+        let passed = auth.passed.lock().unwrap().len();
+        assert_eq!(passed, 2, "alice and bob");
+        assert!(auth.verify(Some(&header("alice", "s3cret"))));
+        assert!(!auth.verify(Some(&header("alice", "wrong"))));
+        assert_eq!(auth.passed.lock().unwrap().len(), 2);
+        let users = BTreeMap::from([("alice".to_owned(), bcrypt::hash("other", 4).unwrap())]);
+        let reloaded = BasicAuth::new(&users).unwrap().unwrap();
+        assert!(
+            !reloaded.verify(Some(&header("alice", "s3cret"))),
+            "a new hash forgets"
+        );
+        assert!(reloaded.verify(Some(&header("alice", "other"))));
     }
 
     #[test]

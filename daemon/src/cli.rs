@@ -133,6 +133,8 @@ mod tests {
             "json",
             "--log-level",
             "debug",
+            "--web.config.file",
+            "/etc/telemetryd/web.yml",
         ])
         .unwrap();
         let o = cli.overrides;
@@ -140,6 +142,10 @@ mod tests {
         assert_eq!(o.interfaces, ["eth0", "wg0"]);
         assert_eq!(o.log_format, Some(LogFormat::Json));
         assert_eq!(o.log_level.as_deref(), Some("debug"));
+        assert_eq!(
+            o.web_config.as_deref(),
+            Some(std::path::Path::new("/etc/telemetryd/web.yml"))
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::metrics;
 use crate::metrics::self_metrics::SelfMetrics;
 use crate::readiness::Readiness;
 use crate::sources::Snapshot;
+use crate::webconfig::WebAccess;
 
 /// Families owned by other parts of the daemon, rendered at scrape time.
 pub type ExtraFamilies = Arc<dyn Fn() -> Vec<MetricFamily> + Send + Sync>;
@@ -42,6 +43,8 @@ pub struct HttpState {
     pub anomalies: AnomaliesJson,
     /// Where each `/metrics` render's duration goes.
     pub self_metrics: Arc<SelfMetrics>,
+    /// TLS, basic auth and headers (`http.web_config`), as SIGHUP leaves them.
+    pub web: WebAccess,
 }
 
 /// Limits of the listener.
@@ -178,9 +181,16 @@ pub async fn serve(
         let state = state.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let timeout = limits.header_read_timeout;
+            let Some(stream) = state.web.accept(stream, peer, timeout).await else {
+                return;
+            };
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let response = handle(&request, &state);
-                async move { Ok::<_, Infallible>(response) }
+                let state = state.clone();
+                async move {
+                    let response = state.web.respond(request, |r| handle(r, &state)).await;
+                    Ok::<_, Infallible>(response)
+                }
             });
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -215,6 +225,7 @@ mod tests {
             extra_families: Arc::new(Vec::new),
             anomalies: Arc::new(|| "{\"active\":[],\"resolved\":[]}".to_owned()),
             self_metrics: Arc::new(SelfMetrics::new("test".into())),
+            web: WebAccess::default(),
         }
     }
 

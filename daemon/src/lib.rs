@@ -29,6 +29,7 @@ pub mod sources;
     reason = "the few calls no safe API offers, each with its SAFETY comment"
 )]
 pub mod sys;
+pub mod webconfig;
 
 #[cfg(test)]
 mod layout_tests;

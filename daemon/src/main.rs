@@ -8,6 +8,7 @@ use telemetryd::config::EX_USAGE;
 use telemetryd::notify::Notifier;
 use telemetryd::reload::ConfigSource;
 use telemetryd::service::Service;
+use telemetryd::webconfig::WebSettings;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,8 +23,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE as u8);
         }
     };
+    let web = match WebSettings::load(config.http.web_config_path()) {
+        Ok(web) => web,
+        Err(error) => {
+            eprintln!("telemetryd: invalid web configuration: {error}");
+            return ExitCode::from(EX_USAGE as u8);
+        }
+    };
     match cli.command {
-        Command::Check { probe } => ExitCode::from(telemetryd::check::run(&config, probe)),
+        Command::Check { probe } => ExitCode::from(telemetryd::check::run(&config, &web, probe)),
         Command::Unpin => ExitCode::from(telemetryd::sources::unpin(&config)),
         Command::Run => {
             let log = match telemetryd::logging::init(config.log.format, &config.log.level) {
@@ -39,6 +47,7 @@ fn main() -> ExitCode {
                 source,
                 log: Some(log),
                 notifier,
+                web,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -5,7 +5,9 @@
 //! MAPE-K loop reads), `xdp.interfaces`/`xdp.mode`/`xdp.replace` (the daemon
 //! reconciles its attachments), `daemon.poll_interval`,
 //! `daemon.optional_sources` (readiness is judged again), `daemon.ebpf_stats`,
-//! `[metrics]` (new device caps). Everything else
+//! `[metrics]` (new device caps), and the web configuration
+//! (`http.web_config`: the file is re-read on every SIGHUP, its certificates
+//! and users with it; see [`crate::webconfig`]). Everything else
 //! (listen address, log format, enabling or disabling programs, syscall
 //! tracing settings) needs a restart: a changed value is logged and the
 //! running one kept.
@@ -17,6 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{AnalyzerSettings, Config, ConfigError, Overrides};
 use crate::logging::LogControl;
+use crate::webconfig::WebAccess;
 
 /// Where the configuration comes from: the file (or the default path, or
 /// the embedded default) and the command-line flags that override it.
@@ -49,6 +52,8 @@ pub struct Applied {
     pub metrics: bool,
     pub log_level: bool,
     pub analyzer: bool,
+    /// `http.web_config` names another file.
+    pub web_config: bool,
     /// Keys whose new value was ignored until the next restart.
     pub needs_restart: Vec<&'static str>,
 }
@@ -88,6 +93,10 @@ pub fn merge(running: &mut Config, new: &Config) -> Applied {
         running.xdp.replace = new.xdp.replace;
         applied.xdp = true;
     }
+    if running.http.web_config != new.http.web_config {
+        running.http.web_config = new.http.web_config.clone();
+        applied.web_config = true;
+    }
     let restart_keys: [(&'static str, bool); 6] = [
         (
             "daemon.pin_path",
@@ -118,6 +127,7 @@ pub struct Reloader {
     source: ConfigSource,
     log: Option<LogControl>,
     analyzer: watch::Sender<AnalyzerSettings>,
+    web: Option<WebAccess>,
 }
 
 impl Reloader {
@@ -127,7 +137,14 @@ impl Reloader {
             source,
             log,
             analyzer,
+            web: None,
         }
+    }
+
+    /// Re-reads the web configuration into `web` on every reload.
+    pub fn reloading_web(mut self, web: WebAccess) -> Self {
+        self.web = Some(web);
+        self
     }
 
     /// The analyzer settings as they change on SIGHUP (for the MAPE-K loop).
@@ -167,6 +184,9 @@ impl Reloader {
         if applied.analyzer {
             self.analyzer.send_replace(running.analyzer.clone());
         }
+        if let Some(web) = &self.web {
+            web.reload(running.http.web_config_path());
+        }
         for key in &applied.needs_restart {
             warn!(
                 key,
@@ -178,6 +198,7 @@ impl Reloader {
             analyzer = applied.analyzer,
             xdp = applied.xdp,
             poll_interval = applied.poll_interval,
+            web_config = applied.web_config,
             "configuration reloaded"
         );
         Some(applied)
@@ -206,10 +227,12 @@ mod tests {
         new.daemon.poll_interval = Duration::from_millis(250);
         new.daemon.ebpf_stats = true;
         new.metrics.max_devices = 3;
+        new.http.web_config = "/etc/telemetryd/web.yml".into();
         let applied = merge(&mut running, &new);
         assert!(applied.metrics);
         assert!(applied.log_level && applied.analyzer && applied.xdp && applied.poll_interval);
         assert!(applied.ebpf_stats);
+        assert!(applied.web_config, "another web config file applies live");
         assert!(!applied.xdp_reattach);
         assert!(applied.needs_restart.is_empty());
         assert_eq!(running, new);

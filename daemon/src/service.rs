@@ -25,13 +25,16 @@ use crate::reload::{ConfigSource, Reloader};
 use crate::shutdown;
 use crate::sources::{Snapshot, Sources};
 use crate::sys;
+use crate::webconfig::{WebAccess, WebSettings};
 
 /// The service, before it runs: where its configuration came from (for
-/// SIGHUP), the log level control, and the systemd notifier.
+/// SIGHUP), the log level control, the systemd notifier, and the web
+/// configuration loaded at start (TLS, basic auth).
 pub struct Service {
     pub source: ConfigSource,
     pub log: Option<LogControl>,
     pub notifier: Notifier,
+    pub web: WebSettings,
 }
 
 /// Test hook, never set in production: `TELEMETRYD_TEST_STALL_POLL_AFTER=N`
@@ -51,10 +54,13 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
         source,
         log,
         mut notifier,
+        web,
     } = service;
     // First thing, so an early SIGHUP is queued rather than fatal.
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let reloader = Reloader::new(source, log, &config);
+    info!(web_config = %web.describe(), "web configuration");
+    let web = WebAccess::new(web);
+    let reloader = Reloader::new(source, log, &config).reloading_web(web.clone());
     let stall_after: Option<u64> = std::env::var(TEST_STALL_POLL_AFTER)
         .ok()
         .and_then(|n| n.parse().ok());
@@ -110,6 +116,7 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
         }),
         anomalies: Arc::new(move || board.to_json()),
         self_metrics: self_metrics.clone(),
+        web,
     };
     let limits = HttpLimits {
         max_connections: config.http.max_connections as usize,

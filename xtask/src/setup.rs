@@ -22,6 +22,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze"),
     ("util-linux", "setpriv"),
     ("strace", "strace"),
+    // The web-config tests: a TLS client, certificates and bcrypt hashes
+    // made at test time.
+    ("curl", "curl"),
+    ("openssl", "openssl"),
+    ("apache2-utils", "htpasswd"),
     // The Debian package (cargo xtask deb) and its checks.
     ("dpkg-dev", "dpkg-shlibdeps"),
     ("binutils", "strip"),

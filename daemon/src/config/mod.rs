@@ -383,6 +383,7 @@ mod tests {
             listen = "[::1]:9000"
             max_connections = 10000
             header_read_timeout = "250ms"
+            web_config = "/etc/telemetryd/web.yml"
             [log]
             format = "json"
             level = "info,telemetryd=debug"
@@ -419,6 +420,10 @@ mod tests {
         assert_eq!(c.http.listen, "[::1]:9000".parse().unwrap());
         assert_eq!(c.http.max_connections, 10000);
         assert_eq!(c.http.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(
+            c.http.web_config_path(),
+            Some(Path::new("/etc/telemetryd/web.yml"))
+        );
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.log.level, "info,telemetryd=debug");
         assert!(!c.xdp.enabled);

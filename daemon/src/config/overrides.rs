@@ -1,5 +1,5 @@
 //! Command-line flags that override keys of the file: `--listen`,
-//! `--interface`, `--log-format`, `--log-level`. They are parsed by the
+//! `--interface`, `--log-format`, `--log-level`, `--web.config.file`. They are parsed by the
 //! command line (`crate::cli`) and applied here, over the file, at start and
 //! after every reload.
 
@@ -24,6 +24,10 @@ pub struct Overrides {
     /// (overrides log.level).
     #[arg(long, global = true, value_name = "LEVEL", value_parser = log_level)]
     pub log_level: Option<String>,
+    /// Web configuration file: TLS, basic auth and headers in the Prometheus
+    /// exporter-toolkit format (overrides http.web_config).
+    #[arg(long = "web.config.file", global = true, value_name = "PATH")]
+    pub web_config: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -54,6 +58,9 @@ impl Config {
         }
         if let Some(level) = &o.log_level {
             self.log.level = level.clone();
+        }
+        if let Some(path) = &o.web_config {
+            self.http.web_config = path.display().to_string();
         }
         Ok(())
     }
@@ -106,8 +113,11 @@ mod tests {
             "json",
             "--log-level",
             "info,telemetryd=trace",
+            "--web.config.file",
+            "web.yml",
         ]))
         .unwrap();
+        assert_eq!(c.http.web_config, "web.yml");
         assert_eq!(c.http.listen, "127.0.0.1:9100".parse().unwrap());
         assert_eq!(c.xdp.interfaces, ["wg0", "mesh1"]);
         assert_eq!(c.log.format, LogFormat::Json);

@@ -100,6 +100,16 @@ pub struct HttpConfig {
     pub max_connections: u32,
     #[serde(with = "super::duration::text")]
     pub header_read_timeout: Duration,
+    /// Web configuration file (exporter-toolkit format: TLS, basic auth,
+    /// headers); empty: plain HTTP without authentication.
+    pub web_config: String,
+}
+
+impl HttpConfig {
+    /// The web configuration file, if one is set.
+    pub fn web_config_path(&self) -> Option<&std::path::Path> {
+        Some(std::path::Path::new(&self.web_config)).filter(|_| !self.web_config.is_empty())
+    }
 }
 
 impl Default for HttpConfig {
@@ -108,6 +118,7 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9469)),
             max_connections: 64,
             header_read_timeout: Duration::from_secs(5),
+            web_config: String::new(),
         }
     }
 }

@@ -11,11 +11,13 @@
 )]
 
 pub mod config;
+pub mod curl;
 pub mod frames;
 pub mod kernel;
 pub mod matrix;
 pub mod metrics;
 pub mod netns;
+pub mod pki;
 pub mod process;
 pub mod traffic;
 

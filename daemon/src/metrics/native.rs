@@ -32,6 +32,25 @@ pub struct Span {
 }
 
 impl NativeHistogram {
+    /// The native histogram of counts in the kernel's layout
+    /// (`telemetryd_common::syscalls::bucket_index`: bucket `i` holds
+    /// `(2^(i-31), 2^(i-30)]` s): bucket `i >= 1` is native bucket `i - 30`
+    /// count for count, bucket 0 (`[0, 2^-30]` s) the zero bucket.
+    pub fn from_seconds_buckets(buckets: &[u64]) -> Self {
+        use telemetryd_common::syscalls as sc;
+        Self {
+            zero_threshold: sc::ZERO_THRESHOLD_SECONDS,
+            zero_count: buckets.first().copied().unwrap_or(0),
+            buckets: buckets
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter(|(_, &n)| n != 0)
+                .map(|(i, &n)| (sc::native_bucket_index(i), n))
+                .collect(),
+        }
+    }
+
     /// The buckets as the exposition carries them: spans of consecutive
     /// indexes, and each bucket's count as the difference from the bucket
     /// before it (the first one's from 0).

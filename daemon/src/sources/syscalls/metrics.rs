@@ -105,18 +105,7 @@ pub fn latency_buckets(stats: &SyscallStats, classic: (usize, usize)) -> Vec<(f6
 /// is native bucket `i - 30` count for count (both are `(2^(i-31),
 /// 2^(i-30)]` s), kernel bucket 0 the zero bucket (`[0, 2^-30]` s).
 pub fn native_histogram(stats: &SyscallStats) -> NativeHistogram {
-    NativeHistogram {
-        zero_threshold: sc::ZERO_THRESHOLD_SECONDS,
-        zero_count: stats.buckets[0],
-        buckets: stats
-            .buckets
-            .iter()
-            .enumerate()
-            .skip(1)
-            .filter(|(_, &n)| n != 0)
-            .map(|(i, &n)| (sc::native_bucket_index(i), n))
-            .collect(),
-    }
+    NativeHistogram::from_seconds_buckets(&stats.buckets)
 }
 
 #[cfg(test)]

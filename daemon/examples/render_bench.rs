@@ -7,7 +7,7 @@
 //!   telemetryd's own encoder (`metrics::protobuf`, what a Prometheus with
 //!   `--enable-feature=native-histograms` gets);
 //! - and the encoders alone on the same, already built families: the
-//!   crate's `TextEncoder` beside ours.
+//!   crate's `TextEncoder` beside ours; and building the families alone.
 //!
 //! Two sets of series: the default (4 interfaces, 7 syscalls, the drop
 //! tracers' families; target < 1 ms) and 500 interfaces' worth of XDP
@@ -56,6 +56,7 @@ fn measure(label: &str, snapshot: &Snapshot, target_ms: f64) {
     let mut proto = Vec::with_capacity(ROUNDS);
     let mut crate_text = Vec::with_capacity(ROUNDS);
     let mut our_proto = Vec::with_capacity(ROUNDS);
+    let mut build = Vec::with_capacity(ROUNDS);
     let mut sorted = families.clone();
     sorted.sort_by(|a, b| a.name().cmp(b.name()));
     sorted.retain(|f| !f.get_metric().is_empty());
@@ -65,8 +66,8 @@ fn measure(label: &str, snapshot: &Snapshot, target_ms: f64) {
         start.elapsed().as_secs_f64() * 1e6
     };
     for round in 0..ROUNDS {
-        for i in 0..4 {
-            match (round + i) % 4 {
+        for i in 0..5 {
+            match (round + i) % 5 {
                 0 => text.push(time_us(&mut || {
                     std::hint::black_box(snapshot.render(Vec::new()).unwrap());
                 })),
@@ -77,6 +78,9 @@ fn measure(label: &str, snapshot: &Snapshot, target_ms: f64) {
                     let mut out = Vec::with_capacity(64 * 1024);
                     TextEncoder::new().encode(&sorted, &mut out).unwrap();
                     std::hint::black_box(out);
+                })),
+                3 => build.push(time_us(&mut || {
+                    std::hint::black_box((snapshot.families(), snapshot.native_histograms()));
                 })),
                 _ => our_proto.push(time_us(&mut || {
                     let mut out = Vec::with_capacity(64 * 1024);
@@ -101,6 +105,10 @@ fn measure(label: &str, snapshot: &Snapshot, target_ms: f64) {
         spread(&crate_text, 1),
         spread(&our_proto, 1),
         quantile(&our_proto, 0.5) / quantile(&crate_text, 0.5),
+    );
+    println!(
+        "  building the families alone (the snapshot's sections into the prometheus crate's model, and the native histograms): {} us",
+        spread(&build, 1),
     );
     let worst = quantile(&text, 0.5).max(quantile(&proto, 0.5)) / 1000.0;
     println!(

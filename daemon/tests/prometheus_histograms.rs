@@ -78,10 +78,8 @@ fn child_process_entry() {
             std::thread::sleep(BURST_WAIT);
             let byte = 1u8;
             // SAFETY: writes one byte from a local.
-            assert_eq!(
-                unsafe { libc::write(write_end, (&raw const byte).cast(), 1) },
-                1
-            );
+            let written = unsafe { libc::write(write_end, (&raw const byte).cast(), 1) };
+            assert_eq!(written, 1);
         }
     });
     let start = unix_now();

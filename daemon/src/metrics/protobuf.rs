@@ -106,8 +106,10 @@ fn encode_metric(
             put_bytes(out, 2, &nested);
         }
         MetricType::UNTYPED => {
-            // The crate keeps `Untyped` only for protobuf, which this is.
-            #[allow(deprecated)]
+            #[allow(
+                deprecated,
+                reason = "the crate keeps `Untyped` for protobuf, which this is"
+            )]
             put_double(&mut nested, 1, metric.get_untyped().get_value());
             put_bytes(out, 5, &nested);
         }

@@ -79,18 +79,46 @@ pub const DEFAULT_MAX_IN_FLIGHT: u32 = 16384;
 /// Number of log2 buckets (see [`bucket_index`]).
 pub const BUCKETS: usize = 64;
 
-/// The log2 bucket of a latency of `ns` nanoseconds: bucket `i` holds the
-/// calls with `2^(i-1) < ns <= 2^i`, bucket 0 the calls of 0 and 1 ns, and
-/// the last bucket everything above 2^62 ns. So `2^i` ns is exactly the
-/// Prometheus `le` bound of bucket `i`: no call sits on the wrong side of a
-/// boundary.
+/// The histogram's unit: 2^-30 s (about 0.93 ns). Bucket `i` holds the
+/// calls that took `(2^(i-1), 2^i]` of these units, that is
+/// `(2^(i-31), 2^(i-30)]` seconds: a power of two of seconds, so bucket `i`
+/// is exactly bucket `i - UNIT_LOG2_SECONDS` of a Prometheus native
+/// histogram of schema 0 (`(2^(k-1), 2^k]` s) and its upper bound `2^(i-30)`
+/// s is exactly representable as a classic `le` bound. A log2 histogram of
+/// nanoseconds could not be mapped so: log2(1e9) is irrational.
+pub const UNIT_LOG2_SECONDS: i32 = 30;
+
+/// 5^9: one second is `5^9 * 2^9` ns, so the upper bound of bucket `i`,
+/// `2^(i-30)` s, is `5^9 * 2^(i-21)` ns.
+const FIVE_POW_9: u64 = 1_953_125;
+
+/// The bucket of a latency of `ns` nanoseconds, in units of 2^-30 s (see
+/// [`UNIT_LOG2_SECONDS`]): the `i` with `2^(i-31) < ns * 1e-9 <= 2^(i-30)`,
+/// bucket 0 for `ns == 0` (0.93 ns is the top of bucket 0, so 1 ns is in
+/// bucket 1), the last bucket for everything above 2^32 s.
+///
+/// Exact, with no multiply, division or overflow: with `k = floor(log2(ns))`,
+/// `2^k <= ns < 2^(k+1)`, and since `2^20 < 5^9 < 2^21` the bound of bucket
+/// `k + 1`, `E = 5^9 * 2^(k-20)` ns, lies in `(2^k, 2^(k+1))` while the bound
+/// of bucket `k` is below `2^k` and that of bucket `k + 2` above `2^(k+1)`.
+/// So `ns` is in bucket `k + 1` when `ns <= E`, else in bucket `k + 2`: one
+/// comparison, done in integers on whichever side of it needs no
+/// fraction (`ns <= 5^9 << (k-20)` for `k >= 20`, which fits in 64 bits
+/// since `5^9 < 2^21` and `k <= 63`; `ns << (20-k) <= 5^9` below, where
+/// `ns < 2^21` keeps the shift in range). The verifier sees a
+/// `leading_zeros`, one shift by a bounded amount and a compare.
 #[inline(always)]
 pub const fn bucket_index(ns: u64) -> usize {
-    if ns <= 1 {
+    if ns == 0 {
         return 0;
     }
-    // ceil(log2(ns)) for ns >= 2: 64 - lz(ns - 1), which is 1..=64.
-    let i = 64 - (ns - 1).leading_zeros() as usize;
+    let k = 63 - ns.leading_zeros();
+    let within = if k >= 20 {
+        ns <= FIVE_POW_9 << (k - 20)
+    } else {
+        (ns << (20 - k)) <= FIVE_POW_9
+    };
+    let i = if within { k + 1 } else { k + 2 } as usize;
     if i >= BUCKETS {
         BUCKETS - 1
     } else {
@@ -98,10 +126,23 @@ pub const fn bucket_index(ns: u64) -> usize {
     }
 }
 
-/// Upper bound (inclusive) of bucket `i` in nanoseconds: `2^i`.
-pub const fn bucket_upper_ns(i: usize) -> u64 {
-    1u64 << i
+/// Upper bound (inclusive) of bucket `i` in seconds: `2^(i-30)`, exact in
+/// an `f64`. (The last bucket also holds everything above it.)
+pub fn bucket_upper_seconds(i: usize) -> f64 {
+    // 2^(i-30) for i < 64 is a normal f64: build it from its exponent.
+    f64::from_bits(((1023 + i as i64 - UNIT_LOG2_SECONDS as i64) as u64) << 52)
 }
+
+/// The index of bucket `i >= 1` in a Prometheus native histogram of
+/// schema 0, whose bucket `k` is `(2^(k-1), 2^k]` s. Bucket 0
+/// (`[0, 2^-30]` s) is the native histogram's zero bucket, with
+/// [`ZERO_THRESHOLD_SECONDS`].
+pub const fn native_bucket_index(i: usize) -> i32 {
+    i as i32 - UNIT_LOG2_SECONDS
+}
+
+/// Upper bound of bucket 0, the native histogram's zero threshold: 2^-30 s.
+pub const ZERO_THRESHOLD_SECONDS: f64 = 1.0 / (1u64 << UNIT_LOG2_SECONDS) as f64;
 
 /// Start of one syscall in flight, keyed by thread.
 ///
@@ -174,32 +215,86 @@ unsafe impl aya::Pod for SyscallHistogram {}
 mod tests {
     use super::*;
 
+    /// The exact bucket, from the definition, in 128-bit integers: the
+    /// smallest `i` with `ns * 2^30 <= 1e9 * 2^i`.
+    fn reference_bucket(ns: u64) -> usize {
+        let scaled = u128::from(ns) << UNIT_LOG2_SECONDS;
+        (0..BUCKETS)
+            .find(|&i| scaled <= 1_000_000_000u128 << i)
+            .unwrap_or(BUCKETS - 1)
+    }
+
+    /// The largest whole number of nanoseconds in bucket `i`:
+    /// `floor(1e9 * 2^(i-30))`.
+    fn last_ns_of(i: usize) -> u64 {
+        ((1_000_000_000u128 << i) >> UNIT_LOG2_SECONDS) as u64
+    }
+
     #[test]
-    fn bucket_bounds_are_inclusive_powers_of_two() {
+    fn every_bucket_edge_is_exact() {
+        // bucket_index is monotonic (each step of ns moves k or the
+        // comparison one way), so checking both sides of every edge proves
+        // it exact everywhere.
         assert_eq!(bucket_index(0), 0);
-        assert_eq!(bucket_index(1), 0);
-        assert_eq!(bucket_index(2), 1);
-        assert_eq!(bucket_index(3), 2);
-        assert_eq!(bucket_index(4), 2);
-        assert_eq!(bucket_index(5), 3);
-        for i in 1..63 {
-            let upper = bucket_upper_ns(i);
-            assert_eq!(bucket_index(upper), i, "2^{i} is the top of bucket {i}");
+        assert_eq!(bucket_index(1), 1, "1 ns > 2^-30 s");
+        for i in 1..BUCKETS - 1 {
+            let last = last_ns_of(i);
+            assert_eq!(bucket_index(last), i, "{last} ns is the top of bucket {i}");
             assert_eq!(
-                bucket_index(upper + 1),
+                bucket_index(last + 1),
                 i + 1,
-                "2^{i}+1 starts bucket {}",
+                "{} ns starts bucket {}",
+                last + 1,
                 i + 1
             );
-            assert_eq!(
-                bucket_index(upper / 2 + 1),
-                i,
-                "2^({i}-1)+1 is in bucket {i}"
-            );
+            assert_eq!(reference_bucket(last), i);
+            assert_eq!(reference_bucket(last + 1), i + 1);
         }
         assert_eq!(bucket_index(u64::MAX), BUCKETS - 1);
         assert_eq!(bucket_index(1 << 63), BUCKETS - 1);
-        // 3 ms lands in (2^21, 2^22] ns.
-        assert_eq!(bucket_index(3_000_000), 22);
+    }
+
+    #[test]
+    fn whole_powers_of_two_of_seconds_sit_on_their_upper_edge() {
+        // 2^-21 s .. 2^33 s are whole numbers of ns: each is the top of its
+        // bucket, one more ns is in the next.
+        for i in 21..BUCKETS - 1 {
+            let ns = FIVE_POW_9 << (i - 21);
+            assert_eq!(ns as f64 * 1e-9, bucket_upper_seconds(i));
+            assert_eq!(bucket_index(ns), i);
+            assert_eq!(bucket_index(ns + 1), i + 1);
+        }
+        assert_eq!(bucket_index(1_000_000_000), 30, "1 s: le=1");
+        assert_eq!(bucket_index(16_000_000_000), 34, "16 s: le=16");
+        assert_eq!(bucket_index(45_000_000), 26, "45 ms: (2^-5, 2^-4] s");
+    }
+
+    #[test]
+    fn matches_the_definition_across_the_range() {
+        // A deterministic spread of values (every scale, odd offsets).
+        let mut ns = 1u64;
+        while ns < u64::MAX / 3 {
+            for probe in [ns - 1, ns, ns + 1, ns / 3 * 2 + 1] {
+                assert_eq!(bucket_index(probe), reference_bucket(probe), "{probe} ns");
+            }
+            ns = ns * 3 / 2 + 7;
+        }
+        for probe in 0..5_000u64 {
+            assert_eq!(bucket_index(probe), reference_bucket(probe), "{probe} ns");
+        }
+    }
+
+    #[test]
+    fn bucket_maps_onto_native_and_classic_bounds() {
+        for i in 1..BUCKETS {
+            let k = native_bucket_index(i);
+            let upper = bucket_upper_seconds(i);
+            assert_eq!(upper, 2f64.powi(k), "bucket {i}: le = 2^{k} s");
+            assert_eq!(bucket_upper_seconds(i - 1) * 2.0, upper);
+        }
+        assert_eq!(bucket_upper_seconds(0), ZERO_THRESHOLD_SECONDS);
+        assert_eq!(native_bucket_index(30), 0, "(0.5, 1] s is native bucket 0");
+        assert_eq!(bucket_upper_seconds(8), 2f64.powi(-22));
+        assert_eq!(bucket_upper_seconds(34), 16.0);
     }
 }

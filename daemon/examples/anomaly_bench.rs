@@ -297,6 +297,7 @@ fn synthetic(seq: u64, devices: usize) -> Snapshot {
         sched_switch: true,
         syscalls: Default::default(),
         errors: Default::default(),
+        classic_buckets: telemetryd::sources::syscalls::DEFAULT_CLASSIC_BUCKETS,
     };
     for d in 0..devices {
         let mut i = InterfaceStats::default();

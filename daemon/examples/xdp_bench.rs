@@ -373,6 +373,7 @@ fn default_series_snapshot() -> Snapshot {
         sched_switch: true,
         syscalls: Default::default(),
         errors: Default::default(),
+        classic_buckets: telemetryd::sources::syscalls::DEFAULT_CLASSIC_BUCKETS,
     };
     for (i, name) in ["eth0", "eth1", "wg0", "br0"].iter().enumerate() {
         let mut stats = InterfaceStats {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -77,10 +77,22 @@ pub fn handle<B>(request: &Request<B>, state: &HttpState) -> Response<Body> {
         "/metrics" => {
             let started = std::time::Instant::now();
             let snapshot = state.snapshot.borrow().clone();
-            let rendered = snapshot.render((state.extra_families)());
+            let accept = request
+                .headers()
+                .get(ACCEPT)
+                .and_then(|value| value.to_str().ok());
+            let rendered = match metrics::Format::negotiate(accept) {
+                metrics::Format::Protobuf => Ok((
+                    Bytes::from(snapshot.render_protobuf((state.extra_families)())),
+                    metrics::protobuf::CONTENT_TYPE,
+                )),
+                metrics::Format::Text => snapshot
+                    .render((state.extra_families)())
+                    .map(|body| (Bytes::from(body), metrics::CONTENT_TYPE)),
+            };
             state.self_metrics.scrapes.observe(started.elapsed());
             match rendered {
-                Ok(body) => with_type(StatusCode::OK, body, metrics::CONTENT_TYPE),
+                Ok((body, content_type)) => with_type(StatusCode::OK, body, content_type),
                 Err(error) => {
                     warn!(%error, "rendering /metrics");
                     text(
@@ -131,8 +143,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     with_type(status, body.to_owned(), "text/plain; charset=utf-8")
 }
 
-fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::new(Bytes::from(body)));
+fn with_type(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Body> {
+    let mut response = Response::new(Body::new(body.into()));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -333,6 +349,36 @@ mod tests {
     fn metrics_have_the_text_format_content_type() {
         let response = get(Method::GET, "/metrics", &state(true));
         assert_eq!(response.headers()[CONTENT_TYPE], metrics::CONTENT_TYPE);
+    }
+
+    #[test]
+    fn metrics_in_protobuf_when_the_scraper_asks_for_it() {
+        let request = Request::builder()
+            .uri("/metrics")
+            .header(
+                ACCEPT,
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.1",
+            )
+            .body(())
+            .unwrap();
+        let response = handle(&request, &state(true));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[CONTENT_TYPE],
+            metrics::protobuf::CONTENT_TYPE
+        );
+        let snapshot = state(true).snapshot.borrow().clone();
+        let expected = snapshot.render_protobuf(Vec::new());
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let body = rt
+            .block_on(response.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        assert!(!expected.is_empty());
+        assert_eq!(body.as_ref(), expected.as_slice());
     }
 
     #[tokio::test]

@@ -292,28 +292,26 @@ fn sum_seconds(scrape: &Scrape, syscall: &str) -> f64 {
         .unwrap()
 }
 
-/// Cumulative count at `le = 2^exp ns`. Bounds outside the written range
-/// are implied: below it 0, above it the count.
-fn cumulative(scrape: &Scrape, syscall: &str, exp: u32) -> f64 {
-    // The encoder writes `le` after the series' own labels.
-    let prefix = format!("{LATENCY}_bucket{{syscall=\"{syscall}\",le=\"");
-    let bound = (1u64 << exp) as f64 / 1e9;
-    let written: Vec<(f64, f64)> = scrape
+/// Cumulative count at `le = 2^exp` s. The layout is fixed: every bound
+/// of it is written from the first scrape on.
+fn cumulative(scrape: &Scrape, syscall: &str, exp: i32) -> f64 {
+    bucket(scrape, syscall, &prometheus_float(2f64.powi(exp)))
+}
+
+/// The bucket `le` of `syscall`, as written (the encoder puts `le` after
+/// the series' own labels).
+fn bucket(scrape: &Scrape, syscall: &str, le: &str) -> f64 {
+    let key = format!("{LATENCY}_bucket{{syscall=\"{syscall}\",le=\"{le}\"}}");
+    *scrape
         .samples
-        .iter()
-        .filter_map(|(k, v)| {
-            let le = k.strip_prefix(&prefix)?.split('"').next()?;
-            Some((le.parse().ok()?, *v))
-        })
-        .collect();
-    if let Some((_, v)) = written.iter().find(|(le, _)| *le == bound) {
-        return *v;
-    }
-    if written.iter().all(|(le, _)| bound < *le) {
-        0.0
-    } else {
-        count(scrape, syscall)
-    }
+        .get(&key)
+        .unwrap_or_else(|| panic!("no {key}:\n{}", scrape.text))
+}
+
+/// A bound as the text encoder writes it (Go's shortest `%g`-like form:
+/// Rust's shortest round-trip `Display` agrees for these powers of two).
+fn prometheus_float(v: f64) -> String {
+    format!("{v}")
 }
 
 /// Waits until `value(scrape)` reaches `want`, then two more polls, and
@@ -489,7 +487,7 @@ fn counts_exactly_the_reads_of_the_traced_process(mode: &str) {
     );
     assert_eq!(errors(&after, "read"), 0.0);
     assert_eq!(
-        cumulative(&after, "read", 63),
+        bucket(&after, "read", "+Inf"),
         count(&after, "read"),
         "the buckets add up to the count"
     );
@@ -501,10 +499,10 @@ fn reads_with_known_latency_land_in_their_bucket(mode: &str) {
     require_root();
     let _alone = cpu_hungry();
     const N: u64 = 100;
-    // (2^24, 2^25] ns is (16.8, 33.6] ms. A read waits the writer's sleep
-    // plus its wake-up lag, which only ever adds: 20 ms leaves 13.6 ms for
+    // (2^-6, 2^-5] s is (15.6, 31.25] ms. A read waits the writer's sleep
+    // plus its wake-up lag, which only ever adds: 17 ms leaves 14.25 ms for
     // that lag, on a busy 2-core VM and in an emulated (TCG) guest alike.
-    const WAIT_US: u64 = 20_000;
+    const WAIT_US: u64 = 17_000;
     let mut child = TestChild::spawn(&format!("pipe:{N}:{WAIT_US}"));
     let ns = NetNs::new();
     let Some(daemon) = start_in_mode(&ns, mode, &config(mode, &["read"], &[child.pid()], ""))
@@ -519,11 +517,11 @@ fn reads_with_known_latency_land_in_their_bucket(mode: &str) {
     });
 
     assert_eq!(count(&after, "read") - count(&before, "read"), N as f64);
-    let in_bucket = (cumulative(&after, "read", 25) - cumulative(&after, "read", 24))
-        - (cumulative(&before, "read", 25) - cumulative(&before, "read", 24));
+    let in_bucket = (cumulative(&after, "read", -5) - cumulative(&after, "read", -6))
+        - (cumulative(&before, "read", -5) - cumulative(&before, "read", -6));
     assert!(
         in_bucket >= 0.95 * N as f64,
-        "{in_bucket} of {N} reads of ~{WAIT_US} us in (2^24, 2^25] ns\n{}",
+        "{in_bucket} of {N} reads of ~{WAIT_US} us in (2^-6, 2^-5] s\n{}",
         after.text
     );
     let traced = (sum_seconds(&after, "read") - sum_seconds(&before, "read")) * 1e9;
@@ -532,7 +530,7 @@ fn reads_with_known_latency_land_in_their_bucket(mode: &str) {
         (traced - measured).abs() <= 0.10 * measured,
         "_sum {traced} ns vs {measured} ns measured by the caller"
     );
-    println!("bucket (2^24,2^25] ns: {in_bucket}/{N}; sum traced {traced:.0} ns, measured {measured:.0} ns");
+    println!("bucket (2^-6,2^-5] s: {in_bucket}/{N}; sum traced {traced:.0} ns, measured {measured:.0} ns");
     promtool_accepts(&after);
 }
 

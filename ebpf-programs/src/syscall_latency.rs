@@ -1,5 +1,6 @@
 //! The syscall-latency tracer: per tracked syscall, a log2 histogram of
-//! latencies, the exact nanosecond sum and the error count, per CPU.
+//! latencies in units of 2^-30 s (`bucket_index`: exact powers of two of
+//! seconds, no multiply), the exact nanosecond sum and the error count, per CPU.
 //!
 //! Three attach strategies share one entry and one exit routine:
 //! - raw tracepoints `sys_enter` / `sys_exit` (every syscall of the node

@@ -99,7 +99,7 @@ enum Task {
     /// Run the benchmarks (root) and print their figures.
     Bench {
         /// Which benchmark: a name of daemon/examples/*_bench.rs without the
-        /// suffix (xdp, syscall, anomaly), or all.
+        /// suffix (xdp, syscall, events, anomaly, render), or all.
         #[arg(default_value = "all")]
         which: String,
     },

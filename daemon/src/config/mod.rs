@@ -21,9 +21,9 @@ use std::str::FromStr as _;
 pub use duration::{format_duration, parse_duration};
 pub use overrides::Overrides;
 pub use schema::{
-    AnalyzerSettings, Choice, Config, DaemonConfig, HttpConfig, LogConfig, LogFormat,
-    MetricsConfig, Named, SyscallAttach, SyscallsConfig, WebhookSettings, XdpConfig, XdpMode,
-    SOURCE_NAMES,
+    latency_bucket_of, AnalyzerSettings, Choice, Config, DaemonConfig, HttpConfig, LogConfig,
+    LogFormat, MetricsConfig, Named, SyscallAttach, SyscallsConfig, WebhookSettings, XdpConfig,
+    XdpMode, SOURCE_NAMES,
 };
 pub use validate::{check_interface_name, check_log_level, webhook_uri};
 
@@ -292,6 +292,10 @@ mod tests {
         bad("zero pid", "[syscalls]\npids = [0]\n", "syscalls.pids", Some((2, 9)), "pid 0"),
         bad("relative cgroup path", "[syscalls]\ncgroup = \"system.slice\"\n", "syscalls.cgroup", Some((2, 10)), "\"system.slice\""),
         bad("max_in_flight too large", "[syscalls]\nmax_in_flight = 2000000\n", "syscalls.max_in_flight", Some((2, 17)), "1 to 1048576"),
+        bad("zero latency bucket", "[syscalls]\nlatency_buckets_min = \"0s\"\n", "syscalls.latency_buckets_min", Some((2, 23)), "out of range"),
+        bad("huge latency bucket", "[syscalls]\nlatency_buckets_max = \"10000000000s\"\n", "syscalls.latency_buckets_max", Some((2, 23)), "out of range"),
+        bad("latency buckets min above max", "[syscalls]\nlatency_buckets_min = \"1s\"\nlatency_buckets_max = \"10ms\"\n", "syscalls.latency_buckets_min", Some((2, 23)), "is above syscalls.latency_buckets_max"),
+        bad("latency bucket without unit", "[syscalls]\nlatency_buckets_max = \"16\"\n", "syscalls.latency_buckets_max", Some((2, 23)), "missing unit"),
         bad("bad log level", "[log]\nlevel = \"loud\"\n", "log.level", Some((2, 9)), "\"loud\""),
         bad("bad log directive", "[log]\nlevel = \"info,telemetryd=loud\"\n", "log.level", Some((2, 9)), "info,telemetryd=loud"),
         bad("bad log format", "[log]\nformat = \"xml\"\n", "log.format", Some((2, 10)), "xml"),
@@ -403,6 +407,8 @@ mod tests {
             pids = [1, 4194304]
             cgroup = "/sys/fs/cgroup/system.slice"
             max_in_flight = 1048576
+            latency_buckets_min = "1us"
+            latency_buckets_max = "1m"
             [analyzer]
             warmup = "0s"
             fire_after = 1
@@ -440,6 +446,8 @@ mod tests {
         assert_eq!(c.syscalls.pids, [1, 4194304]);
         assert_eq!(c.syscalls.cgroup, "/sys/fs/cgroup/system.slice");
         assert_eq!(c.syscalls.max_in_flight, 1 << 20);
+        // 1 us = 2^-19.9 s -> 2^-20 s; 60 s = 2^5.9 s -> 2^6 s.
+        assert_eq!(c.syscalls.classic_buckets(), (10, 36));
         assert_eq!(c.analyzer.warmup, Duration::ZERO);
         assert_eq!(c.analyzer.fire_after, 1);
         assert_eq!(c.analyzer.resolve_after, 10000);

@@ -263,6 +263,43 @@ pub struct SyscallsConfig {
     pub cgroup: String,
     /// Entries of the in-flight start-timestamp map.
     pub max_in_flight: u32,
+    /// Lowest classic `le` bound of `telemetryd_syscall_latency_seconds`,
+    /// rounded to the nearest power of two of seconds (see
+    /// [`SyscallsConfig::classic_buckets`]).
+    #[serde(with = "super::duration::text")]
+    pub latency_buckets_min: Duration,
+    /// Highest finite classic `le` bound, rounded the same way.
+    #[serde(with = "super::duration::text")]
+    pub latency_buckets_max: Duration,
+}
+
+impl SyscallsConfig {
+    /// The kernel buckets (`telemetryd_common::syscalls::bucket_index`)
+    /// whose upper bounds are the classic histogram's finite `le` bounds,
+    /// lowest and highest: `latency_buckets_min` and `latency_buckets_max`
+    /// rounded to the nearest power of two of seconds. Valid once
+    /// `validate` passed.
+    pub fn classic_buckets(&self) -> (usize, usize) {
+        (
+            latency_bucket_of(self.latency_buckets_min).unwrap_or(0),
+            latency_bucket_of(self.latency_buckets_max).unwrap_or(0),
+        )
+    }
+}
+
+/// The kernel bucket whose upper bound, `2^(i-30)` s, is the power of two
+/// of seconds nearest to `d` (on a log scale: 250ns -> 2^-22 s = 238 ns,
+/// 16s -> 2^4 s); `None` for zero and for anything past the last bucket
+/// with a bound of its own (2^32 s).
+pub fn latency_bucket_of(d: Duration) -> Option<usize> {
+    if d.is_zero() {
+        return None;
+    }
+    let exponent = d.as_secs_f64().log2().round() as i64;
+    let i = exponent + i64::from(telemetryd_common::syscalls::UNIT_LOG2_SECONDS);
+    (0..telemetryd_common::syscalls::BUCKETS as i64 - 1)
+        .contains(&i)
+        .then_some(i as usize)
 }
 
 impl Default for SyscallsConfig {
@@ -278,6 +315,9 @@ impl Default for SyscallsConfig {
             pids: Vec::new(),
             cgroup: String::new(),
             max_in_flight: 16384,
+            // 2^-22 s (238 ns) .. 2^4 s: 27 finite buckets.
+            latency_buckets_min: Duration::from_nanos(250),
+            latency_buckets_max: Duration::from_secs(16),
         }
     }
 }

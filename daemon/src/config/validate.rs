@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::duration::format_duration;
-use super::{syscall_number, AnalyzerSettings, Config, SOURCE_NAMES};
+use super::{latency_bucket_of, syscall_number, AnalyzerSettings, Config, SOURCE_NAMES};
 
 impl Config {
     /// Checks every value that its type alone does not constrain.
@@ -56,6 +56,7 @@ impl Config {
             ));
         }
         in_range("syscalls.max_in_flight", sys.max_in_flight, 1, 1 << 20)?;
+        check_latency_buckets(sys.latency_buckets_min, sys.latency_buckets_max)?;
 
         let metrics = &self.metrics;
         for (key, pattern) in [
@@ -74,6 +75,40 @@ impl Config {
 
         validate_analyzer(&self.analyzer)
     }
+}
+
+/// Checks `syscalls.latency_buckets_min` and `..._max`: each rounds to a
+/// power of two of seconds between 2^-30 s and 2^32 s, the min no higher
+/// than the max.
+fn check_latency_buckets(min: Duration, max: Duration) -> Result<(), Invalid> {
+    let bucket = |key: &'static str, d: Duration| {
+        latency_bucket_of(d).ok_or_else(|| {
+            Invalid::new(
+                key,
+                format!(
+                    "{} is out of range: allowed 1ns to {}s (it is rounded to the nearest \
+                     power of two of seconds, 2^-30 s to 2^32 s)",
+                    format_duration(d),
+                    1u64 << 32
+                ),
+            )
+        })
+    };
+    let lo = bucket("syscalls.latency_buckets_min", min)?;
+    let hi = bucket("syscalls.latency_buckets_max", max)?;
+    if lo > hi {
+        return Err(Invalid::new(
+            "syscalls.latency_buckets_min",
+            format!(
+                "{} (2^{} s) is above syscalls.latency_buckets_max = {} (2^{} s)",
+                format_duration(min),
+                lo as i64 - 30,
+                format_duration(max),
+                hi as i64 - 30
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks `[analyzer]`: the file-level limits first (their messages say what is allowed),

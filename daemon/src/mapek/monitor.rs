@@ -288,7 +288,7 @@ fn syscall_rates(prev: &SyscallStats, cur: &SyscallStats, secs: f64) -> Option<S
 }
 
 /// The `q` quantile in nanoseconds of a log2 histogram (bucket `i` holds
-/// `(2^(i-1), 2^i]` ns, bucket 0 holds 0 and 1 ns: the kernel's
+/// `(2^(i-31), 2^(i-30)]` s, bucket 0 up to 2^-30 s: the kernel's
 /// `bucket_index`), interpolating linearly inside the bucket that holds it.
 /// `None` for an empty histogram.
 pub fn quantile_ns(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
@@ -303,8 +303,8 @@ pub fn quantile_ns(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
             continue;
         }
         if (below + n) as f64 >= target {
-            let lo = if i == 0 { 0.0 } else { 2f64.powi(i as i32 - 1) };
-            let hi = 2f64.powi(i as i32);
+            let hi = upper_ns(i);
+            let lo = if i == 0 { 0.0 } else { hi / 2.0 };
             let fraction = ((target - below as f64) / n as f64).clamp(0.0, 1.0);
             return Some(lo + fraction * (hi - lo));
         }
@@ -312,7 +312,12 @@ pub fn quantile_ns(buckets: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
     }
     // Rounding: the quantile is in the last non-empty bucket.
     let last = buckets.iter().rposition(|&n| n > 0)?;
-    Some(2f64.powi(last as i32))
+    Some(upper_ns(last))
+}
+
+/// Upper bound of kernel bucket `i` in nanoseconds: `2^(i-30)` s.
+fn upper_ns(i: usize) -> f64 {
+    telemetryd_common::syscalls::bucket_upper_seconds(i) * 1e9
 }
 
 #[cfg(test)]
@@ -370,19 +375,19 @@ mod tests {
     #[test]
     fn quantiles_interpolate_inside_buckets() {
         let mut b = [0u64; LATENCY_BUCKETS];
-        b[10] = 100; // (512, 1024] ns
-        assert_eq!(quantile_ns(&b, 0.5), Some(768.0));
-        b[20] = 1; // one slow call
+        b[20] = 100; // (2^-11, 2^-10] s = (488.28125, 976.5625] us
+        assert_eq!(quantile_ns(&b, 0.5), Some(732_421.875));
+        b[30] = 1; // one slow call
         let p99 = quantile_ns(&b, 0.99).unwrap();
-        assert!((512.0..=1024.0).contains(&p99), "{p99}");
+        assert!((488_281.25..=976_562.5).contains(&p99), "{p99}");
         // The buckets are the kernel's: a call of 12 ms is counted in the
-        // bucket whose upper bound is 2^24 ns (16.8 ms), and its quantiles
-        // lie in (8.4 ms, 16.8 ms].
+        // bucket whose upper bound is 2^-6 s (15.6 ms), and its quantiles
+        // lie in (7.8 ms, 15.6 ms].
         let mut b = [0u64; LATENCY_BUCKETS];
         b[telemetryd_common::syscalls::bucket_index(12_000_000)] = 100;
         for q in [0.01, 0.5, 0.99] {
             let ns = quantile_ns(&b, q).unwrap();
-            assert!((8_388_608.0..=16_777_216.0).contains(&ns), "{q}: {ns}");
+            assert!((7_812_500.0..=15_625_000.0).contains(&ns), "{q}: {ns}");
         }
         assert_eq!(quantile_ns(&[0; LATENCY_BUCKETS], 0.5), None);
     }

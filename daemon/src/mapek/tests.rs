@@ -59,10 +59,10 @@ impl Node {
         self.drops(reason, n)
     }
 
-    /// `n` calls of about `ns` nanoseconds each (log2 bucket of `ns`).
+    /// `n` calls of `ns` nanoseconds each, in the kernel's bucket of `ns`.
     fn calls(&mut self, name: &str, n: u64, ns: u64, errors: u64) -> &mut Self {
         let s = self.syscalls.entry(name.into()).or_default();
-        s.buckets[63 - ns.max(1).leading_zeros() as usize] += n;
+        s.buckets[telemetryd_common::syscalls::bucket_index(ns)] += n;
         s.count += n;
         s.sum_ns += n * ns;
         s.errors += errors;
@@ -108,6 +108,7 @@ impl Node {
                 sched_switch: true,
                 syscalls: self.syscalls.clone(),
                 errors: Default::default(),
+                classic_buckets: crate::sources::syscalls::DEFAULT_CLASSIC_BUCKETS,
             }),
             ..Default::default()
         }

@@ -17,6 +17,7 @@ use super::program_stats::ProgramStats;
 use super::syscalls::TracerStats;
 use super::xdp::XdpStats;
 use crate::metrics::family::{counter, gauge, Series};
+use crate::metrics::NativeHistograms;
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -63,6 +64,9 @@ pub trait Section {
     fn folded_series(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// The native histograms of its histogram families, for the protobuf
+    /// exposition (none by default).
+    fn native_histograms(&self, _into: &mut NativeHistograms) {}
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -211,6 +215,22 @@ impl Snapshot {
         let mut families = self.families();
         families.extend(extra);
         crate::metrics::render(families)
+    }
+
+    /// The native histograms of every section.
+    pub fn native_histograms(&self) -> NativeHistograms {
+        let mut native = NativeHistograms::default();
+        for section in self.sections() {
+            section.native_histograms(&mut native);
+        }
+        native
+    }
+
+    /// [`Snapshot::render`] in the protobuf format, with native histograms.
+    pub fn render_protobuf(&self, extra: Vec<MetricFamily>) -> Vec<u8> {
+        let mut families = self.families();
+        families.extend(extra);
+        crate::metrics::render_protobuf(families, &self.native_histograms())
     }
 }
 

@@ -4,6 +4,7 @@ use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
 
 use super::stats::{DeliveryLatency, EventStats, DELIVERY_BUCKETS};
 use crate::metrics::family::{counter, gauge, Series};
+use crate::metrics::{NativeHistogram, NativeHistograms};
 use crate::sources::cardinality::OTHER;
 use crate::sources::snapshot::{ProgramAttachment, ProgramErrorCount, Section};
 
@@ -29,7 +30,17 @@ impl Section for EventStats {
             ("telemetryd_top_talker_bytes", peers),
         ]
     }
+
+    fn native_histograms(&self, into: &mut NativeHistograms) {
+        into.insert(
+            DELIVERY_FAMILY,
+            &[("source", self.source.as_str())],
+            NativeHistogram::from_seconds_buckets(&self.delivery.native),
+        );
+    }
 }
+
+const DELIVERY_FAMILY: &str = "telemetryd_event_delivery_seconds";
 
 fn families(events: &EventStats) -> Vec<MetricFamily> {
     let source = events.source.as_str();
@@ -53,7 +64,7 @@ fn families(events: &EventStats) -> Vec<MetricFamily> {
             vec![Series::new(&[("source", source)], events.sampled as f64)],
         ),
         delivery_histogram(
-            "telemetryd_event_delivery_seconds",
+            DELIVERY_FAMILY,
             "Time from the kernel timestamp of an event to its receipt in user space.",
             &[("source", source)],
             &events.delivery,
@@ -189,5 +200,12 @@ mod tests {
                 "missing {line:?} in:\n{text}"
             );
         }
+        // The native histogram: 0.3 ms in (2^-12, 2^-11] s, 2 ms in
+        // (2^-9, 2^-8] s, 7 s in (4, 8] s.
+        let native = snapshot.native_histograms();
+        let labels = Series::new(&[("source", "packet_events")], 0.0).into_labels();
+        let h = native.get(DELIVERY_FAMILY, &labels).unwrap();
+        assert_eq!(h.buckets, [(-11, 1), (-8, 1), (3, 1)]);
+        assert_eq!(h.zero_count, 0);
     }
 }

@@ -32,10 +32,15 @@ pub struct EventStats {
     pub top_talkers: TopTalkersReport,
 }
 
-/// Non-cumulative counts over [`DELIVERY_BUCKETS`] plus `+Inf`.
+/// Non-cumulative counts over [`DELIVERY_BUCKETS`] plus `+Inf`, and the
+/// same observations in the syscall tracer's power-of-two buckets of
+/// seconds, for the native histogram.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeliveryLatency {
     pub counts: [u64; DELIVERY_BUCKETS.len() + 1],
+    /// Counts per `telemetryd_common::syscalls::bucket_index` of the
+    /// latency in whole nanoseconds: bucket `i` is `(2^(i-31), 2^(i-30)]` s.
+    pub native: [u64; telemetryd_common::syscalls::BUCKETS],
     pub sum_seconds: f64,
     pub count: u64,
 }
@@ -44,6 +49,7 @@ impl Default for DeliveryLatency {
     fn default() -> Self {
         Self {
             counts: [0; DELIVERY_BUCKETS.len() + 1],
+            native: [0; telemetryd_common::syscalls::BUCKETS],
             sum_seconds: 0.0,
             count: 0,
         }
@@ -57,6 +63,10 @@ impl DeliveryLatency {
             .position(|bound| seconds <= *bound)
             .unwrap_or(DELIVERY_BUCKETS.len());
         self.counts[bucket] += 1;
+        // Whole ns (the kernel's and the receiver's clocks are in ns);
+        // a negative latency (clock skew) is 0.
+        let ns = (seconds.max(0.0) * 1e9).round() as u64;
+        self.native[telemetryd_common::syscalls::bucket_index(ns)] += 1;
         self.sum_seconds += seconds;
         self.count += 1;
     }

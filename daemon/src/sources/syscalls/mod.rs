@@ -16,7 +16,7 @@ use aya::EbpfLoader;
 use telemetryd_common::syscalls::{self as sc, SyscallHistogram, ERRORS_MAP, HISTOGRAMS_MAP};
 
 pub use attach::{plan, tracked, Skipped, StartError, SyscallTracer, TrackedSyscall};
-pub use stats::{SyscallStats, TracerStats, LATENCY_BUCKETS};
+pub use stats::{SyscallStats, TracerStats, DEFAULT_CLASSIC_BUCKETS, LATENCY_BUCKETS};
 
 use crate::config::{Config, SyscallsConfig};
 use crate::loader::probe::KernelSupport;
@@ -102,6 +102,7 @@ pub struct SyscallSource {
     tracer: SyscallTracer,
     histograms: PerCpuArray<MapData, SyscallHistogram>,
     errors: PerCpuArray<MapData, u64>,
+    classic_buckets: (usize, usize),
 }
 
 impl SyscallSource {
@@ -116,6 +117,7 @@ impl SyscallSource {
             tracer,
             histograms: object.take_map(HISTOGRAMS_MAP)?,
             errors: object.take_map(ERRORS_MAP)?,
+            classic_buckets: config.classic_buckets(),
         })
     }
 
@@ -136,6 +138,7 @@ impl SyscallSource {
                 .map(|tracked| (tracked.name.clone(), self.read(tracked)))
                 .collect(),
             errors: std::array::from_fn(|slot| self.error_count(slot as u32)),
+            classic_buckets: self.classic_buckets,
         }
     }
 

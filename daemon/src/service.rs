@@ -132,7 +132,7 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
             () = link_change(links.as_ref()) => sources.follow_interfaces(&config.xdp),
             _ = hangup.recv() => {
                 notifier.reloading(notify::monotonic_usec());
-                if let Some(applied) = reloader.reload(&mut config) {
+                if let Some(applied) = reloader.reload(&mut config).await {
                     if applied.poll_interval {
                         ticker = tokio::time::interval(config.daemon.poll_interval);
                         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::hotplug::LinkWatch;
 use crate::http::{self, HttpLimits, HttpState};
+use crate::http_connections::HttpMetrics;
 use crate::logging::LogControl;
 use crate::mapek::{AnomalyBoard, MapeK};
 use crate::notify::{self, Notifier};
@@ -62,7 +63,7 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let listener = http::bind(config.http.listen).await?;
+    let listener = http::bind(config.http.listen, config.http.max_connections as usize).await?;
     info!(listen = %listener.local_addr()?, "http listening");
 
     // Subscribed before the first attach, so no link change is missed.
@@ -91,17 +92,29 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
     sys::return_freed_heap();
 
     let families_board = board.clone();
+    let http_metrics = HttpMetrics::new();
+    let server_families = http_metrics.clone();
     let state = HttpState {
         snapshot: snapshot_rx,
         ready: ready_rx,
-        extra_families: Arc::new(move || families_board.metric_families()),
+        extra_families: Arc::new(move || {
+            let mut families = families_board.metric_families();
+            families.extend(server_families.families());
+            families
+        }),
         anomalies: Arc::new(move || board.to_json()),
     };
     let limits = HttpLimits {
         max_connections: config.http.max_connections as usize,
         header_read_timeout: config.http.header_read_timeout,
+        // Never longer than the deadline it shortens.
+        header_read_timeout_at_cap: config
+            .http
+            .header_read_timeout_at_cap
+            .min(config.http.header_read_timeout),
+        idle_timeout: config.http.idle_timeout,
     };
-    let server = tokio::spawn(http::serve(listener, state, limits, stop_rx));
+    let server = tokio::spawn(http::serve(listener, state, limits, http_metrics, stop_rx));
     notifier.ready();
 
     let mut ticker = tokio::time::interval(config.daemon.poll_interval);

@@ -281,6 +281,8 @@ mod tests {
         bad("interval too long", "[daemon]\npoll_interval = \"2h\"\n", "daemon.poll_interval", Some((2, 17)), "at most \"1h\""),
         bad("zero interval, dotted key", "daemon.poll_interval = \"0s\"\n", "daemon.poll_interval", Some((1, 24)), "\"0s\""),
         bad("zero interval, inline table", "daemon = { poll_interval = \"0s\" }\n", "daemon.poll_interval", Some((1, 28)), "\"0s\""),
+        bad("zero idle timeout", "[http]\nidle_timeout = \"0s\"\n", "http.idle_timeout", Some((2, 16)), "greater than 0"),
+        bad("header timeout at cap too long", "[http]\nheader_read_timeout_at_cap = \"2m\"\n", "http.header_read_timeout_at_cap", Some((2, 30)), "at most \"1m\""),
         bad("zero header timeout", "[http]\nheader_read_timeout = \"0ms\"\n", "http.header_read_timeout", Some((2, 23)), "greater than 0"),
         bad("unknown attach mode", "[syscalls]\nattach = \"uprobe\"\n", "syscalls.attach", Some((2, 10)), "uprobe"),
         bad("unknown xdp mode", "[xdp]\nmode = \"offload\"\n", "xdp.mode", Some((2, 8)), "offload"),
@@ -389,6 +391,8 @@ mod tests {
             listen = "[::1]:9000"
             max_connections = 10000
             header_read_timeout = "250ms"
+            header_read_timeout_at_cap = "20ms"
+            idle_timeout = "1h"
             [log]
             format = "json"
             level = "info,telemetryd=debug"
@@ -420,6 +424,8 @@ mod tests {
         assert_eq!(c.http.listen, "[::1]:9000".parse().unwrap());
         assert_eq!(c.http.max_connections, 10000);
         assert_eq!(c.http.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(c.http.header_read_timeout_at_cap, Duration::from_millis(20));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(3600));
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.log.level, "info,telemetryd=debug");
         assert!(!c.xdp.enabled);

@@ -55,6 +55,10 @@ pub struct HttpConfig {
     pub max_connections: u32,
     #[serde(with = "super::duration::text")]
     pub header_read_timeout: Duration,
+    #[serde(with = "super::duration::text")]
+    pub header_read_timeout_at_cap: Duration,
+    #[serde(with = "super::duration::text")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -63,6 +67,8 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9469)),
             max_connections: 64,
             header_read_timeout: Duration::from_secs(5),
+            header_read_timeout_at_cap: Duration::from_millis(100),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -24,6 +24,16 @@ impl Config {
             http.header_read_timeout,
             Duration::from_secs(60),
         )?;
+        positive_at_most(
+            "http.header_read_timeout_at_cap",
+            http.header_read_timeout_at_cap,
+            Duration::from_secs(60),
+        )?;
+        positive_at_most(
+            "http.idle_timeout",
+            http.idle_timeout,
+            Duration::from_secs(3600),
+        )?;
 
         check_log_level(&self.log.level).map_err(|m| Invalid::new("log.level", m))?;
 

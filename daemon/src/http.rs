@@ -24,7 +24,9 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::http_connections::{self, CloseReason, Connections, Deadlines, HttpMetrics, Room};
+use crate::http_connections::{
+    self, CloseReason, Connections, Deadlines, HttpMetrics, Room, TrackedStream,
+};
 use crate::metrics;
 use crate::sources::Snapshot;
 
@@ -222,13 +224,15 @@ pub async fn serve(
                 marks.started();
                 let response = handle(&request, &state);
                 metrics.request(request.uri().path(), response.status().as_u16());
-                marks.answered();
                 async move { Ok::<_, Infallible>(response) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(
+                    TokioIo::new(TrackedStream::new(stream, served.clone())),
+                    service,
+                );
             let reason = tokio::select! {
                 result = connection => match result {
                     Ok(()) if served.served() > 0 => CloseReason::Completed,

@@ -21,11 +21,14 @@
 //! code, open connections, closed connections by [`CloseReason`].
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::warn;
@@ -163,6 +166,7 @@ impl HttpMetrics {
         self.registry.gather()
     }
 
+    #[cfg(test)]
     fn closed(&self, reason: CloseReason) -> u64 {
         self.closed.with_label_values(&[reason.as_str()]).get()
     }
@@ -189,14 +193,21 @@ enum State {
     /// Waiting for a complete request since `since` (accepted then, or its
     /// last request was answered then); `served` requests so far.
     Waiting { since: Instant, served: u64 },
-    /// A request is being answered.
-    Busy { served: u64 },
+    /// A request is being answered; `written`: its answer is being written
+    /// (the connection waits for the next request once that is flushed).
+    Busy { served: u64, written: bool },
     /// Told to close (displaced); no longer counts against the cap.
     Closing,
 }
 
 struct Entry {
     state: State,
+    /// Since when the server has found nothing more to read from the client
+    /// (its last read was `Pending`); `None` while bytes keep coming or before
+    /// the server first looked. Grace at the cap counts from here, so a
+    /// connection whose request sits unread because the server is busy is
+    /// never taken for a silent one.
+    silent_since: Option<Instant>,
     close: Arc<Notify>,
 }
 
@@ -225,7 +236,8 @@ pub enum Room {
     /// At the cap: connection `id` was told to close; accept.
     Displaced(u64),
     /// At the cap, and no connection may be displaced before `at`; or
-    /// `None`: every connection is busy, wait for one to close.
+    /// `None`: none may yet (busy, or not silent), wait for a close or for
+    /// one to fall silent.
     WaitUntil(Option<Instant>),
 }
 
@@ -280,7 +292,10 @@ impl Connections {
         let mut candidate: Option<(u64, bool, Instant)> = None;
         let mut earliest: Option<Instant> = None;
         for (&id, entry) in &inner.entries {
-            let State::Waiting { since, served } = entry.state else {
+            let State::Waiting { served, .. } = entry.state else {
+                continue;
+            };
+            let Some(since) = entry.silent_since else {
                 continue;
             };
             if now.saturating_duration_since(since) < grace {
@@ -341,6 +356,7 @@ impl Connections {
                     since: now,
                     served: 0,
                 },
+                silent_since: None,
                 close: close.clone(),
             },
         );
@@ -353,9 +369,41 @@ impl Connections {
         }
     }
 
+    /// A read on connection `id` at `now` returned data (`true`) or found
+    /// none (`false`).
+    fn read(&self, id: u64, data: bool, now: Instant) {
+        let fell_silent = {
+            let mut inner = self.lock();
+            let Some(entry) = inner.entries.get_mut(&id) else {
+                return;
+            };
+            match (data, entry.silent_since) {
+                (true, _) => {
+                    entry.silent_since = None;
+                    false
+                }
+                (false, None) => {
+                    entry.silent_since = Some(now);
+                    true
+                }
+                (false, Some(_)) => false,
+            }
+        };
+        if fell_silent {
+            // The accept loop may be waiting for a connection to displace.
+            self.freed.notify_one();
+        }
+    }
+
+    /// Changes the state of `id`; a change of state ends a silence (the
+    /// next empty read starts the next one).
     fn set_state(&self, id: u64, change: impl FnOnce(State) -> State) {
         if let Some(entry) = self.lock().entries.get_mut(&id) {
-            entry.state = change(entry.state);
+            let new = change(entry.state);
+            if new != entry.state {
+                entry.state = new;
+                entry.silent_since = None;
+            }
         }
     }
 
@@ -455,15 +503,37 @@ impl RequestMarks {
     /// A complete request arrived: the connection is busy, not displaceable.
     pub fn started(&self) {
         self.connections.set_state(self.id, |s| match s {
-            State::Waiting { served, .. } => State::Busy { served },
+            State::Waiting { served, .. } => State::Busy {
+                served,
+                written: false,
+            },
             other => other,
         });
     }
 
-    /// Its answer is ready: the connection waits for the next request.
-    pub fn answered(&self) {
+    /// A read returned data (`true`) or found none (`false`).
+    fn read(&self, data: bool) {
+        self.connections.read(self.id, data, Instant::now());
+    }
+
+    /// Bytes of the answer went out.
+    fn wrote(&self) {
         self.connections.set_state(self.id, |s| match s {
-            State::Busy { served } => State::Waiting {
+            State::Busy { served, .. } => State::Busy {
+                served,
+                written: true,
+            },
+            other => other,
+        });
+    }
+
+    /// The answer is flushed: the connection waits for the next request.
+    fn flushed(&self) {
+        self.connections.set_state(self.id, |s| match s {
+            State::Busy {
+                served,
+                written: true,
+            } => State::Waiting {
                 since: Instant::now(),
                 served: served + 1,
             },
@@ -480,9 +550,108 @@ impl RequestMarks {
             .get(&self.id)
             .map(|e| e.state)
         {
-            Some(State::Waiting { served, .. } | State::Busy { served }) => served,
+            Some(State::Waiting { served, .. } | State::Busy { served, .. }) => served,
             _ => 0,
         }
+    }
+}
+
+/// A connection's stream that tells its [`RequestMarks`] when the client
+/// has fallen silent (a read found nothing) and when an answer has been
+/// written and flushed: until then the connection is busy (never
+/// displaced), afterwards it waits for its next request.
+pub struct TrackedStream<S> {
+    inner: S,
+    marks: RequestMarks,
+}
+
+impl<S> TrackedStream<S> {
+    pub fn new(inner: S, marks: RequestMarks) -> Self {
+        Self { inner, marks }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        // Through a waker that ends the silence as soon as the socket
+        // becomes readable, not only once the task gets to read it.
+        let waker = Waker::from(Arc::new(ReadableWaker {
+            marks: self.marks.clone(),
+            inner: cx.waker().clone(),
+        }));
+        let mut cx = Context::from_waker(&waker);
+        let read = Pin::new(&mut self.inner).poll_read(&mut cx, buf);
+        match read {
+            Poll::Pending => self.marks.read(false),
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.marks.read(true),
+            Poll::Ready(_) => {}
+        }
+        read
+    }
+}
+
+/// Wakes the connection's task, first marking that its client sent
+/// something (or closed).
+struct ReadableWaker {
+    marks: RequestMarks,
+    inner: Waker,
+}
+
+impl Wake for ReadableWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.marks.read(true);
+        self.inner.wake_by_ref();
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.marks.wrote();
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.marks.wrote();
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(flushed, Poll::Ready(Ok(()))) {
+            self.marks.flushed();
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -526,31 +695,36 @@ mod tests {
         assert_ne!(c.make_room(now), Room::Free);
     }
 
+    /// The server read from `t`'s client at `at` and found nothing more.
+    fn silent(c: &Connections, t: &Ticket, at: Instant) {
+        c.read(t.id(), false, at);
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn at_the_cap_the_oldest_waiting_connection_is_displaced_after_the_grace() {
+    async fn at_the_cap_the_oldest_silent_connection_is_displaced_after_the_grace() {
         let c = connections(3);
         let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
         let a = c.register(t0);
-        let b = c.register(t0 + Duration::from_millis(10));
-        let busy = c.register(t0 + Duration::from_millis(20));
+        let b = c.register(ms(10));
+        let busy = c.register(ms(20));
         busy.requests().started();
-        // Nobody has waited 100 ms yet: wait until the oldest has.
-        assert_eq!(
-            c.make_room(t0 + Duration::from_millis(50)),
-            Room::WaitUntil(Some(t0 + Duration::from_millis(100)))
-        );
-        let now = t0 + Duration::from_millis(200);
-        assert_eq!(c.make_room(now), Room::Displaced(a.id()));
+        // Not read from yet (its request may sit unread): never displaced.
+        assert_eq!(c.make_room(ms(500)), Room::WaitUntil(None));
+        silent(&c, &a, ms(500));
+        silent(&c, &b, ms(510));
+        // A later empty read keeps the first silence; data ends it.
+        silent(&c, &a, ms(540));
+        // Nobody has been silent 100 ms yet: wait until the first has.
+        assert_eq!(c.make_room(ms(550)), Room::WaitUntil(Some(ms(600))));
+        assert_eq!(c.make_room(ms(700)), Room::Displaced(a.id()));
         // `a` no longer counts; the new connection takes its slot.
         assert_eq!(c.open(), 2);
-        let _d = c.register(now);
-        assert_eq!(c.make_room(now), Room::Displaced(b.id()));
-        let _e = c.register(now);
-        // Left: `busy` (never displaced) and two within their grace.
-        assert_eq!(
-            c.make_room(now),
-            Room::WaitUntil(Some(now + Duration::from_millis(100)))
-        );
+        let d = c.register(ms(700));
+        silent(&c, &d, ms(700));
+        c.read(b.id(), true, ms(700));
+        assert_eq!(c.make_room(ms(750)), Room::WaitUntil(Some(ms(800))));
+        assert_eq!(c.make_room(ms(800)), Room::Displaced(d.id()));
         // `a` learns it must close, and its close is counted once dropped.
         assert_eq!(a.closing().await, CloseReason::Displaced);
         a.closed(CloseReason::Displaced);
@@ -564,12 +738,16 @@ mod tests {
         let c = connections(2);
         let t0 = Instant::now();
         let keep_alive = c.register(t0);
-        keep_alive.requests().started();
-        keep_alive.requests().answered();
-        assert_eq!(keep_alive.requests().served(), 1);
-        let silent = c.register(t0 + Duration::from_millis(1));
+        let marks = keep_alive.requests();
+        marks.started();
+        marks.wrote();
+        marks.flushed();
+        assert_eq!(marks.served(), 1);
+        silent(&c, &keep_alive, t0);
+        let never = c.register(t0 + Duration::from_millis(1));
+        silent(&c, &never, t0 + Duration::from_millis(1));
         let now = t0 + Duration::from_secs(1);
-        assert_eq!(c.make_room(now), Room::Displaced(silent.id()));
+        assert_eq!(c.make_room(now), Room::Displaced(never.id()));
         let busy = c.register(now);
         busy.requests().started();
         assert_eq!(c.make_room(now), Room::Displaced(keep_alive.id()));
@@ -602,7 +780,10 @@ mod tests {
         let marks = served.requests();
         marks.started();
         tokio::time::sleep(Duration::from_secs(10)).await;
-        marks.answered();
+        marks.wrote();
+        // Written but not yet flushed: still busy, no deadline.
+        assert_eq!(c.deadline(served.id()), None);
+        marks.flushed();
         assert_eq!(served.closing().await, CloseReason::IdleTimeout);
         assert_eq!(t1.elapsed(), Duration::from_secs(40));
     }

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod frames;
+pub mod hostile;
 pub mod kernel;
 pub mod matrix;
 pub mod metrics;

@@ -12,7 +12,9 @@
 //!   connection has that long to send its request, however fast others
 //!   reconnect; while none has, new connections wait in the kernel's accept
 //!   queue (sized for the cap: [`backlog`]);
-//! - connections busy with a request are never displaced.
+//! - connections busy with a request are never displaced, and nobody is
+//!   displaced unless more than half the connections are silent (at the cap
+//!   with slow but honest clients, new ones wait for a close instead).
 //!
 //! Every connection also has deadlines of its own: `header_read_timeout` until
 //! its first complete request, `idle_timeout` between requests.
@@ -287,6 +289,19 @@ impl Connections {
         if inner.counted() < self.deadlines.max_connections {
             return Room::Free;
         }
+        // Displace only while most connections are silent: at the cap with
+        // clients that are merely slow (a CPU-starved scraper that connected
+        // but has not written yet), closing one to let in another helps no
+        // one; new connections wait for a close instead, as below the cap.
+        let silent = inner
+            .entries
+            .values()
+            .filter(|e| matches!(e.state, State::Waiting { .. }) && e.silent_since.is_some())
+            .count();
+        if silent * 2 <= self.deadlines.max_connections {
+            self.warn_at_cap(&mut inner, now);
+            return Room::WaitUntil(None);
+        }
         let grace = self.deadlines.header_read_timeout_at_cap;
         // Oldest first, never-served before idle keep-alive ones.
         let mut candidate: Option<(u64, bool, Instant)> = None;
@@ -320,6 +335,12 @@ impl Connections {
             }
             None => Room::WaitUntil(earliest),
         };
+        self.warn_at_cap(&mut inner, now);
+        room
+    }
+
+    /// The cap is reached: says so, at most every [`CAP_WARNING_EVERY`].
+    fn warn_at_cap(&self, inner: &mut Inner, now: Instant) {
         let due = inner
             .last_cap_warning
             .is_none_or(|t| now.saturating_duration_since(t) >= CAP_WARNING_EVERY);
@@ -335,7 +356,6 @@ impl Connections {
                  every 10 s"
             );
         }
-        room
     }
 
     /// Waits until a connection closes (or a slot may have come free).
@@ -722,9 +742,12 @@ mod tests {
         assert_eq!(c.open(), 2);
         let d = c.register(ms(700));
         silent(&c, &d, ms(700));
-        c.read(b.id(), true, ms(700));
-        assert_eq!(c.make_room(ms(750)), Room::WaitUntil(Some(ms(800))));
-        assert_eq!(c.make_room(ms(800)), Room::Displaced(d.id()));
+        assert_eq!(c.make_room(ms(750)), Room::Displaced(b.id()));
+        // Data from `d` ends its silence; one silent of three is no attack.
+        let e = c.register(ms(750));
+        silent(&c, &e, ms(750));
+        c.read(d.id(), true, ms(760));
+        assert_eq!(c.make_room(ms(900)), Room::WaitUntil(None));
         // `a` learns it must close, and its close is counted once dropped.
         assert_eq!(a.closing().await, CloseReason::Displaced);
         a.closed(CloseReason::Displaced);
@@ -748,9 +771,30 @@ mod tests {
         silent(&c, &never, t0 + Duration::from_millis(1));
         let now = t0 + Duration::from_secs(1);
         assert_eq!(c.make_room(now), Room::Displaced(never.id()));
-        let busy = c.register(now);
-        busy.requests().started();
-        assert_eq!(c.make_room(now), Room::Displaced(keep_alive.id()));
+        let other = c.register(now);
+        silent(&c, &other, now);
+        let later = now + Duration::from_secs(1);
+        assert_eq!(c.make_room(later), Room::Displaced(other.id()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nobody_is_displaced_unless_most_connections_are_silent() {
+        let c = connections(4);
+        let t0 = Instant::now();
+        let tickets: Vec<Ticket> = (0..4).map(|_| c.register(t0)).collect();
+        tickets[0].requests().started();
+        tickets[1].requests().started();
+        silent(&c, &tickets[2], t0);
+        silent(&c, &tickets[3], t0);
+        // Two of four silent: slow clients, not an attack; wait for a close.
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(c.make_room(later), Room::WaitUntil(None));
+        let mut tickets = tickets;
+        drop(tickets.remove(0));
+        let t = c.register(later);
+        silent(&c, &t, later);
+        // Three of four silent: the oldest long-silent one goes.
+        assert_eq!(c.make_room(later), Room::Displaced(2));
     }
 
     #[tokio::test(start_paused = true)]

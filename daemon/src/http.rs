@@ -142,8 +142,8 @@ fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Re
 }
 
 /// Binds the listener, with a listen backlog sized for `max_connections`
-/// ([`http_connections::backlog`]); errors here are fatal at startup (bad
-/// address, port in use) and name the address.
+/// ([`http_connections::backlog`]); errors here are fatal at startup (an
+/// address not on this host, a port in use).
 pub async fn bind(addr: SocketAddr, max_connections: usize) -> std::io::Result<TcpListener> {
     let listen = || {
         let socket = if addr.is_ipv4() {
@@ -155,12 +155,7 @@ pub async fn bind(addr: SocketAddr, max_connections: usize) -> std::io::Result<T
         socket.bind(addr)?;
         socket.listen(http_connections::backlog(max_connections))
     };
-    listen().map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("binding the HTTP listener on {addr}: {e}"),
-        )
-    })
+    listen()
 }
 
 /// Accepts connections until `shutdown` turns true; `metrics` counts

@@ -13,8 +13,9 @@
 //!   reconnect; while none has, new connections wait in the kernel's accept
 //!   queue (sized for the cap: [`backlog`]);
 //! - connections busy with a request are never displaced, and nobody is
-//!   displaced unless more than half the connections are silent (at the cap
-//!   with slow but honest clients, new ones wait for a close instead).
+//!   displaced unless more than half the connections have been silent that
+//!   long (at the cap with slow but honest clients, new ones wait for a
+//!   close instead).
 //!
 //! Every connection also has deadlines of its own: `header_read_timeout` until
 //! its first complete request, `idle_timeout` between requests.
@@ -293,16 +294,29 @@ impl Connections {
         // clients that are merely slow (a CPU-starved scraper that connected
         // but has not written yet), closing one to let in another helps no
         // one; new connections wait for a close instead, as below the cap.
-        let silent = inner
+        let grace = self.deadlines.header_read_timeout_at_cap;
+        let long_silent = inner
             .entries
             .values()
-            .filter(|e| matches!(e.state, State::Waiting { .. }) && e.silent_since.is_some())
+            .filter(|e| {
+                matches!(e.state, State::Waiting { .. })
+                    && e.silent_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= grace)
+            })
             .count();
-        if silent * 2 <= self.deadlines.max_connections {
+        if long_silent * 2 <= self.deadlines.max_connections {
             self.warn_at_cap(&mut inner, now);
-            return Room::WaitUntil(None);
+            // The next connection to fall silent wakes the accept loop; then
+            // it waits until that one has been silent for the grace.
+            let first_silent = inner
+                .entries
+                .values()
+                .filter(|e| matches!(e.state, State::Waiting { .. }))
+                .filter_map(|e| e.silent_since)
+                .filter(|t| now.saturating_duration_since(*t) < grace)
+                .min();
+            return Room::WaitUntil(first_silent.map(|t| t + grace));
         }
-        let grace = self.deadlines.header_read_timeout_at_cap;
         // Oldest first, never-served before idle keep-alive ones.
         let mut candidate: Option<(u64, bool, Instant)> = None;
         let mut earliest: Option<Instant> = None;
@@ -742,12 +756,14 @@ mod tests {
         assert_eq!(c.open(), 2);
         let d = c.register(ms(700));
         silent(&c, &d, ms(700));
-        assert_eq!(c.make_room(ms(750)), Room::Displaced(b.id()));
-        // Data from `d` ends its silence; one silent of three is no attack.
-        let e = c.register(ms(750));
-        silent(&c, &e, ms(750));
-        c.read(d.id(), true, ms(760));
-        assert_eq!(c.make_room(ms(900)), Room::WaitUntil(None));
+        // One of three long silent is no attack: wait for `d`'s grace.
+        assert_eq!(c.make_room(ms(750)), Room::WaitUntil(Some(ms(800))));
+        assert_eq!(c.make_room(ms(800)), Room::Displaced(b.id()));
+        // Data from `d` ends its silence.
+        let e = c.register(ms(800));
+        silent(&c, &e, ms(800));
+        c.read(d.id(), true, ms(810));
+        assert_eq!(c.make_room(ms(950)), Room::WaitUntil(None));
         // `a` learns it must close, and its close is counted once dropped.
         assert_eq!(a.closing().await, CloseReason::Displaced);
         a.closed(CloseReason::Displaced);
@@ -793,8 +809,15 @@ mod tests {
         drop(tickets.remove(0));
         let t = c.register(later);
         silent(&c, &t, later);
-        // Three of four silent: the oldest long-silent one goes.
-        assert_eq!(c.make_room(later), Room::Displaced(2));
+        assert_eq!(
+            c.make_room(later),
+            Room::WaitUntil(Some(later + Duration::from_millis(100)))
+        );
+        // Three of four silent for 100 ms: the oldest one goes.
+        assert_eq!(
+            c.make_room(later + Duration::from_millis(100)),
+            Room::Displaced(2)
+        );
     }
 
     #[tokio::test(start_paused = true)]

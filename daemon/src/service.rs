@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::hotplug::LinkWatch;
 use crate::http::{self, HttpLimits, HttpState};
 use crate::http_connections::HttpMetrics;
@@ -52,6 +52,7 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
     } = service;
     // First thing, so an early SIGHUP is queued rather than fatal.
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let listen_flag = source.overrides.listen.is_some();
     let reloader = Reloader::new(source, log, &config);
     let stall_after: Option<u64> = std::env::var(TEST_STALL_POLL_AFTER)
         .ok()
@@ -63,7 +64,23 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let listener = http::bind(config.http.listen, config.http.max_connections as usize).await?;
+    // An address this host cannot listen on is a configuration error (exit
+    // 64), named like the others.
+    let listener = http::bind(config.http.listen, config.http.max_connections as usize)
+        .await
+        .map_err(|error| {
+            let message = format!("cannot listen on {}: {error}", config.http.listen);
+            if listen_flag {
+                ConfigError::Invalid {
+                    origin: "command line".to_owned(),
+                    key: "--listen".to_owned(),
+                    line_col: None,
+                    message,
+                }
+            } else {
+                config.key_error("http.listen", message)
+            }
+        })?;
     info!(listen = %listener.local_addr()?, "http listening");
 
     // Subscribed before the first attach, so no link change is missed.

@@ -166,6 +166,28 @@ impl Config {
         Ok(config)
     }
 
+    /// An error about `key` found after loading (the listen address cannot
+    /// be bound, say), located in the file the configuration came from when
+    /// the key is written there.
+    pub fn key_error(&self, key: &str, message: String) -> ConfigError {
+        let (origin, text) = match resolve(self.source.as_deref()) {
+            Some(path) => (
+                path.display().to_string(),
+                file::read(path).map(|f| f.text).unwrap_or_default(),
+            ),
+            None => ("<embedded>".to_owned(), EMBEDDED.to_owned()),
+        };
+        Config::locate(
+            &text,
+            &origin,
+            validate::Invalid {
+                key: key.to_owned(),
+                index: None,
+                message,
+            },
+        )
+    }
+
     fn locate(text: &str, origin: &str, inv: validate::Invalid) -> ConfigError {
         let span = toml_edit::ImDocument::parse(text)
             .ok()

@@ -4,16 +4,20 @@
 //! cargo xtask bench http
 //! ```
 //!
-//! One release daemon (default `[http]` settings: 64 connections, 5 s
-//! header deadline, 100 ms at the cap) in a namespace of its own; a probe
-//! scrapes `/metrics` every 100 ms (a fresh connection each time, 30 s
-//! patience) while, in turn:
+//! Two release daemons, each in a namespace of its own: one with the
+//! default `[http]` settings (512 connections, 5 s header deadline, 100 ms
+//! at the cap), one capped at 64 connections (the old default, which every
+//! crowd below exceeds). A probe scrapes `/metrics` every 100 ms (a fresh
+//! connection each time, 30 s patience) while, in turn:
 //! 1. nothing else (baseline);
 //! 2. 300 connections send half a request line, each reopened as soon as
 //!    the server closes it;
 //! 3. 1,000 connections send nothing (reopened when closed);
 //! 4. 300 slowloris connections send a request a byte a second;
-//! 5. 200 concurrent scrapers scrape in a loop.
+//! 5. 200 concurrent scrapers scrape in a loop;
+//!
+//! then, at the cap of 64: baseline, 300 reopening partial requests, 1,000
+//! idle connections, 200 concurrent scrapers.
 //!
 //! Printed side by side from the one run: probe scrapes, failures, p50,
 //! p99 and max latency, p99 over the baseline's, and what the server
@@ -49,23 +53,53 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let phase = Duration::from_secs(secs);
-    let ns = NetNs::new();
-    let daemon = Daemon::start(&ns);
+    // The default daemon, and one capped at 64 (the old default) whose cap
+    // every crowd exceeds.
+    let defaults = NetNs::new();
+    let capped = NetNs::new();
+    let _daemon = Daemon::start(&defaults, "");
+    let _capped = Daemon::start(&capped, "max_connections = 64\n");
     let addr: SocketAddr = LISTEN.parse().unwrap();
 
-    let phases: [(&str, Option<(usize, Behaviour)>); 5] = [
-        ("baseline", None),
+    type Phase<'a> = (&'static str, &'a NetNs, Option<(usize, Behaviour)>);
+    let phases: [Phase<'_>; 9] = [
+        ("baseline", &defaults, None),
         (
             "300 reopening partial requests",
+            &defaults,
             Some((300, Behaviour::PartialRequestLine)),
         ),
-        ("1,000 idle connections", Some((1000, Behaviour::Idle))),
-        ("300 slowloris", Some((300, Behaviour::Slowloris))),
-        ("200 concurrent scrapers", Some((200, Behaviour::Scraper))),
+        (
+            "1,000 idle connections",
+            &defaults,
+            Some((1000, Behaviour::Idle)),
+        ),
+        (
+            "300 slowloris",
+            &defaults,
+            Some((300, Behaviour::Slowloris)),
+        ),
+        (
+            "200 concurrent scrapers",
+            &defaults,
+            Some((200, Behaviour::Scraper)),
+        ),
+        ("cap 64: baseline", &capped, None),
+        (
+            "cap 64: 300 reopening partial",
+            &capped,
+            Some((300, Behaviour::PartialRequestLine)),
+        ),
+        ("cap 64: 1,000 idle", &capped, Some((1000, Behaviour::Idle))),
+        (
+            "cap 64: 200 concurrent scrapers",
+            &capped,
+            Some((200, Behaviour::Scraper)),
+        ),
     ];
     let mut rows = Vec::new();
-    for (name, crowd) in phases {
-        let before = closed_counts(&ns, addr);
+    for (name, ns, crowd) in phases {
+        let before = closed_counts(ns, addr);
         let crowd = crowd.map(|(n, behaviour)| Crowd::start(&ns.name, addr, n, behaviour));
         // Let the crowd reach the cap first.
         std::thread::sleep(Duration::from_secs(1));
@@ -87,7 +121,7 @@ fn main() {
         drop(crowd);
         // The crowd's connections close; let the server count them.
         std::thread::sleep(Duration::from_millis(500));
-        let after = closed_counts(&ns, addr);
+        let after = closed_counts(ns, addr);
         let delta: Vec<(String, f64)> = after
             .iter()
             .map(|(reason, n)| {
@@ -108,10 +142,13 @@ fn main() {
             closed: delta,
         });
     }
-    let baseline_p99 = percentiles(&rows[0].samples).1;
+    let baseline_p99 = |name: &str| {
+        let base = if name.starts_with("cap 64") { 5 } else { 0 };
+        percentiles(&rows[base].samples).1
+    };
     println!(
-        "\nHTTP endpoint under abuse: release build, default [http] settings, a probe scrape of \
-         /metrics every 100 ms for {secs} s per phase, one run\n"
+        "\nHTTP endpoint under abuse: release build, default [http] settings (cap 512) and a cap \
+         of 64, a probe scrape of /metrics every 100 ms for {secs} s per phase, one run\n"
     );
     println!(
         "{:<32} {:>7} {:>7} {:>10} {:>10} {:>10} {:>9}  server closed (reason: count)",
@@ -136,7 +173,7 @@ fn main() {
             ms(p50),
             ms(p99),
             ms(max),
-            p99.as_secs_f64() / baseline_p99.as_secs_f64(),
+            p99.as_secs_f64() / baseline_p99(row.name).as_secs_f64(),
             closed.join(", ")
         );
         if row.name.contains("scrapers") {
@@ -146,7 +183,6 @@ fn main() {
             );
         }
     }
-    drop(daemon);
 }
 
 struct Row {
@@ -194,7 +230,8 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(ns: &NetNs) -> Self {
+    /// Starts the release daemon in `ns`; `http` is extra `[http]` lines.
+    fn start(ns: &NetNs, http: &str) -> Self {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args([
                 "build",
@@ -215,7 +252,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "[daemon]\npoll_interval = \"1s\"\n[http]\nlisten = \"{LISTEN}\"\n\
+                "[daemon]\npoll_interval = \"1s\"\n[http]\nlisten = \"{LISTEN}\"\n{http}\
                  [syscalls]\nenabled = false\n"
             ),
         )

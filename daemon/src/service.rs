@@ -64,6 +64,7 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
         );
     }
 
+    raise_open_file_limit(config.http.max_connections as u64);
     // An address this host cannot listen on is a configuration error (exit
     // 64), named like the others.
     let listener = http::bind(config.http.listen, config.http.max_connections as usize)
@@ -186,6 +187,30 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one (systemd's default soft
+/// limit is 1,024), so `http.max_connections` connections fit beside the
+/// daemon's own descriptors; says so when even the hard limit is short.
+fn raise_open_file_limit(connections: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if let Err(error) = setrlimit(Resource::Nofile, raised) {
+        warn!(%error, "could not raise the open-file limit");
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    if now.is_some_and(|n| n < connections + 256) {
+        warn!(
+            limit = now,
+            max_connections = connections,
+            "the open-file limit is below http.max_connections + 256: connections beyond it \
+             are refused by the kernel (raise LimitNOFILE)"
+        );
+    }
 }
 
 /// Resolves when the next watchdog ping is due; never without a watchdog.

@@ -65,7 +65,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9469)),
-            max_connections: 64,
+            max_connections: 512,
             header_read_timeout: Duration::from_secs(5),
             header_read_timeout_at_cap: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(30),

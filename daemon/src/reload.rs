@@ -225,12 +225,21 @@ impl Reloader {
     pub async fn reload(&self, running: &mut Config) -> Option<Applied> {
         let (new, digest) = match self.source.load_settled().await {
             Ok(loaded) => (loaded.config, loaded.digest),
-            Err(reason) => {
+            Err(reason @ ReloadError::Invalid(_)) => {
                 error!(
                     event = "config_reload",
                     outcome = reason.outcome(),
                     error = %reason,
                     "SIGHUP: the new configuration is invalid; keeping the running one"
+                );
+                return None;
+            }
+            Err(reason) => {
+                error!(
+                    event = "config_reload",
+                    outcome = reason.outcome(),
+                    error = %reason,
+                    "SIGHUP: the configuration file is being rewritten (replace it by rename); keeping the running one"
                 );
                 return None;
             }

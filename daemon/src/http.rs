@@ -2,8 +2,10 @@
 //! `/api/v1/top-talkers`.
 //!
 //! Routing is a plain function of the request and [`HttpState`], tested
-//! without a socket; [`serve`] adds the listener with a header-read timeout
-//! and a cap on concurrent connections.
+//! without a socket; [`serve`] adds the listener, whose connections
+//! [`crate::http_connections`] keeps track of: a cap on open connections at
+//! which those that have not sent a complete request make room for new ones,
+//! header and idle deadlines, and the server's own metrics.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,10 +20,13 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::proto::MetricFamily;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::http_connections::{
+    self, CloseReason, Connections, Deadlines, HttpMetrics, Room, TrackedStream,
+};
 use crate::metrics;
 use crate::metrics::self_metrics::SelfMetrics;
 use crate::readiness::Readiness;
@@ -52,6 +57,11 @@ pub struct HttpState {
 pub struct HttpLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// The header deadline while the cap is reached: a connection without a
+    /// complete request for this long gives its slot to a new one.
+    pub header_read_timeout_at_cap: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
 }
 
 type Body = Full<Bytes>;
@@ -156,32 +166,62 @@ fn with_type(
     response
 }
 
-/// Binds the listener; errors here are fatal at startup (bad address, port
-/// in use) and name the address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("binding the HTTP listener on {addr}: {e}"),
-        )
-    })
+/// Binds the listener, with a listen backlog sized for `max_connections`
+/// ([`http_connections::backlog`]); errors here are fatal at startup (an
+/// address not on this host, a port in use).
+pub async fn bind(addr: SocketAddr, max_connections: usize) -> std::io::Result<TcpListener> {
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(http_connections::backlog(max_connections))
+    };
+    listen()
 }
 
-/// Accepts connections until `shutdown` turns true.
+/// Accepts connections until `shutdown` turns true; `metrics` counts
+/// requests and connections (render its families with `/metrics`).
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
     limits: HttpLimits,
+    metrics: HttpMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = Connections::new(
+        Deadlines {
+            max_connections: limits.max_connections,
+            header_read_timeout: limits.header_read_timeout,
+            header_read_timeout_at_cap: limits.header_read_timeout_at_cap,
+            idle_timeout: limits.idle_timeout,
+        },
+        metrics,
+    );
     loop {
-        // Waiting for a slot first keeps excess connections in the kernel's
-        // backlog instead of in memory.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-            _ = stopped(&mut shutdown) => return,
-        };
+        // At the cap, make room first: displace a connection that has sent
+        // no complete request, or leave the new one in the kernel's backlog
+        // until one may be displaced or one closes.
+        match connections.make_room(tokio::time::Instant::now()) {
+            Room::Free | Room::Displaced(_) => {}
+            Room::WaitUntil(at) => {
+                let until = async {
+                    match at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = until => {}
+                    () = connections.freed() => {}
+                    _ = stopped(&mut shutdown) => return,
+                }
+                continue;
+            }
+        }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -194,28 +234,50 @@ pub async fn serve(
             },
             _ = stopped(&mut shutdown) => return,
         };
+        let ticket = connections.register(tokio::time::Instant::now());
         let state = state.clone();
+        let metrics = connections.metrics().clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let marks = ticket.requests();
+            let served = marks.clone();
+            // Tracked under TLS: a client that sends no handshake is as
+            // silent as one that sends no request, and may be displaced.
+            let tracked = TrackedStream::new(stream, served.clone());
             let timeout = limits.header_read_timeout;
-            let Some(stream) = state.web.accept(stream, peer, timeout).await else {
-                return;
-            };
-            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let state = state.clone();
-                async move {
-                    let response = state.web.respond(request, |r| handle(r, &state)).await;
-                    Ok::<_, Infallible>(response)
+            let session = async move {
+                let Some(stream) = state.web.accept(tracked, peer, timeout).await else {
+                    return CloseReason::Error;
+                };
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    marks.started();
+                    let state = state.clone();
+                    let metrics = metrics.clone();
+                    async move {
+                        let path = request.uri().path().to_owned();
+                        let response = state.web.respond(request, |r| handle(r, &state)).await;
+                        metrics.request(&path, response.status().as_u16());
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .serve_connection(TokioIo::new(stream), service);
+                match connection.await {
+                    Ok(()) if served.served() > 0 => CloseReason::Completed,
+                    Ok(()) => CloseReason::Error,
+                    Err(error) if error.is_timeout() => CloseReason::HeaderTimeout,
+                    Err(error) => {
+                        debug!(%peer, %error, "HTTP connection ended with an error");
+                        CloseReason::Error
+                    }
                 }
-            });
-            let served = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                debug!(%peer, %error, "HTTP connection ended with an error");
-            }
+            };
+            let reason = tokio::select! {
+                reason = session => reason,
+                reason = ticket.closing() => reason,
+            };
+            ticket.closed(reason);
         });
     }
 }
@@ -384,14 +446,23 @@ mod tests {
     #[tokio::test]
     async fn serves_over_a_real_socket_and_times_out_silent_clients() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 4).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = watch::channel(false);
         let limits = HttpLimits {
             max_connections: 4,
             header_read_timeout: Duration::from_millis(200),
+            header_read_timeout_at_cap: Duration::from_millis(50),
+            idle_timeout: Duration::from_secs(1),
         };
-        let server = tokio::spawn(serve(listener, state(true), limits, stop_rx));
+        let metrics = HttpMetrics::new();
+        let server = tokio::spawn(serve(
+            listener,
+            state(true),
+            limits,
+            metrics.clone(),
+            stop_rx,
+        ));
 
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream
@@ -416,6 +487,66 @@ mod tests {
             "server kept a client with incomplete headers for 5 s"
         );
 
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_silent_clients_make_room_for_a_request() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 2).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let limits = HttpLimits {
+            max_connections: 2,
+            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout_at_cap: Duration::from_millis(50),
+            idle_timeout: Duration::from_secs(30),
+        };
+        let metrics = HttpMetrics::new();
+        let server = tokio::spawn(serve(
+            listener,
+            state(true),
+            limits,
+            metrics.clone(),
+            stop_rx,
+        ));
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /metrics HTT").await.unwrap();
+            silent.push(s);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = std::time::Instant::now();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The oldest silent client was closed for it; the younger one stays.
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), silent[0].read_to_end(&mut buf))
+            .await
+            .expect("the oldest silent client is closed");
+        assert!(
+            n.is_err() || buf.is_empty(),
+            "closed without a reply: {buf:?}"
+        );
+        let text = crate::metrics::render(metrics.families()).unwrap();
+        for line in [
+            "telemetryd_http_connections_closed_total{reason=\"displaced\"} 1",
+            "telemetryd_http_requests_total{code=\"200\",handler=\"/healthz\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
         stop_tx.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), server)
             .await

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod hotplug;
 pub mod http;
+pub mod http_connections;
 pub mod kernel;
 pub mod loader;
 pub mod logging;

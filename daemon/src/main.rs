@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use telemetryd::cli::{Cli, Command};
-use telemetryd::config::EX_USAGE;
+use telemetryd::config::{ConfigError, EX_USAGE};
 use telemetryd::notify::Notifier;
 use telemetryd::reload::ConfigSource;
 use telemetryd::service::Service;
@@ -65,7 +65,12 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");
-                    if telemetryd::service::is_configuration_error(&error) {
+                    // A configuration error found only at start (the listen
+                    // address, a pin path not on a bpffs): exit 64 like one
+                    // found in the file.
+                    if telemetryd::service::is_configuration_error(&error)
+                        || error.downcast_ref::<ConfigError>().is_some()
+                    {
                         ExitCode::from(EX_USAGE as u8)
                     } else {
                         ExitCode::FAILURE

@@ -11,13 +11,22 @@
 //! (listen address, log format, enabling or disabling programs, syscall
 //! tracing settings) needs a restart: a changed value is logged and the
 //! running one kept.
+//!
+//! A reload applies only a file that held still: it is read, read again
+//! [`SETTLE`] later, and applied only when both reads saw the same bytes and
+//! the same `fstat` (inode, size, times) and neither changed while it was
+//! read. A file that keeps changing is retried [`ATTEMPTS`] times, then the
+//! running configuration is kept and the reason logged. An empty file (the
+//! moment between truncating and rewriting in place) is never applied by a
+//! reload either. Replacing the file by rename is what never tears.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{AnalyzerSettings, Config, ConfigError, Overrides};
+use crate::config::{self, file, AnalyzerSettings, Config, ConfigError, Overrides};
 use crate::logging::LogControl;
 use crate::webconfig::WebAccess;
 
@@ -29,11 +38,101 @@ pub struct ConfigSource {
     pub overrides: Overrides,
 }
 
+/// How long the file must hold still between the two reads of a reload.
+pub const SETTLE: Duration = Duration::from_millis(50);
+/// Reads of a reload before it gives up on a file that keeps changing.
+pub const ATTEMPTS: u32 = 3;
+
+/// Why a reload kept the running configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error(
+        "{path}: the file {why} in each of {attempts} attempts; replace it by rename \
+         (write a new file, then mv it over the old one)"
+    )]
+    Unsettled {
+        path: String,
+        why: &'static str,
+        attempts: u32,
+    },
+    #[error("{path}: the file is empty (truncated while being rewritten in place?)")]
+    Empty { path: String },
+}
+
+impl ReloadError {
+    /// The `outcome` field of the log line: `invalid`, `unsettled`, `empty`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ReloadError::Invalid(_) => "invalid",
+            ReloadError::Unsettled { .. } => "unsettled",
+            ReloadError::Empty { .. } => "empty",
+        }
+    }
+}
+
+/// A configuration and the digest of the file text it came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// [`file::digest`] of the text applied (of the embedded default
+    /// without a file).
+    pub digest: String,
+}
+
 impl ConfigSource {
     pub fn load(&self) -> Result<Config, ConfigError> {
         let mut config = Config::load(self.path.as_deref())?;
         config.apply_overrides(&self.overrides)?;
         Ok(config)
+    }
+
+    /// Loads the file for a reload: only a version that held still for
+    /// [`SETTLE`] (see the module documentation).
+    pub async fn load_settled(&self) -> Result<Loaded, ReloadError> {
+        let Some(path) = config::resolve(self.path.as_deref()) else {
+            let mut config = Config::load(None)?;
+            config.apply_overrides(&self.overrides)?;
+            return Ok(Loaded {
+                config,
+                digest: file::digest(config::EMBEDDED),
+            });
+        };
+        let mut why = "";
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(SETTLE).await;
+            }
+            let first = file::read(path)?;
+            if first.changed_while_reading {
+                why = "changed while it was read";
+                continue;
+            }
+            tokio::time::sleep(SETTLE).await;
+            let second = file::read(path)?;
+            if second != first {
+                why = "changed between two reads 50 ms apart";
+                continue;
+            }
+            if first.text.is_empty() {
+                return Err(ReloadError::Empty {
+                    path: path.display().to_string(),
+                });
+            }
+            let mut config = Config::from_file_text(&first.text, path)?;
+            config.source = self.path.clone();
+            config.apply_overrides(&self.overrides)?;
+            return Ok(Loaded {
+                config,
+                digest: file::digest(&first.text),
+            });
+        }
+        Err(ReloadError::Unsettled {
+            path: path.display().to_string(),
+            why,
+            attempts: ATTEMPTS,
+        })
     }
 }
 
@@ -157,15 +256,27 @@ impl Reloader {
         &self.analyzer
     }
 
-    /// Re-reads the file and applies it to `running`. An invalid file
-    /// changes nothing: the reason is logged and `None` returned.
-    pub fn reload(&self, running: &mut Config) -> Option<Applied> {
-        let new = match self.source.load() {
-            Ok(new) => new,
-            Err(reason) => {
+    /// Re-reads the file and applies it to `running`. An invalid file, or
+    /// one that does not hold still, changes nothing: the reason is logged
+    /// and `None` returned.
+    pub async fn reload(&self, running: &mut Config) -> Option<Applied> {
+        let (new, digest) = match self.source.load_settled().await {
+            Ok(loaded) => (loaded.config, loaded.digest),
+            Err(reason @ ReloadError::Invalid(_)) => {
                 error!(
+                    event = "config_reload",
+                    outcome = reason.outcome(),
                     error = %reason,
                     "SIGHUP: the new configuration is invalid; keeping the running one"
+                );
+                return None;
+            }
+            Err(reason) => {
+                error!(
+                    event = "config_reload",
+                    outcome = reason.outcome(),
+                    error = %reason,
+                    "SIGHUP: the configuration file is being rewritten (replace it by rename); keeping the running one"
                 );
                 return None;
             }
@@ -194,6 +305,9 @@ impl Reloader {
             );
         }
         info!(
+            event = "config_reload",
+            outcome = "applied",
+            digest,
             log_level = applied.log_level,
             analyzer = applied.analyzer,
             xdp = applied.xdp,
@@ -253,8 +367,8 @@ mod tests {
         assert_eq!(running.syscalls, Config::default().syscalls);
     }
 
-    #[test]
-    fn invalid_file_keeps_the_running_config() {
+    #[tokio::test(start_paused = true)]
+    async fn invalid_file_keeps_the_running_config() {
         let path = std::env::temp_dir().join(format!("reload-test-{}.toml", std::process::id()));
         std::fs::write(&path, "[log]\nlevel = \"debug\"\n").unwrap();
         let source = ConfigSource {
@@ -267,11 +381,11 @@ mod tests {
 
         std::fs::write(&path, "[log]\nlevel = \"loud\"\n").unwrap();
         let before = running.clone();
-        assert_eq!(reloader.reload(&mut running), None);
+        assert_eq!(reloader.reload(&mut running).await, None);
         assert_eq!(running, before);
 
         std::fs::write(&path, "[analyzer]\nfire_after = 7\n").unwrap();
-        let applied = reloader.reload(&mut running).expect("valid");
+        let applied = reloader.reload(&mut running).await.expect("valid");
         assert!(applied.analyzer && applied.log_level);
         assert!(analyzer.has_changed().unwrap());
         assert_eq!(analyzer.borrow_and_update().fire_after, 7);
@@ -279,8 +393,8 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
-    #[test]
-    fn command_line_flags_still_win_after_a_reload() {
+    #[tokio::test(start_paused = true)]
+    async fn command_line_flags_still_win_after_a_reload() {
         let path = std::env::temp_dir().join(format!("reload-flags-{}.toml", std::process::id()));
         std::fs::write(&path, "[log]\nlevel = \"warn\"\n").unwrap();
         let source = ConfigSource {
@@ -293,9 +407,81 @@ mod tests {
         let mut running = source.load().unwrap();
         let reloader = Reloader::new(source, None, &running);
         std::fs::write(&path, "[log]\nlevel = \"error\"\n").unwrap();
-        let applied = reloader.reload(&mut running).unwrap();
+        let applied = reloader.reload(&mut running).await.unwrap();
         assert!(!applied.log_level);
         assert_eq!(running.log.level, "trace");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    fn source_at(name: &str, text: &str) -> (ConfigSource, PathBuf) {
+        let path = std::env::temp_dir().join(format!("reload-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let source = ConfigSource {
+            path: Some(path.clone()),
+            overrides: Overrides::default(),
+        };
+        (source, path)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_file_is_never_applied_by_a_reload() {
+        let (source, path) = source_at("empty", "");
+        let error = source.load_settled().await.unwrap_err();
+        assert_eq!(error.outcome(), "empty", "{error}");
+        // At start-up an empty file is the defaults, as documented.
+        assert_eq!(
+            Config {
+                source: None,
+                ..source.load().unwrap()
+            },
+            Config::default()
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settled_file_is_applied_with_its_digest() {
+        let text = "[analyzer]\nfire_after = 4\n";
+        let (source, path) = source_at("settled", text);
+        let loaded = source.load_settled().await.unwrap();
+        assert_eq!(loaded.config.analyzer.fire_after, 4);
+        assert_eq!(loaded.digest, file::digest(text));
+        assert_eq!(loaded.config.source.as_deref(), Some(path.as_path()));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A writer rewriting the file in place every 5 ms: no read pair 50 ms
+    /// apart ever agrees, so the reload gives up and says why.
+    #[tokio::test]
+    async fn a_file_that_keeps_changing_is_not_applied() {
+        let (source, path) = source_at("churn", "[analyzer]\nfire_after = 4\n");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    std::fs::write(&path, format!("[analyzer]\nfire_after = {}\n", 1 + n % 9))
+                        .unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let result = source.load_settled().await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        let error = result.unwrap_err();
+        assert_eq!(error.outcome(), "unsettled", "{error}");
+        assert!(
+            error.to_string().contains("in each of 3 attempts"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("by rename"), "{error}");
+        // Three attempts of two reads 50 ms apart, 50 ms between attempts.
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert!(started.elapsed() < Duration::from_secs(2));
         let _ = std::fs::remove_file(&path);
     }
 }

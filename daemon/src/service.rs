@@ -13,9 +13,10 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::hotplug::LinkWatch;
 use crate::http::{self, HttpLimits, HttpState};
+use crate::http_connections::HttpMetrics;
 use crate::logging::LogControl;
 use crate::mapek::{AnomalyBoard, MapeK};
 use crate::metrics::self_metrics::SelfMetrics;
@@ -60,6 +61,7 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     info!(web_config = %web.describe(), "web configuration");
     let web = WebAccess::new(web);
+    let listen_flag = source.overrides.listen.is_some();
     let reloader = Reloader::new(source, log, &config).reloading_web(web.clone());
     let stall_after: Option<u64> = std::env::var(TEST_STALL_POLL_AFTER)
         .ok()
@@ -71,7 +73,24 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let listener = http::bind(config.http.listen).await?;
+    raise_open_file_limit(config.http.max_connections as u64);
+    // An address this host cannot listen on is a configuration error (exit
+    // 64), named like the others.
+    let listener = http::bind(config.http.listen, config.http.max_connections as usize)
+        .await
+        .map_err(|error| {
+            let message = format!("cannot listen on {}: {error}", config.http.listen);
+            if listen_flag {
+                ConfigError::Invalid {
+                    origin: "command line".to_owned(),
+                    key: "--listen".to_owned(),
+                    line_col: None,
+                    message,
+                }
+            } else {
+                config.key_error("http.listen", message)
+            }
+        })?;
     info!(listen = %listener.local_addr()?, "http listening");
 
     // Subscribed before the first attach, so no link change is missed.
@@ -106,12 +125,15 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
 
     let families_board = board.clone();
     let families_self = self_metrics.clone();
+    let http_metrics = HttpMetrics::new();
+    let server_families = http_metrics.clone();
     let state = HttpState {
         snapshot: snapshot_rx,
         readiness: readiness_rx,
         extra_families: Arc::new(move || {
             let mut families = families_board.metric_families();
             families.extend(families_self.families());
+            families.extend(server_families.families());
             families
         }),
         anomalies: Arc::new(move || board.to_json()),
@@ -121,8 +143,14 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
     let limits = HttpLimits {
         max_connections: config.http.max_connections as usize,
         header_read_timeout: config.http.header_read_timeout,
+        // Never longer than the deadline it shortens.
+        header_read_timeout_at_cap: config
+            .http
+            .header_read_timeout_at_cap
+            .min(config.http.header_read_timeout),
+        idle_timeout: config.http.idle_timeout,
     };
-    let server = tokio::spawn(http::serve(listener, state, limits, stop_rx));
+    let server = tokio::spawn(http::serve(listener, state, limits, http_metrics, stop_rx));
     notifier.readiness(readiness.ready, &readiness.summary());
 
     let mut ticker = tokio::time::interval(config.daemon.poll_interval);
@@ -163,7 +191,7 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
             () = link_change(links.as_ref()) => sources.follow_interfaces(&config.xdp),
             _ = hangup.recv() => {
                 notifier.reloading(notify::monotonic_usec());
-                let applied = reloader.reload(&mut config);
+                let applied = reloader.reload(&mut config).await;
                 self_metrics.reloaded(applied.as_ref().map(|_| config.fingerprint()));
                 if let Some(applied) = applied {
                     if applied.poll_interval {
@@ -207,6 +235,30 @@ fn log_readiness(readiness: &Readiness) {
         info!(status = %summary, "ready");
     } else {
         warn!(status = %summary, "not ready");
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (systemd's default soft
+/// limit is 1,024), so `http.max_connections` connections fit beside the
+/// daemon's own descriptors; says so when even the hard limit is short.
+fn raise_open_file_limit(connections: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if let Err(error) = setrlimit(Resource::Nofile, raised) {
+        warn!(%error, "could not raise the open-file limit");
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    if now.is_some_and(|n| n < connections + 256) {
+        warn!(
+            limit = now,
+            max_connections = connections,
+            "the open-file limit is below http.max_connections + 256: connections beyond it \
+             are refused by the kernel (raise LimitNOFILE)"
+        );
     }
 }
 

@@ -10,6 +10,7 @@
 //! [`overrides`]: the command-line flags over the file.
 
 pub mod duration;
+pub mod file;
 mod locate;
 pub mod overrides;
 pub mod schema;
@@ -36,6 +37,16 @@ pub const EMBEDDED: &str = include_str!("../../../config/telemetryd.toml");
 /// Exit code for a bad configuration or command line (sysexits.h `EX_USAGE`).
 pub const EX_USAGE: i32 = 64;
 
+/// The file [`Config::load`] reads: `path`, or [`DEFAULT_PATH`] if it
+/// exists; `None`: the embedded default.
+pub fn resolve(path: Option<&Path>) -> Option<&Path> {
+    match path {
+        Some(p) => Some(p),
+        None if Path::new(DEFAULT_PATH).exists() => Some(Path::new(DEFAULT_PATH)),
+        None => None,
+    }
+}
+
 /// Origin used in errors about command-line flags.
 const COMMAND_LINE: &str = "command line";
 
@@ -57,6 +68,10 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is not one the daemon reads: not a regular file, larger
+    /// than [`file::MAX_FILE_SIZE`], not UTF-8.
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
     /// The file is not valid TOML.
     #[error("{origin}:{line}:{column}: {}TOML syntax error: {message}", near(key))]
     Syntax {
@@ -93,7 +108,7 @@ impl ConfigError {
     /// The dotted key (or flag) the error is about, if any.
     pub fn key(&self) -> Option<&str> {
         match self {
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::File { .. } => None,
             ConfigError::Syntax { key, .. } => key.as_deref(),
             ConfigError::Invalid { key, .. } => Some(key),
         }
@@ -102,7 +117,7 @@ impl ConfigError {
     /// 1-based line and column in the file, if known.
     pub fn line_col(&self) -> Option<(usize, usize)> {
         match self {
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::File { .. } => None,
             ConfigError::Syntax { line, column, .. } => Some((*line, *column)),
             ConfigError::Invalid { line_col, .. } => *line_col,
         }
@@ -124,16 +139,66 @@ impl Config {
     }
 
     fn load_from(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let path = match path {
-            Some(p) => p,
-            None if Path::new(DEFAULT_PATH).exists() => Path::new(DEFAULT_PATH),
-            None => return Config::from_toml(EMBEDDED, "<embedded>"),
+        match resolve(path) {
+            Some(path) => {
+                let read = file::read(path)?;
+                Config::from_file_text(&read.text, path)
+            }
+            None => Config::from_toml_on_host(EMBEDDED, "<embedded>"),
+        }
+    }
+
+    /// Parses `text` read from `path` (see [`Config::from_toml_on_host`]);
+    /// `source` is set to `path`.
+    pub fn from_file_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::from_toml_on_host(text, &path.display().to_string())?;
+        config.source = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// [`Config::from_toml`], then the checks that look at this host
+    /// without touching kernel state (the cgroup directory exists and is
+    /// cgroup v2): everything `run` would refuse later.
+    pub fn from_toml_on_host(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config = Config::from_toml(text, origin)?;
+        config
+            .validate_host()
+            .map_err(|inv| Config::locate(text, origin, inv))?;
+        Ok(config)
+    }
+
+    /// An error about `key` found after loading (the listen address cannot
+    /// be bound, say), located in the file the configuration came from when
+    /// the key is written there.
+    pub fn key_error(&self, key: &str, message: String) -> ConfigError {
+        let (origin, text) = match resolve(self.source.as_deref()) {
+            Some(path) => (
+                path.display().to_string(),
+                file::read(path).map(|f| f.text).unwrap_or_default(),
+            ),
+            None => ("<embedded>".to_owned(), EMBEDDED.to_owned()),
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::from_toml(&text, &path.display().to_string())
+        Config::locate(
+            &text,
+            &origin,
+            validate::Invalid {
+                key: key.to_owned(),
+                index: None,
+                message,
+            },
+        )
+    }
+
+    fn locate(text: &str, origin: &str, inv: validate::Invalid) -> ConfigError {
+        let span = toml_edit::ImDocument::parse(text)
+            .ok()
+            .and_then(|doc| locate::span_of(doc.as_table(), &inv.key, inv.index));
+        ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: inv.key,
+            line_col: span.map(|s| locate::line_col(text, s.start)),
+            message: inv.message,
+        }
     }
 
     /// Parses and validates `text`; `origin` names it in errors (normally the file path).
@@ -266,6 +331,8 @@ mod tests {
         bad("optional source twice", "[daemon]\noptional_sources = [\"xdp\", \"xdp\"]\n", "daemon.optional_sources", Some((2, 28)), "\"xdp\" is listed twice"),
         bad("relative pin path", "[daemon]\npin_path = \"bpf/telemetryd\"\n", "daemon.pin_path", Some((2, 12)), "\"bpf/telemetryd\" is not an absolute path"),
         bad("pin path with ..", "[daemon]\npin_path = \"/sys/fs/bpf/../x\"\n", "daemon.pin_path", Some((2, 12)), "without . or .."),
+        bad("zero idle timeout", "[http]\nidle_timeout = \"0s\"\n", "http.idle_timeout", Some((2, 16)), "greater than 0"),
+        bad("header timeout at cap too long", "[http]\nheader_read_timeout_at_cap = \"2m\"\n", "http.header_read_timeout_at_cap", Some((2, 30)), "at most \"1m\""),
         bad("zero header timeout", "[http]\nheader_read_timeout = \"0ms\"\n", "http.header_read_timeout", Some((2, 23)), "greater than 0"),
         bad("unknown attach mode", "[syscalls]\nattach = \"uprobe\"\n", "syscalls.attach", Some((2, 10)), "uprobe"),
         bad("unknown xdp mode", "[xdp]\nmode = \"offload\"\n", "xdp.mode", Some((2, 8)), "offload"),
@@ -388,6 +455,8 @@ mod tests {
             max_connections = 10000
             header_read_timeout = "250ms"
             web_config = "/etc/telemetryd/web.yml"
+            header_read_timeout_at_cap = "20ms"
+            idle_timeout = "1h"
             [log]
             format = "json"
             level = "info,telemetryd=debug"
@@ -430,6 +499,8 @@ mod tests {
             c.http.web_config_path(),
             Some(Path::new("/etc/telemetryd/web.yml"))
         );
+        assert_eq!(c.http.header_read_timeout_at_cap, Duration::from_millis(20));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(3600));
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.log.level, "info,telemetryd=debug");
         assert!(!c.xdp.enabled);
@@ -484,6 +555,68 @@ mod tests {
 
         if !Path::new(DEFAULT_PATH).exists() {
             assert_eq!(Config::load(None).unwrap(), Config::default());
+        }
+    }
+
+    #[test]
+    fn the_pid_cap_is_the_kernel_sides() {
+        let max = telemetryd_common::syscalls::MAX_PIDS as usize;
+        let list = |n: usize| {
+            let pids: Vec<String> = (1..=n).map(|p| p.to_string()).collect();
+            format!("[syscalls]\npids = [{}]\n", pids.join(", "))
+        };
+        let ok = Config::from_toml(&list(max), "t.toml").unwrap();
+        assert_eq!(ok.syscalls.pids.len(), max);
+        let err = Config::from_toml(&list(100_000), "/etc/x.toml").unwrap_err();
+        assert_eq!(err.key(), Some("syscalls.pids"));
+        assert_eq!(err.exit_code(), EX_USAGE);
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/x.toml:2:"), "{text}");
+        assert!(
+            text.contains("100000 pids listed; the kernel side keeps at most 4096"),
+            "{text}"
+        );
+    }
+
+    /// The mount point of a cgroup v2 hierarchy on this host, from mountinfo.
+    fn cgroup2_mount() -> Option<String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        info.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split(' ').next() == Some("cgroup2"))
+                .then(|| left.split(' ').nth(4).map(str::to_owned))?
+        })
+    }
+
+    #[test]
+    fn the_cgroup_must_be_a_cgroup2_directory_on_this_host() {
+        let with = |cgroup: &str, enabled: bool| {
+            format!("[syscalls]\nenabled = {enabled}\ncgroup = \"{cgroup}\"\n")
+        };
+        let refused = |text: &str, says: &str| {
+            let err = Config::from_toml_on_host(text, "/etc/x.toml").unwrap_err();
+            assert_eq!(err.key(), Some("syscalls.cgroup"), "{err}");
+            assert_eq!(err.line_col(), Some((3, 10)), "{err}");
+            assert!(err.to_string().contains(says), "{err}");
+        };
+        refused(&with("/nonexistent/tdt", true), "No such file or directory");
+        refused(&with("/proc/self/status", true), "is not a directory");
+        refused(&with("/tmp", true), "is not on the cgroup v2 file system");
+        // With tracing off the key is not used, and not checked.
+        assert!(Config::from_toml_on_host(&with("/nonexistent/tdt", false), "t").is_ok());
+        // Parsing alone never looks at the host.
+        assert!(Config::from_toml(&with("/nonexistent/tdt", true), "t").is_ok());
+        let mount = cgroup2_mount().expect("this host mounts a cgroup v2 hierarchy");
+        let ok = Config::from_toml_on_host(&with(&mount, true), "t").unwrap();
+        assert_eq!(ok.syscalls.cgroup, mount);
+    }
+
+    #[test]
+    fn a_file_that_is_not_regular_is_refused_by_load() {
+        for path in ["/dev/zero", "/dev/urandom"] {
+            let err = Config::load(Some(Path::new(path))).unwrap_err();
+            assert!(matches!(err, ConfigError::File { .. }), "{err}");
+            assert_eq!(err.exit_code(), EX_USAGE);
         }
     }
 }

@@ -100,6 +100,10 @@ pub struct HttpConfig {
     pub max_connections: u32,
     #[serde(with = "super::duration::text")]
     pub header_read_timeout: Duration,
+    #[serde(with = "super::duration::text")]
+    pub header_read_timeout_at_cap: Duration,
+    #[serde(with = "super::duration::text")]
+    pub idle_timeout: Duration,
     /// Web configuration file (exporter-toolkit format: TLS, basic auth,
     /// headers); empty: plain HTTP without authentication.
     pub web_config: String,
@@ -116,8 +120,10 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9469)),
-            max_connections: 64,
+            max_connections: 512,
             header_read_timeout: Duration::from_secs(5),
+            header_read_timeout_at_cap: Duration::from_millis(100),
+            idle_timeout: Duration::from_secs(30),
             web_config: String::new(),
         }
     }

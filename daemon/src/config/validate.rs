@@ -5,6 +5,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use telemetryd_common::syscalls::MAX_SYSCALL_NR;
+
 use super::duration::format_duration;
 use super::{latency_bucket_of, syscall_number, AnalyzerSettings, Config, SOURCE_NAMES};
 
@@ -24,6 +26,16 @@ impl Config {
             "http.header_read_timeout",
             http.header_read_timeout,
             Duration::from_secs(60),
+        )?;
+        positive_at_most(
+            "http.header_read_timeout_at_cap",
+            http.header_read_timeout_at_cap,
+            Duration::from_secs(60),
+        )?;
+        positive_at_most(
+            "http.idle_timeout",
+            http.idle_timeout,
+            Duration::from_secs(3600),
         )?;
 
         check_log_level(&self.log.level).map_err(|m| Invalid::new("log.level", m))?;
@@ -106,6 +118,44 @@ fn check_latency_buckets(min: Duration, max: Duration) -> Result<(), Invalid> {
                 format_duration(max),
                 hi as i64 - 30
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// `statfs` magic of a cgroup v2 file system (linux/magic.h).
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+impl Config {
+    /// What `run` needs of this host that reading it touches no kernel state
+    /// for: `syscalls.cgroup` (when tracing is on) is a directory of the
+    /// cgroup v2 file system.
+    pub(super) fn validate_host(&self) -> Result<(), Invalid> {
+        let sys = &self.syscalls;
+        if sys.enabled && !sys.cgroup.is_empty() {
+            check_cgroup_dir(&sys.cgroup).map_err(|m| Invalid::new("syscalls.cgroup", m))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_cgroup_dir(path: &str) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{path:?}: {e}"))?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "{path:?} is not a directory; expected a cgroup v2 directory"
+        ));
+    }
+    let fs = rustix::fs::statfs(path).map_err(|e| format!("{path:?}: statfs: {e}"))?;
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type is i64 or u32 by architecture"
+    )]
+    if fs.f_type as i64 != CGROUP2_SUPER_MAGIC {
+        return Err(format!(
+            "{path:?} is not on the cgroup v2 file system (file system magic {:#x}); \
+             expected a directory under /sys/fs/cgroup on a unified (cgroup v2) hierarchy",
+            fs.f_type
         ));
     }
     Ok(())
@@ -415,6 +465,15 @@ fn check_track(track: &[String]) -> Result<(), (Option<usize>, String)> {
                 ),
             ));
         }
+        if let Some(nr) = syscall_number(name).filter(|&nr| nr >= MAX_SYSCALL_NR) {
+            return Err((
+                Some(i),
+                format!(
+                    "syscall {name:?} is number {nr}, beyond the tracer's table of \
+                     {MAX_SYSCALL_NR}"
+                ),
+            ));
+        }
         if !seen.insert(name.as_str()) {
             return Err((Some(i), format!("syscall {name:?} is listed twice")));
         }
@@ -426,6 +485,17 @@ fn check_track(track: &[String]) -> Result<(), (Option<usize>, String)> {
 const PID_MAX_LIMIT: u32 = 4_194_304;
 
 fn check_pids(pids: &[u32]) -> Result<(), (usize, String)> {
+    let max = telemetryd_common::syscalls::MAX_PIDS as usize;
+    if pids.len() > max {
+        return Err((
+            max,
+            format!(
+                "{} pids listed; the kernel side keeps at most {max} (trace a cgroup instead \
+                 with syscalls.cgroup)",
+                pids.len()
+            ),
+        ));
+    }
     let mut seen = HashSet::new();
     for (i, &pid) in pids.iter().enumerate() {
         if pid == 0 || pid > PID_MAX_LIMIT {

@@ -26,7 +26,6 @@ use hyper::body::Bytes;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info};
 
@@ -315,12 +314,15 @@ impl WebAccess {
     /// TLS handshake, which must finish within `timeout`. `None`: the
     /// handshake failed or timed out (logged at debug) and the connection
     /// is dropped.
-    pub async fn accept(
+    pub async fn accept<S>(
         &self,
-        stream: TcpStream,
+        stream: S,
         peer: SocketAddr,
         timeout: Duration,
-    ) -> Option<Box<dyn Connection>> {
+    ) -> Option<Box<dyn Connection>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Some((acceptor, _)) = self.current().tls.clone() else {
             return Some(Box::new(stream));
         };

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod curl;
 pub mod frames;
+pub mod hostile;
 pub mod kernel;
 pub mod matrix;
 pub mod metrics;

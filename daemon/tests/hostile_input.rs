@@ -24,6 +24,9 @@ use support::{require_root, Daemon, NetNs, TestConfig};
 fn capped_at_64() -> String {
     TestConfig::new()
         .set("daemon.poll_interval", "1s")
+        // HTTP only: a namespace without interfaces leaves XDP attached
+        // nowhere, which is not ready.
+        .set("xdp.enabled", false)
         .set("http.max_connections", 64)
         .toml()
 }
@@ -163,7 +166,10 @@ fn pipelined_requests_and_concurrent_scrapers_are_all_answered() {
     let ns = NetNs::new();
     let daemon = Daemon::start(
         &ns,
-        &TestConfig::new().set("daemon.poll_interval", "1s").toml(),
+        &TestConfig::new()
+            .set("daemon.poll_interval", "1s")
+            .set("xdp.enabled", false)
+            .toml(),
     );
     let addr = daemon.addr;
     let answered = in_namespace(&ns.name, move || pipelined(addr, 1000));
@@ -224,7 +230,21 @@ fn telemetryd(subcommand: &str, path: &Path) -> (Option<i32>, String, Duration) 
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning telemetryd");
-    let deadline = started + Duration::from_secs(10);
+    // Drained while it runs, so a long message cannot fill a pipe and stall
+    // it; the deadline is generous for a debug build on a loaded machine
+    // (what the test measures is the exit code, not the time).
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = started + Duration::from_secs(60);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -232,11 +252,10 @@ fn telemetryd(subcommand: &str, path: &Path) -> (Option<i32>, String, Duration) 
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let output = child.wait_with_output().unwrap();
+    let status = child.wait().unwrap();
     (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
+        status.code(),
+        out.join().unwrap() + &err.join().unwrap(),
         started.elapsed(),
     )
 }
@@ -401,6 +420,7 @@ fn an_in_place_rewrite_storm_never_applies_a_partial_file() {
     let version = |fire_after: u32| {
         TestConfig::new()
             .set("daemon.poll_interval", "1s")
+            .set("xdp.enabled", false)
             .set("log.format", "json")
             .set("analyzer.fire_after", fire_after)
             .set("analyzer.resolve_after", 7)

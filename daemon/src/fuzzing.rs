@@ -20,8 +20,11 @@ use crate::http::{handle, HttpState};
 use crate::kernel::btf::KernelBtf;
 use crate::sources::Snapshot;
 
+/// A target: any byte string in, a panic when it finds a bug.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by the name of their corpus folder.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("config", config),
     ("event", event),
     ("http", http),

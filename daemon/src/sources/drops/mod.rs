@@ -11,7 +11,7 @@ pub mod metrics;
 pub mod snmp;
 pub mod stats;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
@@ -155,6 +155,8 @@ pub struct DropsSource {
     attached: Vec<&'static str>,
     _links: Vec<RawTracePointLink>,
     snmp: PathBuf,
+    /// Devices of `devices` missing from the interface list at the last poll.
+    missing: BTreeSet<u32>,
 }
 
 impl DropsSource {
@@ -185,6 +187,7 @@ impl DropsSource {
             attached,
             _links: links,
             snmp: PathBuf::from("/proc/net/snmp"),
+            missing: BTreeSet::new(),
         })
     }
 
@@ -207,13 +210,32 @@ impl DropsSource {
                     .insert(self.names.name(slot).to_owned(), n);
             }
         }
-        let mut names: Option<BTreeMap<u32, String>> = None;
-        for entry in self.devices.iter() {
-            let Ok((key, per_cpu)) = entry else { continue };
-            let n: u64 = per_cpu.iter().sum();
-            let names = names.get_or_insert_with(interface_names);
+        let entries: Vec<(DeviceDropKey, u64)> = self
+            .devices
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| (key, per_cpu.iter().sum()))
+            .collect();
+        let names = if entries.is_empty() {
+            Some(BTreeMap::new())
+        } else {
+            interface_names()
+        };
+        let seen: Vec<u32> = entries.iter().map(|(key, _)| key.ifindex).collect();
+        let (missing, expired) = expire(names.as_ref(), &seen, &self.missing);
+        if names.is_some() {
+            self.missing = missing;
+        }
+        for (key, n) in entries {
+            if expired.contains(&key.ifindex) {
+                if let Err(error) = self.devices.remove(&key) {
+                    debug!(%error, ifindex = key.ifindex, "removing a vanished device's drops");
+                }
+                continue;
+            }
             let device = names
-                .get(&key.ifindex)
+                .as_ref()
+                .and_then(|names| names.get(&key.ifindex))
                 .cloned()
                 .unwrap_or_else(|| format!("ifindex{}", key.ifindex));
             *snapshot
@@ -245,13 +267,41 @@ impl DropsSource {
     }
 }
 
-/// ifindex -> name of this namespace's interfaces.
-fn interface_names() -> BTreeMap<u32, String> {
-    crate::kernel::interfaces::list()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|i| (i.ifindex, i.name))
-        .collect()
+/// ifindex -> name of this namespace's interfaces; `None` when they could
+/// not be listed.
+fn interface_names() -> Option<BTreeMap<u32, String>> {
+    match crate::kernel::interfaces::list() {
+        Ok(all) => Some(all.into_iter().map(|i| (i.ifindex, i.name)).collect()),
+        Err(error) => {
+            debug!(%error, "listing interfaces for the drops by device");
+            None
+        }
+    }
+}
+
+/// The devices of [`DEVICE_DROPS_MAP`] (`seen`) that are gone: missing
+/// from the interface list (`listed`) at this poll and at the one before
+/// (`missing_before`; twice, so that a device created between the map read
+/// and the listing is not taken for gone). Their entries are removed, so
+/// that interface churn neither grows the map and the `/metrics` series
+/// without end nor fills the map (4,096 entries) so that live devices go
+/// uncounted. Returns (missing now, to remove); a listing that failed
+/// (`None`) removes nothing and changes nothing.
+fn expire(
+    listed: Option<&BTreeMap<u32, String>>,
+    seen: &[u32],
+    missing_before: &BTreeSet<u32>,
+) -> (BTreeSet<u32>, BTreeSet<u32>) {
+    let Some(listed) = listed else {
+        return (missing_before.clone(), BTreeSet::new());
+    };
+    let missing: BTreeSet<u32> = seen
+        .iter()
+        .copied()
+        .filter(|ifindex| !listed.contains_key(ifindex))
+        .collect();
+    let expired = missing.intersection(missing_before).copied().collect();
+    (missing, expired)
 }
 
 fn attach(
@@ -264,4 +314,36 @@ fn attach(
     prog.load().map_err(failed)?;
     let id = prog.attach(tracepoint).map_err(failed)?;
     prog.take_link(id).map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by `cargo xtask bench soak`: under interface churn the drops
+    /// of every veth ever removed stayed in the map and in `/metrics` (as
+    /// `device="ifindex<n>"`), growing memory and the scrape without end.
+    #[test]
+    fn devices_gone_twice_in_a_row_expire() {
+        let listed: BTreeMap<u32, String> = [(1, "lo".to_owned()), (7, "eth0".to_owned())].into();
+        let none = BTreeSet::new();
+        // 9 is missing for the first time: kept, remembered.
+        let (missing, expired) = expire(Some(&listed), &[1, 7, 9, 9], &none);
+        assert_eq!(missing, BTreeSet::from([9]));
+        assert!(expired.is_empty());
+        // Still missing at the next poll: removed. 12 is new and missing once.
+        let (missing, expired) = expire(Some(&listed), &[1, 9, 12], &missing);
+        assert_eq!(expired, BTreeSet::from([9]));
+        assert_eq!(missing, BTreeSet::from([9, 12]));
+        // 12 showed up in the listing by then (created between the map read
+        // and the listing): kept.
+        let listed_12: BTreeMap<u32, String> = [(12, "veth1".to_owned())].into();
+        let (missing, expired) = expire(Some(&listed_12), &[12], &BTreeSet::from([12]));
+        assert!(missing.is_empty() && expired.is_empty());
+        // A listing that failed removes nothing and forgets nothing.
+        let before = BTreeSet::from([3, 4]);
+        let (missing, expired) = expire(None, &[3, 4], &before);
+        assert_eq!(missing, before);
+        assert!(expired.is_empty());
+    }
 }

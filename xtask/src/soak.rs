@@ -358,7 +358,16 @@ fn log_summary(log: &str) -> String {
         let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        let message = entry["message"].as_str().unwrap_or("").to_owned();
+        // Anomaly events carry `event`, `kind` and `state` instead of a message.
+        let message = match entry["message"].as_str() {
+            Some(message) => message.to_owned(),
+            None => format!(
+                "{} {} {}",
+                entry["event"].as_str().unwrap_or("(no message)"),
+                entry["kind"].as_str().unwrap_or(""),
+                entry["state"].as_str().unwrap_or("")
+            ),
+        };
         if message == "configuration reloaded" {
             reloads += 1;
         }

@@ -212,8 +212,13 @@ struct Trend {
     per_hour: f64,
 }
 
+/// Less than this after the warm-up and the verdict says it cannot judge.
+const MIN_STEADY: Duration = Duration::from_secs(600);
+
 struct Analysis {
     warmup: Duration,
+    /// Time sampled after the warm-up.
+    steady: Duration,
     window: Duration,
     rss: Trend,
     fds: Trend,
@@ -282,6 +287,7 @@ fn analyze(samples: &[Sample], duration: Duration) -> Result<Analysis> {
     };
     Ok(Analysis {
         warmup,
+        steady: Duration::from_secs_f64(last - first),
         window,
         rss,
         fds,
@@ -335,14 +341,24 @@ fn report(duration: Duration, samples: usize, activity: &Activity, a: &Analysis)
             trend.per_hour,
             "±",
             bound,
-            if ok { "flat" } else { "GROWS" }
+            match (ok, trend.per_hour > 0.0) {
+                (true, _) => "flat",
+                (false, true) => "GROWS",
+                (false, false) => "FALLS",
+            }
         );
     }
     let _ = writeln!(
         out,
         "  verdict: {} (flat: |slope| within RSS {:.0} KiB/h, fds {:.0}/h, CPU per poll {:.0}% of \
          its start value per hour)",
-        if flat { "FLAT" } else { "NOT FLAT" },
+        match (flat, a.steady < MIN_STEADY) {
+            (_, true) =>
+                "TOO SHORT TO JUDGE (under 10 min after the warm-up: the slopes extrapolate \
+                          the warm-up's tail to an hour)",
+            (true, false) => "FLAT",
+            (false, false) => "NOT FLAT",
+        },
         BOUNDS.rss_kib_per_hour,
         BOUNDS.fds_per_hour,
         BOUNDS.cpu_fraction_per_hour * 100.0

@@ -210,6 +210,9 @@ struct Trend {
     start: f64,
     end: f64,
     per_hour: f64,
+    /// The slope over the second half of the steady part alone: whether a
+    /// climb has levelled off.
+    late_per_hour: f64,
 }
 
 /// Less than this after the warm-up and the verdict says it cannot judge.
@@ -252,10 +255,18 @@ fn analyze(samples: &[Sample], duration: Duration) -> Result<Analysis> {
     let in_start = |s: &&Sample| s.secs <= first + w;
     let in_end = |s: &&Sample| s.secs >= last - w;
     let xs: Vec<f64> = steady.iter().map(|s| s.secs / 3600.0).collect();
+    let middle = (first + last) / 2.0;
+    let late: Vec<Sample> = steady
+        .iter()
+        .copied()
+        .filter(|s| s.secs >= middle)
+        .collect();
+    let late_xs: Vec<f64> = late.iter().map(|s| s.secs / 3600.0).collect();
     let trend = |value: fn(&Sample) -> f64| Trend {
         start: mean(steady.iter().filter(in_start).map(value)),
         end: mean(steady.iter().filter(in_end).map(value)),
         per_hour: slope(&xs, &steady.iter().map(value).collect::<Vec<_>>()),
+        late_per_hour: slope(&late_xs, &late.iter().map(value).collect::<Vec<_>>()),
     };
     let rss = trend(|s| s.rss_kib);
     let fds = trend(|s| s.fds);
@@ -284,6 +295,13 @@ fn analyze(samples: &[Sample], duration: Duration) -> Result<Analysis> {
             &bins.iter().map(|(t, _)| t / 3600.0).collect::<Vec<_>>(),
             &bins.iter().map(|(_, ms)| *ms).collect::<Vec<_>>(),
         ),
+        late_per_hour: {
+            let late: Vec<&(f64, f64)> = bins.iter().filter(|(t, _)| *t >= middle).collect();
+            slope(
+                &late.iter().map(|(t, _)| t / 3600.0).collect::<Vec<_>>(),
+                &late.iter().map(|(_, ms)| *ms).collect::<Vec<_>>(),
+            )
+        },
     };
     Ok(Analysis {
         warmup,
@@ -326,8 +344,8 @@ fn report(duration: Duration, samples: usize, activity: &Activity, a: &Analysis)
     ];
     let _ = writeln!(
         out,
-        "  {:<18} {:>12} {:>12} {:>14} {:>12}  verdict",
-        "series", "start", "end", "slope/hour", "bound"
+        "  {:<18} {:>12} {:>12} {:>14} {:>12}  verdict {:>22}",
+        "series", "start", "end", "slope/hour", "bound", "(2nd half slope/hour)"
     );
     let mut flat = true;
     for (name, trend, bound) in rows {
@@ -335,7 +353,7 @@ fn report(duration: Duration, samples: usize, activity: &Activity, a: &Analysis)
         flat &= ok;
         let _ = writeln!(
             out,
-            "  {name:<18} {:>12.2} {:>12.2} {:>+14.2} {:>11}{:.2}  {}",
+            "  {name:<18} {:>12.2} {:>12.2} {:>+14.2} {:>11}{:.2}  {:<7} {:>+22.2}",
             trend.start,
             trend.end,
             trend.per_hour,
@@ -345,7 +363,8 @@ fn report(duration: Duration, samples: usize, activity: &Activity, a: &Analysis)
                 (true, _) => "flat",
                 (false, true) => "GROWS",
                 (false, false) => "FALLS",
-            }
+            },
+            trend.late_per_hour
         );
     }
     let _ = writeln!(
@@ -568,6 +587,15 @@ fn soak(run_dir: &Path, binary: &Path, duration: Duration, pid: u32) -> Result<S
     daemon.stop(Duration::from_secs(10));
     activity.frames_sent = sent.load(Ordering::Relaxed);
     activity.frames_received = received.load(Ordering::Relaxed);
+    let mut csv = String::from("secs,rss_kib,fds,cpu_secs\n");
+    for s in &samples {
+        let _ = writeln!(
+            csv,
+            "{:.3},{},{},{:.2}",
+            s.secs, s.rss_kib, s.fds, s.cpu_secs
+        );
+    }
+    std::fs::write(run_dir.join("samples.csv"), csv)?;
     let analysis = analyze(&samples, duration)?;
     let mut text = report(duration, samples.len(), &activity, &analysis);
     text.push_str(&log_summary(&daemon.log_text()));
@@ -689,6 +717,7 @@ mod tests {
             .collect();
         let a = analyze(&samples, Duration::from_secs(600)).unwrap();
         assert!((a.rss.per_hour - 1024.0).abs() < 1e-6, "{}", a.rss.per_hour);
+        assert!((a.rss.late_per_hour - 1024.0).abs() < 1e-6);
         assert_eq!(a.fds.per_hour, 0.0);
         assert!((a.cpu_ms_per_poll.start - 2.0).abs() < 1e-9);
         assert!(a.cpu_ms_per_poll.per_hour.abs() < 1e-6);

@@ -238,6 +238,22 @@ mod tests {
         }
     }
 
+    /// The BTF reader's crashes found by fuzzing, by name (the handcrafted
+    /// cases are in `kernel::btf`'s tests): a struct that is its own
+    /// anonymous member (stack overflow), offsets past `u32::MAX` bits
+    /// (arithmetic overflow).
+    #[test]
+    fn btf_crashes_found_by_fuzzing_stay_fixed() {
+        for name in [
+            "crash-anonymous-member-cycle",
+            "crash-member-offset-overflow",
+        ] {
+            let data = std::fs::read(corpus_dir("btf").join(name)).unwrap();
+            KernelBtf::parse(data.clone()).unwrap_or_else(|e| panic!("{name} indexes: {e}"));
+            btf(&data);
+        }
+    }
+
     /// Found by fuzzing (`fuzz/corpus/http/crash-head-unknown-path`): the
     /// router's 404 to a HEAD keeps its body (the target expected none).
     /// On the wire hyper sends none: the answer ends with its header.

@@ -11,6 +11,8 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod hotplug;
 pub mod http;
 pub mod http_connections;

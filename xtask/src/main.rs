@@ -6,10 +6,12 @@
 
 mod command;
 mod deb;
+mod fuzz;
 mod install;
 mod lab;
 mod monitoring;
 mod setup;
+mod soak;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -96,12 +98,26 @@ enum Task {
     LabAgent(lab::AgentArgs),
     /// cargo fmt --check and cargo clippy with warnings denied.
     Lint,
+    /// Run the libFuzzer targets of fuzz/ (nightly; installs cargo-fuzz if
+    /// missing): all, or TARGET (config, event, http, btf), N seconds each;
+    /// prints executions and time per target.
+    Fuzz {
+        target: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Run the benchmarks (root) and print their figures.
     Bench {
         /// Which benchmark: a name of daemon/examples/*_bench.rs without the
-        /// suffix (xdp, syscall, events, anomaly, render), or all.
+        /// suffix (xdp, syscall, events, anomaly, render), or all; or soak (not
+        /// in all): the release daemon under traffic, scrapes, SIGHUPs and
+        /// interface churn, its RSS, fds and CPU per poll at the start, the
+        /// end, and their slope.
         #[arg(default_value = "all")]
         which: String,
+        /// How long the soak runs (30m, 2m, 90s).
+        #[arg(long, default_value = "30m")]
+        duration: String,
     },
 }
 
@@ -189,6 +205,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::LabAgent(args) => lab::run_agent(args),
+        Task::Fuzz { target, seconds } => fuzz::run(&root, target.as_deref(), seconds),
         Task::Install { prefix } => {
             setup::build_tools()?;
             if prefix.is_none() {
@@ -212,9 +229,14 @@ fn main() -> Result<()> {
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])
         }
-        Task::Bench { which } => {
+        Task::Bench { which, duration } => {
             setup::all()?;
             require_root("the benchmarks load eBPF programs")?;
+            if which == "soak" {
+                let duration = soak::parse_duration(&duration)?;
+                cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
+                return soak::run(&root, &root.join("target/release/telemetryd"), duration);
+            }
             let benches = bench_names(&root)?;
             let selected: Vec<&String> = benches
                 .iter()

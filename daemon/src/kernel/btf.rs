@@ -28,6 +28,12 @@ pub enum BtfError {
     Missing(String),
 }
 
+/// Nesting of anonymous structs and unions a field lookup follows (the
+/// kernel's deepest is a handful; a cycle in malformed BTF is infinite).
+const MAX_ANONYMOUS_DEPTH: u32 = 16;
+/// Anonymous members one field lookup may look into, in all.
+const MEMBER_SEARCH_BUDGET: u32 = 4096;
+
 const KIND_INT: u8 = 1;
 const KIND_PTR: u8 = 2;
 const KIND_ARRAY: u8 = 3;
@@ -227,8 +233,9 @@ impl KernelBtf {
             .ok_or_else(missing)?;
         let mut bits = 0u32;
         for (i, field) in path.iter().enumerate() {
-            let (offset, type_id) = self.member(ty, field).ok_or_else(missing)?;
-            bits += offset;
+            let mut budget = MEMBER_SEARCH_BUDGET;
+            let (offset, type_id) = self.member(ty, field, 0, &mut budget).ok_or_else(missing)?;
+            bits = bits.checked_add(offset).ok_or_else(missing)?;
             if i + 1 < path.len() {
                 ty = self.strip(type_id).ok_or_else(missing)?;
             }
@@ -242,18 +249,28 @@ impl KernelBtf {
         Ok(bits / 8)
     }
 
-    /// (bit offset, type) of member `field` of `ty`, looking into anonymous members.
-    fn member(&self, ty: Header, field: &str) -> Option<(u32, u32)> {
+    /// (bit offset, type) of member `field` of `ty`, looking into anonymous
+    /// members at most [`MAX_ANONYMOUS_DEPTH`] deep and into at most
+    /// `budget` of them in all: malformed BTF can make a struct its own
+    /// anonymous member, or a chain of them fan out exponentially.
+    fn member(&self, ty: Header, field: &str, depth: u32, budget: &mut u32) -> Option<(u32, u32)> {
         if let Some(m) = self
             .members(ty)
             .find(|m| m.name_off != 0 && self.name(m.name_off) == field)
         {
             return Some((m.bit_offset, m.type_id));
         }
+        if depth >= MAX_ANONYMOUS_DEPTH {
+            return None;
+        }
         for m in self.members(ty).filter(|m| m.name_off == 0) {
-            let inner = self.strip(m.type_id)?;
-            if let Some((offset, id)) = self.member(inner, field) {
-                return Some((m.bit_offset + offset, id));
+            *budget = budget.checked_sub(1)?;
+            // Not a struct or union: anonymous bitfield padding (`int :3`).
+            let Some(inner) = self.strip(m.type_id) else {
+                continue;
+            };
+            if let Some((offset, id)) = self.member(inner, field, depth + 1, budget) {
+                return Some((m.bit_offset.checked_add(offset)?, id));
             }
         }
         None
@@ -362,6 +379,112 @@ mod tests {
         );
         assert_eq!(btf.tracepoint_args("tp").unwrap(), 2);
         assert!(btf.tracepoint_args("absent").is_err());
+    }
+
+    /// BTF of `types` (u32 words) over the string section `strings`.
+    fn blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
+        let type_bytes: Vec<u8> = types.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut data = vec![0x9f, 0xeb, 1, 0];
+        let len = type_bytes.len() as u32;
+        for v in [24u32, 0, len, len, strings.len() as u32] {
+            data.extend(v.to_le_bytes());
+        }
+        data.extend(type_bytes);
+        data.extend_from_slice(strings);
+        data
+    }
+
+    /// Found by fuzzing (`fuzz/corpus/btf/crash-anonymous-member-cycle`,
+    /// replayed by `fuzzing::tests`):
+    /// a struct that is its own anonymous member sent the field lookup
+    /// into unbounded recursion, a stack overflow. Two such members made
+    /// it exponential as well.
+    #[test]
+    fn anonymous_member_cycles_end() {
+        // 1: struct s { <anon>: s @0; <anon>: s @0 }
+        let strings = b"\0s\0x\0";
+        let data = blob(&[1, 4 << 24 | 2, 8, 0, 1, 0, 0, 1, 0], strings);
+        let btf = KernelBtf::parse(data).unwrap();
+        assert!(matches!(
+            btf.field_offset("s", &["x"]),
+            Err(BtfError::Missing(_))
+        ));
+        // A typedef cycle behind the anonymous member: 1: struct s {
+        // <anon>: 2 }, 2: typedef -> 3, 3: const -> 2.
+        let data = blob(
+            &[1, 4 << 24 | 1, 8, 0, 2, 0, 0, 8 << 24, 3, 0, 10 << 24, 2],
+            strings,
+        );
+        let btf = KernelBtf::parse(data).unwrap();
+        assert!(btf.field_offset("s", &["x"]).is_err());
+    }
+
+    /// Found by fuzzing (`fuzz/corpus/btf/crash-member-offset-overflow`,
+    /// replayed by `fuzzing::tests`):
+    /// offsets that add up past `u32::MAX` bits panicked (overflow) where
+    /// they are a missing field. Also: anonymous bitfield padding (an
+    /// anonymous `int`) no longer ends the search of the members after it.
+    #[test]
+    fn offsets_overflow_and_padding() {
+        let strings = b"\0int\0outer\0inner\0x\0y\0";
+        let (int, outer, inner, x, y) = (1, 5, 11, 17, 19);
+        let types = [
+            // 1: int
+            int,
+            1 << 24,
+            4,
+            32,
+            // 2: struct inner { x @0x1000 }
+            inner,
+            4 << 24 | 1,
+            4,
+            x,
+            1,
+            0x1000,
+            // 3: struct outer { <anon int padding> @0, <anon inner> @0xffff_ff00, y @8 }
+            outer,
+            4 << 24 | 3,
+            8,
+            0,
+            1,
+            0,
+            0,
+            2,
+            0xffff_ff00,
+            y,
+            1,
+            8,
+        ];
+        let btf = KernelBtf::parse(blob(&types, strings)).unwrap();
+        assert!(matches!(
+            btf.field_offset("outer", &["x"]),
+            Err(BtfError::Missing(_))
+        ));
+        assert_eq!(btf.field_offset("outer", &["y"]).unwrap(), 1);
+        // The padding member comes first and is skipped.
+        let types = [
+            int,
+            1 << 24,
+            4,
+            32,
+            inner,
+            4 << 24 | 1,
+            4,
+            x,
+            1,
+            32,
+            outer,
+            4 << 24 | 2,
+            8,
+            0,
+            1,
+            0,
+            0,
+            2,
+            64,
+        ];
+        let btf = KernelBtf::parse(blob(&types, strings)).unwrap();
+        assert_eq!(btf.field_offset("outer", &["x"]).unwrap(), 12);
     }
 
     #[test]

@@ -42,14 +42,12 @@ fn lookup_in(root: &Path, name: &str) -> io::Result<Option<Interface>> {
     let dir = root.join(name);
     let ifindex = match read_number(&dir.join("ifindex"), 10) {
         Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if vanishing(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
-    // An interface deleted between the two reads is gone, not an error (a
-    // failed read would fail the whole list while interfaces come and go).
     let flags = match read_number(&dir.join("flags"), 16) {
         Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if vanishing(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
     Ok(Some(Interface {
@@ -58,6 +56,16 @@ fn lookup_in(root: &Path, name: &str) -> io::Result<Option<Interface>> {
         up: flags & IFF_UP != 0,
         loopback: flags & IFF_LOOPBACK != 0,
     }))
+}
+
+/// What reading an attribute of an interface that is being removed gives:
+/// its directory is gone (ENOENT), or still there while the device is
+/// unregistered (sysfs answers EINVAL; ENODEV from some attributes). Found
+/// by the soak's interface churn: one such interface failed the whole
+/// listing (`listing interfaces: Invalid argument`).
+fn vanishing(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::NotFound
+        || matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENODEV))
 }
 
 /// The kernel's own counters of an interface (`statistics/<counter>`).
@@ -93,6 +101,23 @@ mod tests {
         let lo = all.iter().find(|i| i.name == "lo").expect("lo exists");
         assert!(lo.loopback);
         assert_eq!(lo.ifindex, 1);
+    }
+
+    /// An interface that goes away while it is read is not listed; other
+    /// errors still fail the listing.
+    #[test]
+    fn vanishing_interfaces_are_none() {
+        assert!(vanishing(&io::Error::from_raw_os_error(libc::EINVAL)));
+        assert!(vanishing(&io::Error::from_raw_os_error(libc::ENODEV)));
+        assert!(vanishing(&io::Error::from_raw_os_error(libc::ENOENT)));
+        assert!(!vanishing(&io::Error::from_raw_os_error(libc::EACCES)));
+        // Its directory still there, its flags already gone.
+        let root = std::env::temp_dir().join(format!("td-ifaces-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("veth9")).unwrap();
+        std::fs::write(root.join("veth9/ifindex"), "9\n").unwrap();
+        let got = lookup_in(&root, "veth9");
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(got.unwrap(), None);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! Memory is bounded whatever the node throws at it: at most
 //! `max_signals` signals (the longest idle ones are evicted and counted),
 //! windows of fixed capacity, at most [`RESOLVED_KEPT`] resolved anomalies.
+//! A signal not seen for [`IDLE_WINDOWS`] windows (a device that is gone)
+//! is forgotten, so that interface churn does not fill `max_signals`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
@@ -13,6 +15,9 @@ use super::anomaly::{AnomalyKind, Severity, StateChange};
 
 /// Resolved anomalies remembered.
 pub const RESOLVED_KEPT: usize = 100;
+
+/// A signal unseen for this many windows' worth of polls is forgotten.
+pub const IDLE_WINDOWS: u64 = 10;
 
 /// A fixed-capacity FIFO: pushing into a full ring drops the oldest item.
 #[derive(Clone, Debug)]
@@ -282,6 +287,16 @@ impl Knowledge {
         self.evictions += excess as u64;
     }
 
+    /// Forgets the signals not seen for [`IDLE_WINDOWS`] windows as of
+    /// poll `seq` (not counted as evictions: nothing was lost that was in
+    /// use). Found by `cargo xtask bench soak`: each veth that came and went
+    /// left its signals behind until `max_signals`, a steady RSS climb.
+    pub fn forget_idle(&mut self, seq: u64) {
+        let limit = IDLE_WINDOWS * self.window as u64;
+        self.signals
+            .retain(|_, s| seq.saturating_sub(s.last_seen_seq) <= limit);
+    }
+
     pub fn signal_count(&self) -> usize {
         self.signals.len()
     }
@@ -363,5 +378,29 @@ mod tests {
         assert_eq!(k.signal_count(), 2);
         assert!(k.signal(&b).is_none());
         assert_eq!(k.evictions(), 1);
+    }
+
+    /// A device's signals are forgotten once unseen for 10 windows (here
+    /// 4 polls each), not before; the ones still seen stay.
+    #[test]
+    fn idle_signals_are_forgotten() {
+        let mut k = Knowledge::new(4, 100);
+        let sample = Sample {
+            value: 1.0,
+            interval: Duration::from_secs(1),
+        };
+        let gone = SignalId::new(Metric::DevicePacketRate, "veth-gone");
+        let live = SignalId::new(Metric::DevicePacketRate, "eth0");
+        k.record(&gone, sample, Duration::ZERO, 1);
+        for seq in 1..=41 {
+            k.record(&live, sample, Duration::ZERO, seq);
+            k.forget_idle(seq);
+        }
+        assert!(k.signal(&gone).is_some(), "unseen for exactly 40 polls");
+        k.record(&live, sample, Duration::ZERO, 42);
+        k.forget_idle(42);
+        assert!(k.signal(&gone).is_none());
+        assert!(k.signal(&live).is_some());
+        assert_eq!(k.evictions(), 0);
     }
 }

@@ -60,6 +60,7 @@ impl MapeK {
         };
         let verdicts = analyze::evaluate(&obs, &mut self.knowledge, &self.settings);
         let changes = plan::plan(&verdicts, &mut self.knowledge, &self.settings, &obs);
+        self.knowledge.forget_idle(obs.seq);
         self.knowledge.evict_excess();
         self.knowledge.count_observation();
         tracing::debug!(

@@ -32,10 +32,10 @@
 //! namespace, and all of it is removed on exit, on failure and on Ctrl-C.
 
 mod agent;
-mod http;
-mod interrupt;
+pub(crate) mod http;
+pub(crate) mod interrupt;
 mod net;
-mod process;
+pub(crate) mod process;
 mod stack;
 mod time;
 

@@ -355,6 +355,59 @@ fn full_ring_buffer_with_paused_consumer_adds_up() {
     );
 }
 
+/// What 6.1's verifier may spend on the sampled build before the guard
+/// trips: a fifth of its 1M-instruction limit. The verifier walks every
+/// path it cannot prune; a change that makes the event path fork per
+/// parser or counter branch again shows up here on any kernel, long before
+/// a kernel gives up on it ("BPF program is too large").
+const VERIFIED_INSNS_BOUND: u32 = 200_000;
+
+/// Loads `program` with `settings` and returns how many instructions the
+/// verifier processed (`bpf_prog_info.verified_insns`, Linux 5.16+).
+fn verified_insns(settings: EventsLoad, program: &'static str) -> u32 {
+    let mut object =
+        LoadedObject::load(&[&XdpLoad::default(), &settings]).expect("loading the eBPF object");
+    let xdp: &mut Xdp = object
+        .ebpf
+        .program_mut(program)
+        .expect("program")
+        .try_into()
+        .expect("xdp program");
+    xdp.load()
+        .unwrap_or_else(|e| panic!("the verifier refuses {program}: {e:#}"));
+    xdp.info()
+        .expect("BPF_OBJ_GET_INFO_BY_FD")
+        .verified_instruction_count()
+        .expect("the kernel reports verified_insns (Linux 5.16 and later)")
+}
+
+#[test]
+fn both_builds_stay_far_below_the_verifiers_budget() {
+    require_root();
+    // The build without events, and the sampled one at rate 1 (every
+    // frame) and at another rate (which adds the random draw).
+    let mut seen = Vec::new();
+    for rate in [0, 1, 100] {
+        let settings = EventsLoad::new(rate, 1 << 20).expect("a valid ring buffer size");
+        let program = program_symbol(rate);
+        let insns = verified_insns(settings, program);
+        eprintln!("sample_rate = {rate}: {program} verified in {insns} insns");
+        assert!(
+            insns < VERIFIED_INSNS_BOUND,
+            "sample_rate = {rate}: the verifier processed {insns} instructions of {program}, \
+             over the bound of {VERIFIED_INSNS_BOUND}"
+        );
+        seen.push(format!("{insns} (sample_rate = {rate})"));
+    }
+    support::matrix::record(
+        "XDP program, verifier cost",
+        &format!(
+            "instructions processed: {}; bound {VERIFIED_INSNS_BOUND}",
+            seen.join(", ")
+        ),
+    );
+}
+
 fn config(device: &str, extra: &str) -> String {
     TestConfig::new()
         .set("log.level", "debug")

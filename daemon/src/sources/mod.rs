@@ -87,10 +87,18 @@ impl Sources {
             None
         };
         let (events, xdp) = if config.xdp.enabled {
-            let events = PacketEvents::start(&mut object, &config.xdp)?;
             let xdp = XdpSource::start(&mut object, &config.xdp)
                 .context("loading the XDP packet counter")?;
-            (Some(events), xdp)
+            // Without the events build (the kernel refused it, logged), no
+            // ring buffer to drain: the section is absent and
+            // `telemetryd_source_up{source="packet_events"}` 0.
+            let refused = xdp.as_ref().is_some_and(|x| x.events_refused().is_some());
+            let events = if refused {
+                None
+            } else {
+                Some(PacketEvents::start(&mut object, &config.xdp)?)
+            };
+            (events, xdp)
         } else {
             info!("xdp disabled by configuration");
             (None, None)

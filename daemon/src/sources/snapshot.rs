@@ -56,17 +56,15 @@ pub trait Section {
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The signals of `telemetryd_source_up` and the program each one needs
-/// attached: packet counts (XDP), syscall latency, kernel drops and TCP
-/// retransmits.
-pub const SOURCES: [(&str, &str); 4] = [
-    ("xdp", telemetryd_common::xdp::PROGRAM_NAME),
-    ("syscalls", telemetryd_common::syscalls::PROGRAM_LABEL),
-    ("kernel_drops", telemetryd_common::drops::DROPS_PROGRAM),
-    (
-        "tcp_retransmits",
-        telemetryd_common::drops::RETRANSMITS_PROGRAM,
-    ),
+/// The signals of `telemetryd_source_up`: packet counts (XDP), packet
+/// events (the sampled XDP build's ring buffer), syscall latency, kernel
+/// drops and TCP retransmits.
+pub const SOURCES: [&str; 5] = [
+    "xdp",
+    telemetryd_common::events::EVENTS_SOURCE,
+    "syscalls",
+    "kernel_drops",
+    "tcp_retransmits",
 ];
 
 impl Snapshot {
@@ -94,6 +92,28 @@ impl Snapshot {
             .iter()
             .flat_map(|s| s.attachments())
             .collect()
+    }
+
+    /// Whether one of [`SOURCES`] runs: its program is attached (and, for
+    /// packet events, the attached build publishes them and their ring
+    /// buffer is drained).
+    fn source_up(&self, source: &str) -> bool {
+        use telemetryd_common::{drops, syscalls, xdp};
+        let attached = |program: &str| self.attachments().iter().any(|a| a.program == program);
+        match source {
+            "xdp" => attached(xdp::PROGRAM_NAME),
+            "syscalls" => attached(syscalls::PROGRAM_LABEL),
+            "kernel_drops" => attached(drops::DROPS_PROGRAM),
+            "tcp_retransmits" => attached(drops::RETRANSMITS_PROGRAM),
+            telemetryd_common::events::EVENTS_SOURCE => {
+                self.events.is_some()
+                    && self
+                        .xdp
+                        .as_ref()
+                        .is_some_and(|x| x.publishes_events && !x.attachments.is_empty())
+            }
+            _ => false,
+        }
     }
 
     /// Every metric family of the snapshot: each section's, the families
@@ -133,14 +153,13 @@ impl Snapshot {
             "1 for each place an eBPF program of telemetryd is attached, with how.",
             attached,
         ));
-        let attachments = self.attachments();
         families.push(gauge(
             "telemetryd_source_up",
             "1 while the signal's eBPF programs are attached and polled, else 0.",
             SOURCES
                 .iter()
-                .map(|(source, program)| {
-                    let up = attachments.iter().any(|a| a.program == *program);
+                .map(|source| {
+                    let up = self.source_up(source);
                     Series::new(&[("source", source)], f64::from(u8::from(up)))
                 })
                 .collect(),
@@ -262,10 +281,41 @@ mod tests {
         let text = Snapshot::default().render(Vec::new()).unwrap();
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         let mut want = vec![format!("telemetryd_build_info{{version=\"{VERSION}\"}} 1")];
-        for (source, _) in SOURCES {
+        for source in SOURCES {
             want.push(format!("telemetryd_source_up{{source=\"{source}\"}} 0"));
         }
         assert_eq!(samples, want, "{text}");
+    }
+
+    #[test]
+    fn packet_events_are_up_only_while_the_attached_build_publishes_them() {
+        let events_up = |publishes: bool, events: bool, attached: bool| {
+            let mut snapshot = sample_snapshot();
+            let xdp = snapshot.xdp.as_mut().unwrap();
+            xdp.publishes_events = publishes;
+            if !attached {
+                xdp.attachments.clear();
+            }
+            snapshot.events = events.then(EventStats::default);
+            let text = snapshot.render(Vec::new()).unwrap();
+            let value = |v| format!("telemetryd_source_up{{source=\"packet_events\"}} {v}");
+            match (
+                text.lines().any(|l| l == value(1)),
+                text.lines().any(|l| l == value(0)),
+            ) {
+                (true, false) => true,
+                (false, true) => false,
+                _ => panic!("no single packet_events line in:\n{text}"),
+            }
+        };
+        assert!(events_up(true, true, true));
+        // sample_rate = 0: the counter alone, the (empty) section present.
+        assert!(!events_up(false, true, true));
+        // The kernel refused the events build: no section either.
+        assert!(!events_up(false, false, true));
+        assert!(!events_up(true, false, true));
+        // Nothing attached yet.
+        assert!(!events_up(true, true, false));
     }
 
     #[test]

@@ -14,7 +14,10 @@ use aya::EbpfLoader;
 use telemetryd_common::xdp::LOW_IFINDEX_COUNTERS_MAP;
 use tracing::error;
 
-pub use attach::{wanted, AttachError, AttachedInterfaces, Attachment, PacketCounter};
+pub use attach::{
+    verifier_reason, wanted, AttachError, AttachedInterfaces, Attachment, EventsRefused,
+    PacketCounter,
+};
 pub use counters::CounterPlace;
 pub use stats::{InterfaceStats, XdpStats};
 
@@ -52,7 +55,9 @@ impl XdpSource {
     /// Loads the program (the build with packet events when
     /// `xdp.sample_rate` is not 0) and attaches it as `config` says. A
     /// kernel that refuses it for lack of a privilege costs packet counting
-    /// only: that is logged and `None` returned, the daemon runs on.
+    /// only: that is logged and `None` returned, the daemon runs on. A
+    /// kernel whose verifier refuses the build with packet events gets the
+    /// counter alone ([`XdpSource::publishes_events`] is then false).
     pub fn start(object: &mut LoadedObject, config: &XdpConfig) -> Result<Option<Self>, LoadError> {
         let counter = match PacketCounter::load(object, config.sample_rate) {
             Ok(counter) => counter,
@@ -68,6 +73,17 @@ impl XdpSource {
         };
         source.reconcile(config);
         Ok(Some(source))
+    }
+
+    /// Whether the program publishes packet events: `xdp.sample_rate` > 0
+    /// and the kernel accepted the build with them.
+    pub fn publishes_events(&self) -> bool {
+        self.counter.publishes_events()
+    }
+
+    /// Why the kernel refused the build with packet events, when it did.
+    pub fn events_refused(&self) -> Option<&EventsRefused> {
+        self.counter.events_refused()
     }
 
     /// Attaches to interfaces that appeared or came up, detaches from ones
@@ -104,6 +120,7 @@ impl XdpSource {
                 .push((iface.name.clone(), attachment.mode));
         }
         stats.errors = self.counter.maps().errors();
+        stats.publishes_events = self.counter.publishes_events();
         let attached: HashSet<u32> = attachments.iter().map(|a| a.interface.ifindex).collect();
         self.counter.maps_mut().forget_detached(&attached);
         stats

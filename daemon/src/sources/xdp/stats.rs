@@ -15,6 +15,9 @@ pub struct XdpStats {
     pub attachments: Vec<(String, XdpMode)>,
     /// The program's own errors by `XdpError` slot.
     pub errors: [u64; PROGRAM_ERROR_SLOTS as usize],
+    /// The build loaded publishes packet events (`xdp.sample_rate` > 0 and
+    /// the kernel accepted it).
+    pub publishes_events: bool,
 }
 
 /// Counters of one interface, cumulative since it was attached.

@@ -165,10 +165,18 @@ fn count_parsed<const SAMPLED: bool>(ctx: &XdpContext, len: u64) {
 /// the classification is live across them. Each tier (and the first
 /// insert into the hash, a call) ends in a state of its own; had the
 /// classification still been needed after them, the verifier would walk
-/// the event path once per tier and per parser outcome. 6.1's verifier,
-/// which cannot follow precision marks through calls, then marks every
-/// constant precise and prunes nothing: over 1M instructions, rejected.
-/// Only `picked` (true or false) crosses the tiers now.
+/// the event path once per tier and per parser outcome. Before 6.4 the
+/// verifier cannot follow precision marks through calls and marks every
+/// scalar precise instead, so states that differ in any constant never
+/// prune each other: 6.1 gave up after 1M instructions. Only `picked`
+/// (true or false) crosses the tiers now: about 86,000 instructions on
+/// 6.1 (`packet_events`' verifier-cost test guards it). Two orders that
+/// look cheaper fail there: publishing before counting (111,000 to
+/// 122,000 on 6.1, and no faster), and looking up the counters before the
+/// pick (over 1M again: the counter pointer then crosses the pick). This
+/// order costs the sampled build about 1 ns per frame over counting first
+/// (`TELEMETRYD_BENCH_BASELINE=... cargo xtask bench xdp`); the build
+/// without events is unchanged.
 #[inline(always)]
 fn count_and_sample<const SAMPLED: bool>(ctx: &XdpContext, class: &Classification, len: u64) {
     let picked = SAMPLED && packet_events::pick(class, len);

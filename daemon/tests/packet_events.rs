@@ -724,7 +724,10 @@ fn many_distinct_sources_stay_within_the_bound() {
         })
         .collect();
     send_frames(&ns_b.name, &veth.b, frames);
-    let after = daemon.scrape_until(Duration::from_secs(10), |s| {
+    // The wait ends as soon as every event is accounted for; its bound is
+    // for a debug daemon in a TCG guest, which drains about 8,000 events a
+    // second there (84,040 of 100,000 after 10 s on 6.12, none lost).
+    let after = daemon.scrape_until(Duration::from_secs(60), |s| {
         events_total(s) + lost(s, "kernel") >= SENT as f64
     });
     assert_eq!(

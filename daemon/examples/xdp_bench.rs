@@ -35,6 +35,13 @@
 //! 4. `/metrics` render time for the default series.
 //! 5. The daemon's resident memory after it has attached and served.
 //!
+//! With `TELEMETRYD_BENCH_BASELINE=OBJECT` (another build's
+//! `telemetryd-ebpf-bench`, e.g. main's), only this instead: each build of
+//! xdp_packet_counter (without packet events, and with them at
+//! `sample_rate = 100`) of this checkout and of OBJECT, side by side in the
+//! same rounds, native, NAPI batches; each one's cost over the empty
+//! program, the paired difference and the ratio.
+//!
 //! Traffic stays inside two throwaway namespaces joined by veth.
 
 #[path = "bench_support/mod.rs"]
@@ -90,6 +97,13 @@ const LIVE_FRAMES_BATCH: u32 = 64;
 const TEST_RUNS_PER_ROUND: u32 = 200_000;
 
 fn main() {
+    if let Some(baseline) = std::env::var_os("TELEMETRYD_BENCH_BASELINE") {
+        let _namespaces = VethNamespaces::create(NS_RX, NS_TX, DEV_RX, DEV_TX);
+        enter(NS_RX);
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+        compare_with_baseline(std::path::Path::new(&baseline));
+        return;
+    }
     let namespaces = VethNamespaces::create(NS_RX, NS_TX, DEV_RX, DEV_TX);
     namespaces.add_pair(DEV_RX_SLOT, DEV_TX_SLOT, Some(SLOT_IFINDEX));
     namespaces.add_pair(DEV_RX_HASH, DEV_TX_HASH, Some(HASH_IFINDEX));
@@ -267,6 +281,126 @@ fn counter_tiers(objects: &mut [LoadedObject], transmit: &LoadedObject, frame: &
         spread(&over(2, 0), 1),
         spread(&over(2, 1), 1),
     );
+}
+
+/// The sample rate of the events build in [`compare_with_baseline`]: one
+/// frame in 100 goes through the ring buffer, the rest pay the draw.
+const COMPARED_SAMPLE_RATE: u32 = 100;
+
+/// This checkout's builds of the packet counter against `baseline`'s
+/// (another build of the benchmark object), native, NAPI batches, every
+/// load of both in every round (rotated), with the empty program of this
+/// checkout as the reference. Rings of the events builds are emptied after
+/// every measurement, outside the timed window (the kernel's statistics
+/// time the program alone), so each round publishes for real.
+fn compare_with_baseline(baseline: &std::path::Path) {
+    use telemetryd::sources::events::{self, EventRing};
+    use telemetryd_common::xdp::program_symbol;
+
+    println!(
+        "== This build against {} side by side: native, NAPI batches of {LIVE_FRAMES_BATCH}, {LIVE_FRAMES_PER_ROUND} frames per measurement, {ROUNDS} interleaved rounds, {COPIES} loads of each",
+        baseline.display()
+    );
+    bench_support::enable_gro(DEV_RX);
+    let transmit = load_transmitter();
+    let frame = udp_frame(64);
+    for rate in [0, COMPARED_SAMPLE_RATE] {
+        let name = program_symbol(rate);
+        let settings = EventsLoad::new(rate, 1 << 20).expect("ring buffer size");
+        let load = |ours: bool| {
+            let mut object = if ours {
+                load_bench_object(settings, SyscallsLoad::default())
+            } else {
+                bench_support::load_bench_object_file(baseline, settings, SyscallsLoad::default())
+            };
+            for program in [name, "xdp_pass_baseline"] {
+                let program: &mut Xdp = object
+                    .ebpf
+                    .program_mut(program)
+                    .unwrap()
+                    .try_into()
+                    .unwrap();
+                program.load().unwrap();
+            }
+            let ring = (rate != 0).then(|| events::take(&mut object).expect("event maps").0);
+            (object, ring)
+        };
+        // [ours..., baseline...]
+        let mut builds: Vec<(LoadedObject, Option<EventRing>)> = (0..COPIES)
+            .map(|_| load(true))
+            .chain((0..COPIES).map(|_| load(false)))
+            .collect();
+        let loads = builds.len();
+        let runs = loads + COPIES;
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); runs];
+        let mut scratch = Vec::new();
+        for round in 0..ROUNDS {
+            for i in 0..runs {
+                let which = (round + i) % runs;
+                // The last COPIES runs are the empty program of our loads.
+                let (object, ring, program) = if which < loads {
+                    let (object, ring) = &mut builds[which];
+                    (object, ring, name)
+                } else {
+                    let (object, ring) = &mut builds[which - loads];
+                    (object, ring, "xdp_pass_baseline")
+                };
+                let ns = measure_attached(
+                    object,
+                    program,
+                    XdpMode::Driver,
+                    DEV_RX,
+                    DEV_TX,
+                    &frame,
+                    Source::Generator(&transmit),
+                );
+                if let Some(ring) = ring {
+                    while ring.drain(usize::MAX, &mut scratch) > 0 {
+                        scratch.clear();
+                    }
+                }
+                samples[which].push(ns);
+            }
+        }
+        let mean_of = |range: std::ops::Range<usize>| -> Vec<f64> {
+            (0..ROUNDS)
+                .map(|r| range.clone().map(|i| samples[i][r]).sum::<f64>() / COPIES as f64)
+                .collect()
+        };
+        let ours = mean_of(0..COPIES);
+        let base = mean_of(COPIES..2 * COPIES);
+        let empty = mean_of(2 * COPIES..3 * COPIES);
+        let over =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x - y).collect() };
+        let ours_added = over(&ours, &empty);
+        let base_added = over(&base, &empty);
+        let ratios: Vec<f64> = ours_added
+            .iter()
+            .zip(&base_added)
+            .map(|(o, b)| o / b)
+            .collect();
+        let label = if rate == 0 {
+            format!("{name} (sample_rate = 0)")
+        } else {
+            format!("{name} (sample_rate = {rate})")
+        };
+        println!(
+            "{label}: this build {:.1} ns/pkt, baseline {:.1}, empty {:.1} (medians of rounds)",
+            quantile(&ours, 0.5),
+            quantile(&base, 0.5),
+            quantile(&empty, 0.5),
+        );
+        println!(
+            "          added over empty, median [quartiles]: this build {}, baseline {} ns/pkt",
+            spread(&ours_added, 1),
+            spread(&base_added, 1),
+        );
+        println!(
+            "          paired per round: this build minus baseline {} ns/pkt; ratio of added costs {} (this build / baseline)",
+            spread(&over(&ours, &base), 1),
+            spread(&ratios, 2),
+        );
+    }
 }
 
 /// Where a round's frames come from.

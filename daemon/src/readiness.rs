@@ -40,6 +40,9 @@ impl Readiness {
             let enabled = match source {
                 "xdp" => config.xdp.enabled,
                 "syscalls" => config.syscalls.enabled,
+                telemetryd_common::events::EVENTS_SOURCE => {
+                    config.xdp.enabled && config.xdp.sample_rate > 0
+                }
                 _ => true,
             };
             let optional = config.daemon.optional_sources.iter().any(|s| s == source);
@@ -120,8 +123,7 @@ mod tests {
 
     #[test]
     fn the_config_names_every_source_of_source_up() {
-        let labels: Vec<&str> = SOURCES.iter().map(|(source, _)| *source).collect();
-        assert_eq!(labels, SOURCE_NAMES);
+        assert_eq!(SOURCES, SOURCE_NAMES);
     }
 
     fn xdp_attached() -> XdpStats {

@@ -53,27 +53,31 @@ struct Parsed {
 #[map(name = "PACKET_EVENT_PARSED")]
 static PACKET_EVENT_PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
 
-/// Called only by `xdp_packet_counter_sampled`, which user space loads when
-/// the rate is not 0; with the rate 0 the verifier removes the rest.
+/// Decides whether this frame is published and, if so, stores what its
+/// event needs for [`publish`]. Called only by `xdp_packet_counter_sampled`,
+/// which user space loads when the rate is not 0; with the rate 0 the
+/// verifier removes the rest. Returns whether to call [`publish`] (after
+/// the frame is counted, see `xdp_counter::count_and_sample`).
 #[inline(always)]
-pub fn sample(ctx: &XdpContext, class: &Classification, len: u64) {
+pub fn pick(class: &Classification, len: u64) -> bool {
     let rate = PACKET_SAMPLE_RATE.load();
     if rate == 0 {
-        return;
+        return false;
     }
     // 1 in `rate`: a uniform random number below floor(2^32 / rate), a
     // compare instead of a division on every frame.
     // SAFETY: the helper has no arguments or preconditions.
     if rate != 1 && unsafe { bpf_get_prandom_u32() } >= PACKET_SAMPLE_THRESHOLD.load() {
-        return;
+        return false;
     }
     bump(EventCounter::Sampled);
     let Some(parsed) = PACKET_EVENT_PARSED.get_ptr_mut(0) else {
         bump(EventCounter::Lost);
-        return;
+        return false;
     };
     // SAFETY: this CPU's slot from a successful lookup; only this program
-    // on this CPU uses it, between this write and `publish` reading it.
+    // on this CPU uses it, between this write and `publish` reading it
+    // (XDP does not nest on a CPU).
     unsafe {
         *parsed = Parsed {
             family: class.family as u32,
@@ -84,17 +88,17 @@ pub fn sample(ctx: &XdpContext, class: &Classification, len: u64) {
             len: len as u32,
         };
     }
-    publish(ctx);
+    true
 }
 
-/// Builds the event of the frame `sample` picked and submits it.
+/// Builds the event of the frame [`pick`] picked and submits it.
 #[inline(never)]
-fn publish(ctx: &XdpContext) {
+pub fn publish(ctx: &XdpContext) {
     let Some(parsed) = PACKET_EVENT_PARSED.get_ptr(0) else {
         bump(EventCounter::Lost);
         return;
     };
-    // SAFETY: this CPU's slot from a successful lookup, written by `sample`.
+    // SAFETY: this CPU's slot from a successful lookup, written by `pick`.
     let parsed = unsafe { &*parsed };
     let class = Classification {
         family: parsed.family as usize,

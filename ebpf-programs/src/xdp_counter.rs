@@ -15,10 +15,10 @@ use aya_log_ebpf::error;
 
 use crate::packet_events;
 use telemetryd_common::xdp::{
-    InterfaceCounters, LowIfindexCounters, XdpError, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT,
+    InterfaceCounters, LowIfindexCounters, XdpError, COUNTER_SLOTS, DIRECT_IFINDEX_LIMIT, FAMILIES,
     FAMILY_IPV4, FAMILY_IPV6, FAMILY_OTHER, LOW_IFINDEX_LIMIT, MAX_INTERFACES,
-    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROGRAM_ERROR_SLOTS, PROTOCOL_ICMP, PROTOCOL_OTHER,
-    PROTOCOL_TCP, PROTOCOL_UDP,
+    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, PROGRAM_ERROR_SLOTS, PROTOCOLS, PROTOCOL_ICMP,
+    PROTOCOL_OTHER, PROTOCOL_TCP, PROTOCOL_UDP,
 };
 
 /// One row per CPU, indexed by CPU id (user space sizes it to the
@@ -144,10 +144,7 @@ fn run<const SAMPLED: bool>(ctx: &XdpContext) -> u32 {
     // every frame. The full parser is a function of its own so that the
     // compiler cannot merge the two tails back into one.
     if let Some(class) = classify_common_ipv4(ctx) {
-        count(ctx, &class, len);
-        if SAMPLED {
-            packet_events::sample(ctx, &class, len);
-        }
+        count_and_sample::<SAMPLED>(ctx, &class, len);
         return xdp_action::XDP_PASS;
     }
     count_parsed::<SAMPLED>(ctx, len);
@@ -158,9 +155,34 @@ fn run<const SAMPLED: bool>(ctx: &XdpContext) -> u32 {
 #[inline(never)]
 fn count_parsed<const SAMPLED: bool>(ctx: &XdpContext, len: u64) {
     let class = classify_full(ctx);
-    count(ctx, &class, len);
-    if SAMPLED {
-        packet_events::sample(ctx, &class, len);
+    count_and_sample::<SAMPLED>(ctx, &class, len);
+}
+
+/// Counts the frame and, in the sampled build, publishes it when picked.
+///
+/// The order is for the verifier: the sampler picks the frame and stores
+/// what the event needs *before* the counting tiers, so that nothing of
+/// the classification is live across them. Each tier (and the first
+/// insert into the hash, a call) ends in a state of its own; had the
+/// classification still been needed after them, the verifier would walk
+/// the event path once per tier and per parser outcome. Before 6.4 the
+/// verifier cannot follow precision marks through calls and marks every
+/// scalar precise instead, so states that differ in any constant never
+/// prune each other: 6.1 gave up after 1M instructions. Only `picked`
+/// (true or false) crosses the tiers now: about 86,000 instructions on
+/// 6.1 (`packet_events`' verifier-cost test guards it). Two orders that
+/// look cheaper fail there: publishing before counting (111,000 to
+/// 122,000 on 6.1, and no faster), and looking up the counters before the
+/// pick (over 1M again: the counter pointer then crosses the pick). This
+/// order costs the sampled build about 1 ns per frame over counting first
+/// (`TELEMETRYD_BENCH_BASELINE=... cargo xtask bench xdp`); the build
+/// without events is unchanged.
+#[inline(always)]
+fn count_and_sample<const SAMPLED: bool>(ctx: &XdpContext, class: &Classification, len: u64) {
+    let picked = SAMPLED && packet_events::pick(class, len);
+    count(ctx, class, len);
+    if picked {
+        packet_events::publish(ctx);
     }
 }
 
@@ -430,14 +452,23 @@ fn count(ctx: &XdpContext, class: &Classification, len: u64) {
     }
 }
 
+/// What a new entry of the hash starts from: all zeros, in read-only data.
+/// The insert copies it from there; built on the stack instead, it would
+/// be 200 bytes of stores in the program and 25 stack slots in every state
+/// the verifier keeps below it.
+static ZERO_COUNTERS: InterfaceCounters = InterfaceCounters {
+    packets: [[0; PROTOCOLS]; FAMILIES],
+    bytes: [[0; PROTOCOLS]; FAMILIES],
+    malformed: 0,
+};
+
 /// The first frame on an interface with neither a table entry nor a slot:
-/// a zeroed entry in the hash. A function of its own so that its 200-byte
-/// zero value is not in the stack frame of every caller (the verifier caps
-/// a chain of calls at 512 bytes). A failed insert (map full) is the only
-/// way to get here twice for one interface.
+/// a zeroed entry in the hash. A failed insert (map full) is the only way
+/// to get here twice for one interface. A function of its own: the error
+/// path's log call needs stack the fast path should not carry.
 #[inline(never)]
 fn first_counters(ctx: &XdpContext, ifindex: u32) -> Option<NonNull<InterfaceCounters>> {
-    let _ = XDP_COUNTERS.insert(ifindex, InterfaceCounters::default(), BPF_NOEXIST as u64);
+    let _ = XDP_COUNTERS.insert(ifindex, &ZERO_COUNTERS, BPF_NOEXIST as u64);
     let counters = XDP_COUNTERS.get_ptr_mut(ifindex).and_then(NonNull::new);
     if counters.is_none() {
         record_error(ctx, XdpError::CountersMapFull, ifindex);

@@ -28,6 +28,21 @@ impl LoadSettings for FloorTable {
     }
 }
 
+/// Another build of the benchmark object (`telemetryd-ebpf-bench` from
+/// another checkout's `target/*/build/telemetryd-*/out/`), loaded with the
+/// same settings as [`load_bench_object`]: for comparing builds side by
+/// side in one run.
+pub fn load_bench_object_file(
+    path: &std::path::Path,
+    events: EventsLoad,
+    syscalls: SyscallsLoad,
+) -> LoadedObject {
+    let elf = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let floor = FloorTable(telemetryd::sources::xdp::counters::cpu_id_bound());
+    LoadedObject::load_elf(&elf, &[&XdpLoad::default(), &events, &syscalls, &floor])
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
 /// The benchmark object with every source's default settings, packet
 /// events as `events` says.
 pub fn load_bench_object(events: EventsLoad, syscalls: SyscallsLoad) -> LoadedObject {

@@ -89,7 +89,13 @@ impl Default for MetricsConfig {
 
 /// The signals, as `telemetryd_source_up` labels them and
 /// `daemon.optional_sources` names them.
-pub const SOURCE_NAMES: [&str; 4] = ["xdp", "syscalls", "kernel_drops", "tcp_retransmits"];
+pub const SOURCE_NAMES: [&str; 5] = [
+    "xdp",
+    "packet_events",
+    "syscalls",
+    "kernel_drops",
+    "tcp_retransmits",
+];
 
 /// `[http]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

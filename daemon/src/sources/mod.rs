@@ -118,7 +118,6 @@ impl Sources {
             None
         };
         let (events, xdp) = if config.xdp.enabled {
-            let events = PacketEvents::start(&mut object, &config.xdp)?;
             let xdp = XdpSource::start(&mut object, &config.xdp, pins)
                 .context("loading the XDP packet counter")?;
             let mut xdp = match xdp {
@@ -131,7 +130,22 @@ impl Sources {
             if let Some(xdp) = xdp.as_mut() {
                 xdp.set_device_cap(&config.metrics);
             }
-            (Some(events), xdp)
+            // Without the events build (the kernel refused it, logged), no
+            // ring buffer to drain: the section is absent and
+            // `telemetryd_source_up{source="packet_events"}` 0.
+            let refused = xdp.as_ref().and_then(|x| x.events_refused()).map(|r| {
+                format!(
+                    "the kernel refused the build with packet events ({}): {}",
+                    r.errno, r.reason
+                )
+            });
+            let events = if let Some(reason) = refused {
+                unavailable.push((telemetryd_common::events::EVENTS_SOURCE, reason));
+                None
+            } else {
+                Some(PacketEvents::start(&mut object, &config.xdp)?)
+            };
+            (events, xdp)
         } else {
             info!("xdp disabled by configuration");
             (None, None)
@@ -257,12 +271,14 @@ pub fn unpin(config: &Config) -> u8 {
     }
 }
 
-/// The `telemetryd_source_up` label of the signal `program` belongs to.
+/// The `telemetryd_source_up` label of the drop tracer `program`.
 fn source_of(program: &str) -> &'static str {
-    snapshot::SOURCES
-        .iter()
-        .find(|(_, p)| *p == program)
-        .map_or("unknown", |(source, _)| source)
+    use telemetryd_common::drops::{DROPS_PROGRAM, RETRANSMITS_PROGRAM};
+    match program {
+        DROPS_PROGRAM => "kernel_drops",
+        RETRANSMITS_PROGRAM => "tcp_retransmits",
+        _ => "unknown",
+    }
 }
 
 fn kernel_table(support: &KernelSupport) -> String {

@@ -75,17 +75,15 @@ pub const REVISION: &str = env!("TELEMETRYD_GIT_REVISION");
 /// `rustc --version` of the compiler that built telemetryd, from `build.rs`.
 pub const RUSTC: &str = env!("TELEMETRYD_RUSTC_VERSION");
 
-/// The signals of `telemetryd_source_up` and the program each one needs
-/// attached: packet counts (XDP), syscall latency, kernel drops and TCP
-/// retransmits.
-pub const SOURCES: [(&str, &str); 4] = [
-    ("xdp", telemetryd_common::xdp::PROGRAM_NAME),
-    ("syscalls", telemetryd_common::syscalls::PROGRAM_LABEL),
-    ("kernel_drops", telemetryd_common::drops::DROPS_PROGRAM),
-    (
-        "tcp_retransmits",
-        telemetryd_common::drops::RETRANSMITS_PROGRAM,
-    ),
+/// The signals of `telemetryd_source_up`: packet counts (XDP), packet
+/// events (the sampled XDP build's ring buffer), syscall latency, kernel
+/// drops and TCP retransmits.
+pub const SOURCES: [&str; 5] = [
+    "xdp",
+    telemetryd_common::events::EVENTS_SOURCE,
+    "syscalls",
+    "kernel_drops",
+    "tcp_retransmits",
 ];
 
 impl Snapshot {
@@ -115,13 +113,12 @@ impl Snapshot {
             .collect()
     }
 
-    /// Each signal of [`SOURCES`] and whether it is up: its program is
-    /// attached somewhere. `telemetryd_source_up` and `/readyz` both say this.
+    /// Each signal of [`SOURCES`] and whether it is up.
+    /// `telemetryd_source_up` and `/readyz` both say this.
     pub fn sources_up(&self) -> Vec<(&'static str, bool)> {
-        let attachments = self.attachments();
         SOURCES
             .iter()
-            .map(|(source, program)| (*source, attachments.iter().any(|a| a.program == *program)))
+            .map(|source| (*source, self.source_up(source)))
             .collect()
     }
 
@@ -131,6 +128,28 @@ impl Snapshot {
             .iter()
             .find(|(name, _)| *name == source)
             .map(|(_, reason)| reason.as_str())
+    }
+
+    /// Whether one of [`SOURCES`] runs: its program is attached (and, for
+    /// packet events, the attached build publishes them and their ring
+    /// buffer is drained).
+    fn source_up(&self, source: &str) -> bool {
+        use telemetryd_common::{drops, syscalls, xdp};
+        let attached = |program: &str| self.attachments().iter().any(|a| a.program == program);
+        match source {
+            "xdp" => attached(xdp::PROGRAM_NAME),
+            "syscalls" => attached(syscalls::PROGRAM_LABEL),
+            "kernel_drops" => attached(drops::DROPS_PROGRAM),
+            "tcp_retransmits" => attached(drops::RETRANSMITS_PROGRAM),
+            telemetryd_common::events::EVENTS_SOURCE => {
+                self.events.is_some()
+                    && self
+                        .xdp
+                        .as_ref()
+                        .is_some_and(|x| x.publishes_events && !x.attachments.is_empty())
+            }
+            _ => false,
+        }
     }
 
     /// Every metric family of the snapshot: each section's, the families
@@ -337,10 +356,41 @@ mod tests {
             "telemetryd_build_info{{revision=\"{REVISION}\",rustc=\"{RUSTC}\",version=\"{VERSION}\"}} 1"
         )];
         want.push("telemetryd_ebpf_stats_enabled 0".to_owned());
-        for (source, _) in SOURCES {
+        for source in SOURCES {
             want.push(format!("telemetryd_source_up{{source=\"{source}\"}} 0"));
         }
         assert_eq!(samples, want, "{text}");
+    }
+
+    #[test]
+    fn packet_events_are_up_only_while_the_attached_build_publishes_them() {
+        let events_up = |publishes: bool, events: bool, attached: bool| {
+            let mut snapshot = sample_snapshot();
+            let xdp = snapshot.xdp.as_mut().unwrap();
+            xdp.publishes_events = publishes;
+            if !attached {
+                xdp.attachments.clear();
+            }
+            snapshot.events = events.then(EventStats::default);
+            let text = snapshot.render(Vec::new()).unwrap();
+            let value = |v| format!("telemetryd_source_up{{source=\"packet_events\"}} {v}");
+            match (
+                text.lines().any(|l| l == value(1)),
+                text.lines().any(|l| l == value(0)),
+            ) {
+                (true, false) => true,
+                (false, true) => false,
+                _ => panic!("no single packet_events line in:\n{text}"),
+            }
+        };
+        assert!(events_up(true, true, true));
+        // sample_rate = 0: the counter alone, the (empty) section present.
+        assert!(!events_up(false, true, true));
+        // The kernel refused the events build: no section either.
+        assert!(!events_up(false, false, true));
+        assert!(!events_up(true, false, true));
+        // Nothing attached yet.
+        assert!(!events_up(true, true, false));
     }
 
     #[test]

@@ -163,7 +163,7 @@ pub fn vm_test(
         let (kernel, plan) = if name == "systemd" {
             (&kernels[plan::SYSTEMD_SERIES], plan::systemd())
         } else {
-            (&kernels[name.as_str()], plan::suite(name))
+            (&kernels[name.as_str()], plan::suite())
         };
         guests.push((
             plan.clone(),

@@ -41,15 +41,11 @@ pub struct GuestPlan {
     pub timeout: Duration,
 }
 
-/// 6.1's verifier gives up on the sampled XDP program (the build loaded
-/// when `xdp.sample_rate` > 0): "BPF program is too large. Processed
-/// 1000001 insn". A defect of that program on 6.1, not of the tests.
-const SAMPLED_XDP_ON_6_1: &str = "6.1's verifier rejects the sampled XDP program \
-     (BPF program is too large: 1000001 insns processed); packet_events is not run here";
-
-/// The kernel-dependent tests, on the guest kernel `series`.
-pub fn suite(series: &str) -> GuestPlan {
-    let mut plan = GuestPlan {
+/// The kernel-dependent tests, run on each guest kernel (the same on
+/// every series; packet events included, whose test binary also guards
+/// the verifier's cost of the XDP program on that kernel).
+pub fn suite() -> GuestPlan {
+    GuestPlan {
         kind: "suite",
         mode: Mode::Chroot,
         nics: true,
@@ -86,13 +82,7 @@ pub fn suite(series: &str) -> GuestPlan {
         ],
         not_run: Vec::new(),
         timeout: Duration::from_secs(15 * 60),
-    };
-    if series == "6.1" {
-        plan.runs.retain(|r| r.binary != "packet_events");
-        plan.not_run
-            .push(("packet events, top talkers", SAMPLED_XDP_ON_6_1));
     }
-    plan
 }
 
 /// The unit under systemd as PID 1, installed by [`super::Install`].

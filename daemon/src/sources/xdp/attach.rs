@@ -12,8 +12,10 @@ use std::os::fd::{AsFd as _, OwnedFd};
 use std::time::Duration;
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
-use telemetryd_common::xdp::{program_symbol, InterfaceCounters};
-use tracing::{info, warn};
+use telemetryd_common::xdp::{
+    program_symbol, InterfaceCounters, PROGRAM_NAME, SAMPLED_PROGRAM_NAME,
+};
+use tracing::{error, info, warn};
 
 use super::counters::{CounterMaps, CounterPlace};
 use super::pins::PinDir;
@@ -94,6 +96,9 @@ pub struct PacketCounter {
     /// The build loaded: with or without packet events, see
     /// [`telemetryd_common::xdp::program_symbol`]; both count the same way.
     program: &'static str,
+    /// Why the kernel refused the sampled build, when it did and the
+    /// counter runs alone.
+    events_refused: Option<EventsRefused>,
     /// The program's descriptor, for creating links.
     fd: OwnedFd,
     maps: CounterMaps,
@@ -101,34 +106,60 @@ pub struct PacketCounter {
     pins: Option<PinDir>,
 }
 
+/// The kernel's verifier refused the sampled build (`xdp.sample_rate` > 0):
+/// the counter runs without packet events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventsRefused {
+    /// What `BPF_PROG_LOAD` returned.
+    pub errno: String,
+    /// The verifier's reason, from the end of its log (see [`verifier_reason`]).
+    pub reason: String,
+}
+
 impl PacketCounter {
     /// Loads the build for `sample_rate` through the verifier and takes the
-    /// counter maps out of `object`.
+    /// counter maps out of `object`. A kernel whose verifier refuses the
+    /// sampled build gets the counter alone: that is logged with the
+    /// verifier's reason, and [`PacketCounter::publishes_events`] is false.
+    /// Anything else that fails (a missing privilege, the counter itself
+    /// refused) is an error.
     pub fn load(
         object: &mut LoadedObject,
         sample_rate: u32,
         pins: Option<PinDir>,
     ) -> Result<Self, LoadError> {
-        let name = program_symbol(sample_rate);
+        let wanted = program_symbol(sample_rate);
         let maps = CounterMaps::take(object)?;
-        let program: &mut Xdp = object.program_mut(name)?;
-        if program.fd().is_err() {
-            program.load().map_err(|source| load_error(name, source))?;
-        }
-        let fd = program
-            .fd()
-            .map_err(|source| LoadError::Program {
-                program: name,
-                source,
-            })?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| LoadError::Descriptor {
-                program: name,
-                source,
-            })?;
+        let (program, fd, events_refused) = match load_program(object, wanted) {
+            Ok(fd) => (wanted, fd, None),
+            Err(LoadError::Program {
+                source:
+                    ProgramError::LoadError {
+                        io_error,
+                        verifier_log,
+                    },
+                ..
+            }) if wanted == SAMPLED_PROGRAM_NAME => {
+                let refused = EventsRefused {
+                    errno: io_error.to_string(),
+                    reason: verifier_reason(&verifier_log.to_string()),
+                };
+                error!(
+                    program = SAMPLED_PROGRAM_NAME,
+                    errno = %refused.errno,
+                    verifier = %refused.reason,
+                    sample_rate,
+                    "the kernel's verifier refused the XDP program with packet events; \
+                     counting packets without them (packet events and top talkers are off)"
+                );
+                let fd = load_program(object, PROGRAM_NAME)?;
+                (PROGRAM_NAME, fd, Some(refused))
+            }
+            Err(error) => return Err(error),
+        };
         Ok(Self {
-            program: name,
+            program,
+            events_refused,
             fd,
             maps,
             pins,
@@ -185,6 +216,16 @@ impl PacketCounter {
             });
         }
         adopted
+    }
+
+    /// Whether the build loaded publishes packet events.
+    pub fn publishes_events(&self) -> bool {
+        self.program == SAMPLED_PROGRAM_NAME
+    }
+
+    /// Why the sampled build was refused, when it was.
+    pub fn events_refused(&self) -> Option<&EventsRefused> {
+        self.events_refused.as_ref()
     }
 
     /// Attaches to the named interface. `auto` tries native (driver) mode
@@ -359,6 +400,53 @@ impl PacketCounter {
 
 /// A refused load: a missing privilege when the kernel refused before
 /// verifying anything, the verifier's log otherwise.
+/// Loads `name` through the verifier (once: a loaded program is reused)
+/// and returns its descriptor.
+fn load_program(object: &mut LoadedObject, name: &'static str) -> Result<OwnedFd, LoadError> {
+    let program: &mut Xdp = object.program_mut(name)?;
+    if program.fd().is_err() {
+        program.load().map_err(|source| load_error(name, source))?;
+    }
+    program
+        .fd()
+        .map_err(|source| LoadError::Program {
+            program: name,
+            source,
+        })?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| LoadError::Descriptor {
+            program: name,
+            source,
+        })
+}
+
+/// The verifier's reason for a refusal, from the end of its log: the last
+/// line that is not one of its closing statistics, followed by the
+/// "processed N insns" line when there is one (it says how far it got).
+/// The log (instruction by instruction, megabytes at worst) stays out of
+/// the daemon's log.
+pub fn verifier_reason(log: &str) -> String {
+    let is_statistic = |line: &str| {
+        line.starts_with("processed ")
+            || line.starts_with("verification time")
+            || line.starts_with("stack depth")
+    };
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let reason = lines.iter().rev().find(|l| !is_statistic(l));
+    let processed = lines.iter().rev().find(|l| l.starts_with("processed "));
+    match (reason, processed) {
+        (Some(reason), Some(processed)) => format!("{reason} ({processed})"),
+        (Some(reason), None) => (*reason).to_owned(),
+        (None, Some(processed)) => (*processed).to_owned(),
+        (None, None) => "no verifier output".to_owned(),
+    }
+}
+
 fn load_error(program: &'static str, source: ProgramError) -> LoadError {
     let refused = match &source {
         // EACCES is also how the verifier rejects a program; it is a
@@ -564,6 +652,30 @@ mod tests {
             iface("wg0", 4, true, false),
         ];
         assert_eq!(wanted(&[], &present), ["eth0", "wg0"]);
+    }
+
+    #[test]
+    fn the_verifiers_reason_is_its_last_line_before_the_statistics() {
+        // The end of Debian 6.1.192's log for the sampled build before the
+        // fix (its first 2,600 lines are instructions).
+        let log = "\
+637: (18) r3 = 0xff35a7d09ff1e7a7     ; frame3: R3_w=map_value(off=151,ks=4,vs=164,imm=0) refs=8721
+639: (71) r4 = *(u8 *)(r3 +0)
+BPF program is too large. Processed 1000001 insn
+verification time 38142146 usec
+stack depth 8+208+0+24+72+0+64
+processed 1000001 insns (limit 1000000) max_states_per_insn 46 total_states 32586 peak_states 2165 mark_read 20
+";
+        assert_eq!(
+            verifier_reason(log),
+            "BPF program is too large. Processed 1000001 insn (processed 1000001 insns \
+             (limit 1000000) max_states_per_insn 46 total_states 32586 peak_states 2165 mark_read 20)"
+        );
+        assert_eq!(
+            verifier_reason("fd 9 is not pointing to valid bpf_map\nverification time 9 usec\n"),
+            "fd 9 is not pointing to valid bpf_map"
+        );
+        assert_eq!(verifier_reason("\n  \n"), "no verifier output");
     }
 
     #[test]

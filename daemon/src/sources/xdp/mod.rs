@@ -15,7 +15,10 @@ use aya::EbpfLoader;
 use telemetryd_common::xdp::LOW_IFINDEX_COUNTERS_MAP;
 use tracing::{error, info};
 
-pub use attach::{wanted, AttachError, AttachedInterfaces, Attachment, PacketCounter};
+pub use attach::{
+    verifier_reason, wanted, AttachError, AttachedInterfaces, Attachment, EventsRefused,
+    PacketCounter,
+};
 pub use counters::CounterPlace;
 pub use pins::PinDir;
 pub use stats::{InterfaceStats, XdpStats};
@@ -76,7 +79,9 @@ impl XdpSource {
     /// `xdp.sample_rate` is not 0) and attaches it as `config` says. A
     /// kernel that refuses it for lack of a privilege costs packet counting
     /// only: that is logged and the reason returned (`Ok(Err(reason))`),
-    /// the daemon runs on.
+    /// the daemon runs on. A kernel whose verifier refuses the build with
+    /// packet events gets the counter alone ([`XdpSource::publishes_events`]
+    /// is then false).
     /// With `pins`, links pinned by an earlier run are adopted first (the
     /// program moved over to this one's without leaving the interface).
     pub fn start(
@@ -101,6 +106,17 @@ impl XdpSource {
         source.interfaces.adopt(adopted);
         source.reconcile(config);
         Ok(Ok(source))
+    }
+
+    /// Whether the program publishes packet events: `xdp.sample_rate` > 0
+    /// and the kernel accepted the build with them.
+    pub fn publishes_events(&self) -> bool {
+        self.counter.publishes_events()
+    }
+
+    /// Why the kernel refused the build with packet events, when it did.
+    pub fn events_refused(&self) -> Option<&EventsRefused> {
+        self.counter.events_refused()
     }
 
     /// Attaches to interfaces that appeared or came up, detaches from ones
@@ -181,6 +197,7 @@ impl XdpSource {
             .fold(interfaces.keys().map(String::as_str), |device| {
                 interfaces[device].to_counts()
             });
+        stats.publishes_events = self.counter.publishes_events();
         let attached: HashSet<u32> = attachments.iter().map(|a| a.interface.ifindex).collect();
         self.counter.maps_mut().forget_detached(&attached);
         stats

@@ -19,6 +19,9 @@ pub struct XdpStats {
     /// Devices whose series are folded into `device="other"` (`[metrics]`),
     /// and the roll-up, in [`InterfaceStats::to_counts`] slots.
     pub folded: Folded<usize>,
+    /// The build loaded publishes packet events (`xdp.sample_rate` > 0 and
+    /// the kernel accepted it).
+    pub publishes_events: bool,
 }
 
 /// Counters of one interface, cumulative since it was attached.

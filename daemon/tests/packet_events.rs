@@ -442,7 +442,7 @@ fn a_refused_events_build_leaves_the_counter_counting_exactly() {
         // no other thread's open can take the number in between. aya still
         // owns the number and closes it (now /dev/null) on drop.
         assert_eq!(unsafe { libc::dup2(null.as_raw_fd(), ring) }, ring, "dup2");
-        let mut xdp = PacketCounter::load(&mut object, 1)
+        let mut xdp = PacketCounter::load(&mut object, 1, None)
             .expect("the counter loads alone when the events build is refused");
         let refused = xdp.events_refused().cloned();
         let publishes = xdp.publishes_events();

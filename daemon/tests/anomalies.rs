@@ -197,7 +197,7 @@ fn random_drops_fire_packet_loss_naming_netfilter_and_the_device_then_resolve() 
     assert_eq!(scrape.samples.get(&gauge), Some(&1.0), "{}", scrape.text);
     let dropped = scrape
         .samples
-        .get("telemetryd_kernel_drops_total{reason=\"NETFILTER_DROP\"}")
+        .get("telemetryd_kernel_drops_total{class=\"loss\",reason=\"NETFILTER_DROP\"}")
         .copied()
         .unwrap_or(0.0);
     assert!(dropped >= 10.0, "{}", scrape.text);
@@ -266,6 +266,77 @@ fn random_drops_fire_packet_loss_naming_netfilter_and_the_device_then_resolve() 
         "packet_loss fired {:.1} s after the rule, resolved {:.1} s after removing it",
         fired_after.as_secs_f64(),
         resolved_after.as_secs_f64()
+    );
+}
+
+/// 200 scrapers of `/metrics` at once for 20 s: sockets close with data
+/// queued by the thousand (QUEUE_PURGE, SOCKET_CLOSE, ...). Those drops are
+/// of the local class: counted, shown with their class, never an anomaly.
+#[test]
+fn two_hundred_concurrent_scrapers_raise_no_anomaly() {
+    const SCRAPERS: usize = 200;
+    let s = LossScenario::start("");
+    let before = s.daemon.scrape();
+    let stop = Arc::new(AtomicBool::new(false));
+    let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let threads: Vec<_> = (0..SCRAPERS)
+        .map(|_| {
+            let (ns, addr) = (s.daemon.ns_name.clone(), s.daemon.addr);
+            let (stop, scrapes) = (stop.clone(), scrapes.clone());
+            std::thread::spawn(move || {
+                support::netns::in_namespace(&ns, move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        // Refused or cut off past http.max_connections is
+                        // part of the load; only answers are counted.
+                        if let Ok((200, _)) = support::metrics::http_get(addr, "/metrics") {
+                            scrapes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(20));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Past fire_after polls once more, for a verdict still on its way.
+    std::thread::sleep(Duration::from_secs(2));
+    let doc = anomalies(&s.daemon);
+    let after = s.daemon.scrape();
+    let local = |scrape: &support::metrics::Scrape| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("telemetryd_kernel_drops_total{") && k.contains("class=\"local\"")
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let local_drops = local(&after) - local(&before);
+    let served = scrapes.load(Ordering::Relaxed);
+    eprintln!("{served} scrapes served in 20 s; {local_drops} kernel drops of the local class");
+    assert!(served >= 1000, "the load did not happen: {served} scrapes");
+    assert!(
+        local_drops >= 1000.0,
+        "the load freed no local drops ({local_drops}):\n{}",
+        after.text
+    );
+    assert_eq!(doc["active"].as_array().map(Vec::len), Some(0), "{doc:#}");
+    assert_eq!(doc["resolved"].as_array().map(Vec::len), Some(0), "{doc:#}");
+    let fired: f64 = after
+        .samples
+        .iter()
+        .filter(|(k, _)| k.starts_with("telemetryd_anomalies_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(fired, 0.0, "{}", after.text);
+    assert!(
+        anomaly_events(&s.daemon).is_empty(),
+        "{}",
+        s.daemon.log_text()
     );
 }
 

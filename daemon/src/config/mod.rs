@@ -22,7 +22,7 @@ pub use duration::{format_duration, parse_duration};
 pub use overrides::Overrides;
 pub use schema::{
     AnalyzerSettings, Choice, Config, DaemonConfig, HttpConfig, LogConfig, LogFormat, Named,
-    SyscallAttach, SyscallsConfig, WebhookSettings, XdpConfig, XdpMode,
+    SyscallAttach, SyscallsConfig, UnknownDropReasons, WebhookSettings, XdpConfig, XdpMode,
 };
 pub use validate::{check_interface_name, check_log_level, webhook_uri};
 

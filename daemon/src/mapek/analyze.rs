@@ -202,14 +202,19 @@ pub fn evaluate(obs: &Observation, k: &mut Knowledge, s: &AnalyzerSettings) -> V
         verdicts.push(verdict(AnomalyKind::TrafficDrop, &id, v, down));
 
         let id = SignalId::new(Metric::DeviceLossRate, device.as_str());
-        let v = rates.loss_per_sec();
+        let v = rates.loss_per_sec(s.unknown_drops_are_loss());
         let [loss] = assess(k, s, obs, &id, v, [rise_loss]);
         verdicts.push(verdict(AnomalyKind::PacketLoss, &id, v, loss));
     }
 
     // Node packet loss: the worse of kernel drops and TCP retransmits.
     let drops_id = SignalId::new(Metric::KernelDropRate, NODE);
-    let v = obs.kernel_drops_per_sec;
+    let v = obs.kernel_drops_per_sec
+        + if s.unknown_drops_are_loss() {
+            obs.kernel_unknown_drops_per_sec
+        } else {
+            0.0
+        };
     let [drops] = assess(k, s, obs, &drops_id, v, [rise_loss]);
     let mut node_loss = verdict(AnomalyKind::PacketLoss, &drops_id, v, drops);
     if let Some(tcp) = &obs.tcp {
@@ -268,6 +273,8 @@ pub fn evaluate(obs: &Observation, k: &mut Knowledge, s: &AnalyzerSettings) -> V
 pub struct Context<'a> {
     pub obs: &'a Observation,
     pub knowledge: &'a Knowledge,
+    /// `analyzer.unknown_drop_reasons = "loss"`.
+    pub unknown_as_loss: bool,
 }
 
 /// The value of `verdict`'s signal averaged over its newest `span` samples,
@@ -346,6 +353,7 @@ pub fn explain(
 /// reason, retransmits, whether traffic rose, top talkers, syscall context.
 fn correlate(text: &mut String, verdict: &Verdict, ctx: &Context<'_>) {
     let obs = ctx.obs;
+    let unknown_as_loss = ctx.unknown_as_loss;
     let subject = verdict.subject.as_str();
     match verdict.kind {
         AnomalyKind::PacketLoss => {
@@ -355,7 +363,7 @@ fn correlate(text: &mut String, verdict: &Verdict, ctx: &Context<'_>) {
                     ("rx_errors", dev.rx_errors_per_sec),
                     ("tx_dropped", dev.tx_dropped_per_sec),
                     ("tx_errors", dev.tx_errors_per_sec),
-                    ("kernel drops", dev.kernel_drops_per_sec),
+                    ("kernel drops", dev.kernel_drops(unknown_as_loss)),
                 ]
                 .iter()
                 .filter(|(_, r)| *r > 0.0)
@@ -365,7 +373,7 @@ fn correlate(text: &mut String, verdict: &Verdict, ctx: &Context<'_>) {
                     let _ = write!(text, "; {}", parts.join(", "));
                 }
             }
-            if let Some((reason, rate)) = obs.dominant_drop_reason() {
+            if let Some((reason, rate)) = obs.dominant_drop_reason(unknown_as_loss) {
                 let _ = write!(
                     text,
                     "; kernel drops dominated by {reason} ({}/s)",

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use crate::sources::drops::classes::{classify, counts_as_loss, DropClass};
 use crate::sources::drops::{DropStats, TcpStats};
 use crate::sources::syscalls::{SyscallStats, LATENCY_BUCKETS};
 use crate::sources::xdp::InterfaceStats;
@@ -22,19 +23,34 @@ pub struct DeviceRates {
     pub rx_errors_per_sec: f64,
     pub tx_dropped_per_sec: f64,
     pub tx_errors_per_sec: f64,
-    /// Kernel drops (`skb:kfree_skb`) of skbs on this device, all reasons.
+    /// Kernel drops (`skb:kfree_skb`) of skbs on this device whose reason
+    /// is of the loss class.
     pub kernel_drops_per_sec: f64,
+    /// Kernel drops on this device whose reason the class table does not
+    /// know (loss or not by `analyzer.unknown_drop_reasons`).
+    pub kernel_unknown_drops_per_sec: f64,
 }
 
 impl DeviceRates {
     /// Dropped and errored packets per second, both directions, at the
-    /// interface and further up the stack (kernel drops on this device).
-    pub fn loss_per_sec(&self) -> f64 {
+    /// interface and further up the stack (kernel drops of the loss class
+    /// on this device, and of unknown reasons when `unknown_as_loss`).
+    pub fn loss_per_sec(&self, unknown_as_loss: bool) -> f64 {
         self.rx_dropped_per_sec
             + self.rx_errors_per_sec
             + self.tx_dropped_per_sec
             + self.tx_errors_per_sec
-            + self.kernel_drops_per_sec
+            + self.kernel_drops(unknown_as_loss)
+    }
+
+    /// Kernel drops on this device that count as loss.
+    pub fn kernel_drops(&self, unknown_as_loss: bool) -> f64 {
+        self.kernel_drops_per_sec
+            + if unknown_as_loss {
+                self.kernel_unknown_drops_per_sec
+            } else {
+                0.0
+            }
     }
 }
 
@@ -78,10 +94,13 @@ pub struct Observation {
     pub devices: BTreeMap<String, DeviceRates>,
     /// Devices left out of this observation because a counter went down.
     pub reset_devices: Vec<String>,
-    /// Kernel drops per second, all reasons, except those attributed to a
-    /// device in `devices` (they are in its `kernel_drops_per_sec`).
+    /// Kernel drops per second of the loss class, except those attributed
+    /// to a device in `devices` (they are in its `kernel_drops_per_sec`).
     pub kernel_drops_per_sec: f64,
-    /// Kernel drops per second by reason (reasons that moved only).
+    /// Likewise, of reasons the class table does not know.
+    pub kernel_unknown_drops_per_sec: f64,
+    /// Kernel drops per second by reason (reasons that moved only), every
+    /// class.
     pub kernel_drop_reasons: BTreeMap<String, f64>,
     /// `None` when the TCP counters went down.
     pub tcp: Option<TcpRates>,
@@ -99,11 +118,12 @@ impl Observation {
         self.devices.values().map(|d| d.packets_per_sec).sum()
     }
 
-    /// The kernel drop reason with the highest rate, if any moved.
-    pub fn dominant_drop_reason(&self) -> Option<(&str, f64)> {
+    /// The kernel drop reason that counts as loss with the highest rate,
+    /// if any moved.
+    pub fn dominant_drop_reason(&self, unknown_as_loss: bool) -> Option<(&str, f64)> {
         self.kernel_drop_reasons
             .iter()
-            .filter(|(_, r)| **r > 0.0)
+            .filter(|(n, r)| **r > 0.0 && counts_as_loss(classify(n), unknown_as_loss))
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map(|(n, r)| (n.as_str(), *r))
     }
@@ -160,13 +180,23 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
         };
         match device_rates(prev, cur, secs) {
             Some(mut rates) => {
-                // Attributed kernel drops; a reset leaves them at 0 this once.
-                let total = |d: &DropStats| -> u64 {
-                    d.device_drops.get(name).map_or(0, |r| r.values().sum())
+                // Attributed kernel drops by class; a reset leaves them at 0
+                // this once.
+                let total = |d: &DropStats, class: DropClass| -> u64 {
+                    d.device_drops.get(name).map_or(0, |r| {
+                        r.iter()
+                            .filter(|(reason, _)| classify(reason) == class)
+                            .map(|(_, n)| n)
+                            .sum()
+                    })
                 };
-                rates.kernel_drops_per_sec = total(cur_drops)
-                    .checked_sub(total(prev_drops))
-                    .map_or(0.0, |d| d as f64 / secs);
+                let rate = |class| {
+                    total(cur_drops, class)
+                        .checked_sub(total(prev_drops, class))
+                        .map_or(0.0, |d| d as f64 / secs)
+                };
+                rates.kernel_drops_per_sec = rate(DropClass::Loss);
+                rates.kernel_unknown_drops_per_sec = rate(DropClass::Unknown);
                 devices.insert(name.clone(), rates);
             }
             None => reset_devices.push(name.clone()),
@@ -174,12 +204,16 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
     }
 
     let mut kernel_drop_reasons = BTreeMap::new();
-    let mut kernel_drops = 0u64;
+    let (mut loss_drops, mut unknown_drops) = (0u64, 0u64);
     for (reason, &cur) in &cur_drops.kernel_drops {
         // A reason appears with its first drop: a missing entry counts as 0.
         let prev = prev_drops.kernel_drops.get(reason).copied().unwrap_or(0);
         if let Some(d) = cur.checked_sub(prev) {
-            kernel_drops += d;
+            match classify(reason) {
+                DropClass::Loss => loss_drops += d,
+                DropClass::Unknown => unknown_drops += d,
+                DropClass::Local => {}
+            }
             if d > 0 {
                 kernel_drop_reasons.insert(reason.clone(), d as f64 / secs);
             }
@@ -187,6 +221,10 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
     }
 
     let attributed: f64 = devices.values().map(|d| d.kernel_drops_per_sec).sum();
+    let attributed_unknown: f64 = devices
+        .values()
+        .map(|d| d.kernel_unknown_drops_per_sec)
+        .sum();
 
     let mut syscalls = BTreeMap::new();
     for (name, cur) in cur_syscalls {
@@ -207,7 +245,8 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
         reset_devices,
         // Drops attributed to an observed device are that device's loss;
         // the node's signal keeps the rest, so one fault raises one anomaly.
-        kernel_drops_per_sec: (kernel_drops as f64 / secs - attributed).max(0.0),
+        kernel_drops_per_sec: (loss_drops as f64 / secs - attributed).max(0.0),
+        kernel_unknown_drops_per_sec: (unknown_drops as f64 / secs - attributed_unknown).max(0.0),
         kernel_drop_reasons,
         tcp: tcp_rates(&prev_drops.tcp, &cur_drops.tcp, secs),
         syscalls,
@@ -245,7 +284,7 @@ fn device_rates(prev: &InterfaceStats, cur: &InterfaceStats, secs: f64) -> Optio
         rx_errors_per_sec: rate(cur.rx_errors, prev.rx_errors)?,
         tx_dropped_per_sec: rate(cur.tx_dropped, prev.tx_dropped)?,
         tx_errors_per_sec: rate(cur.tx_errors, prev.tx_errors)?,
-        kernel_drops_per_sec: 0.0,
+        ..Default::default()
     })
 }
 
@@ -351,9 +390,11 @@ mod tests {
         let d = &o.devices["eth0"];
         assert_eq!(d.packets_per_sec, 1000.0);
         assert_eq!(d.bytes_per_sec, 100_000.0);
-        assert_eq!(d.loss_per_sec(), 10.0);
-        assert_eq!(o.kernel_drops_per_sec, 52.0);
-        assert_eq!(o.dominant_drop_reason(), Some(("NETFILTER_DROP", 50.0)));
+        assert_eq!(d.loss_per_sec(true), 10.0);
+        // NO_SOCKET is of the local class: not loss.
+        assert_eq!(o.kernel_drops_per_sec, 50.0);
+        assert_eq!(o.kernel_drop_reasons["NO_SOCKET"], 2.0);
+        assert_eq!(o.dominant_drop_reason(true), Some(("NETFILTER_DROP", 50.0)));
         let tcp = o.tcp.unwrap();
         assert_eq!(tcp.retransmit_ratio, Some(0.05));
     }

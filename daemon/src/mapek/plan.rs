@@ -75,7 +75,11 @@ pub fn plan(
     }
 
     let mut changes = Vec::with_capacity(fire.len() + resolve.len());
-    let ctx = Context { obs, knowledge };
+    let ctx = Context {
+        obs,
+        knowledge,
+        unknown_as_loss: settings.unknown_drops_are_loss(),
+    };
     let mut firing = Vec::with_capacity(fire.len());
     for &i in &fire {
         let v = &verdicts[i];

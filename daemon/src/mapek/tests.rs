@@ -351,10 +351,70 @@ fn explanation_names_dominant_drop_reason_and_traffic_rise() {
     assert_eq!(fired.len(), 1, "{fired:?}");
     assert_eq!(
         fired[0].explanation,
-        "packet loss on node: kernel dropped 1,283 packets/s over the last 3 s (baseline 0/s); \
+        "packet loss on node: kernel dropped 1,243 packets/s over the last 3 s (baseline 0/s); \
          kernel drops dominated by NETFILTER_DROP (1,240/s); 0.1% of TCP segments retransmitted; \
          traffic rose at the same time (1.8x baseline)"
     );
+}
+
+/// What 200 concurrent scrapers did to a node: sockets closing with data
+/// queued, thousands a second. Local drops are not loss.
+#[test]
+fn local_drops_raise_no_packet_loss() {
+    let mut mapek = MapeK::new(settings(), AnomalyBoard::new());
+    let mut node = Node::default();
+    warm_up(&mut mapek, &mut node, 30);
+    for t in 0..20 {
+        normal(&mut node);
+        node.drops("QUEUE_PURGE", 5775)
+            .drops("SOCKET_CLOSE", 900)
+            .drops("TCP_OLD_DATA", 300)
+            .drops("OTHERHOST", 200)
+            .device_drops("eth0", "NO_SOCKET", 400)
+            .device_drops("eth0", "TCP_CLOSE", 400);
+        let changes = step(&mut mapek, &node.snapshot());
+        assert!(changes.is_empty(), "t={t}: {changes:?}");
+    }
+}
+
+/// A reason the table does not know counts as loss by default, and not
+/// with `unknown_drop_reasons = "ignore"`; it is never named as the
+/// dominant reason when ignored.
+#[test]
+fn unknown_drop_reasons_follow_the_setting() {
+    for (setting, fires) in [
+        (crate::config::UnknownDropReasons::Loss, true),
+        (crate::config::UnknownDropReasons::Ignore, false),
+    ] {
+        let mut mapek = MapeK::new(
+            AnalyzerSettings {
+                unknown_drop_reasons: setting,
+                ..settings()
+            },
+            AnomalyBoard::new(),
+        );
+        let mut node = Node::default();
+        warm_up(&mut mapek, &mut node, 30);
+        let mut fired = Vec::new();
+        for _ in 0..3 {
+            normal(&mut node);
+            node.drops("A_NEWER_KERNELS_REASON", 500)
+                .device_drops("eth0", "OTHER", 400);
+            fired.extend(step(&mut mapek, &node.snapshot()));
+        }
+        let subjects: Vec<&str> = fired.iter().map(|c| c.subject.as_str()).collect();
+        if fires {
+            assert_eq!(subjects, ["eth0", "node"], "{fired:?}");
+            assert!(
+                fired[1]
+                    .explanation
+                    .contains("kernel drops dominated by A_NEWER_KERNELS_REASON (500/s)"),
+                "{fired:?}"
+            );
+        } else {
+            assert!(fired.is_empty(), "{setting:?}: {fired:?}");
+        }
+    }
 }
 
 #[test]

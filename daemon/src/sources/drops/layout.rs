@@ -53,6 +53,35 @@ impl DropReasonNames {
     pub fn slots(&self) -> usize {
         self.names.len()
     }
+
+    /// The names the kernel gave (not numbered, not the overflow slot).
+    pub fn kernel_names(&self) -> impl Iterator<Item = &str> {
+        self.names[..MAX_DROP_REASONS as usize]
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !n.starts_with("REASON_"))
+    }
+
+    /// "129 names: 95 loss, 34 local, unknown: none" (or the unknown
+    /// names), for `check --probe` and the start-up log.
+    pub fn class_summary(&self) -> String {
+        use super::classes::{classify, DropClass};
+        let (mut loss, mut local, mut unknown) = (0, 0, Vec::new());
+        for name in self.kernel_names() {
+            match classify(name) {
+                DropClass::Loss => loss += 1,
+                DropClass::Local => local += 1,
+                DropClass::Unknown => unknown.push(name),
+            }
+        }
+        let total = loss + local + unknown.len();
+        let unknown = if unknown.is_empty() {
+            "none".to_owned()
+        } else {
+            unknown.join(", ")
+        };
+        format!("{total} names: {loss} loss, {local} local, unknown: {unknown}")
+    }
 }
 
 /// The field offsets `kfree_skb_drops` and `tcp_retransmits` follow, and

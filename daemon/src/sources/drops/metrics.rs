@@ -5,6 +5,7 @@ use prometheus::proto::MetricFamily;
 
 use telemetryd_common::drops::DROPS_ERROR_LABELS;
 
+use super::classes::classify;
 use super::stats::DropStats;
 use crate::metrics::family::{counter, Series};
 use crate::sources::snapshot::{ProgramAttachment, ProgramErrorCount, Section};
@@ -38,7 +39,10 @@ fn families(snapshot: &DropStats) -> Vec<MetricFamily> {
     let reasons = snapshot
         .kernel_drops
         .iter()
-        .map(|(reason, n)| Series::new(&[("reason", reason)], *n as f64))
+        .map(|(reason, n)| {
+            let class = classify(reason).label();
+            Series::new(&[("reason", reason.as_str()), ("class", class)], *n as f64)
+        })
         .collect();
     let by_device = snapshot
         .device_drops
@@ -63,7 +67,7 @@ fn families(snapshot: &DropStats) -> Vec<MetricFamily> {
     vec![
         counter(
             "telemetryd_kernel_drops_total",
-            "Packets the kernel freed as dropped (skb:kfree_skb), by drop reason (enum skb_drop_reason without its SKB_DROP_REASON_ prefix; reasons seen so far).",
+            "Packets the kernel freed as dropped (skb:kfree_skb), by drop reason (enum skb_drop_reason without its SKB_DROP_REASON_ prefix; reasons seen so far) and its class (loss, local, unknown: README's drop reason classes).",
             reasons,
         ),
         counter(
@@ -98,6 +102,8 @@ mod tests {
     fn renders_loss_signals() {
         let mut s = DropStats::default();
         s.kernel_drops.insert("NETFILTER_DROP".into(), 12);
+        s.kernel_drops.insert("QUEUE_PURGE".into(), 7);
+        s.kernel_drops.insert("OTHER".into(), 1);
         s.device_drops
             .entry("veth0".into())
             .or_default()
@@ -112,7 +118,9 @@ mod tests {
         };
         let text = snapshot.render(Vec::new()).unwrap();
         for line in [
-            r#"telemetryd_kernel_drops_total{reason="NETFILTER_DROP"} 12"#,
+            r#"telemetryd_kernel_drops_total{class="loss",reason="NETFILTER_DROP"} 12"#,
+            r#"telemetryd_kernel_drops_total{class="local",reason="QUEUE_PURGE"} 7"#,
+            r#"telemetryd_kernel_drops_total{class="unknown",reason="OTHER"} 1"#,
             r#"telemetryd_kernel_device_drops_total{device="veth0",reason="NETFILTER_DROP"} 10"#,
             r#"telemetryd_tcp_retransmits_total{family="ipv4"} 3"#,
             r#"telemetryd_tcp_retransmits_total{family="ipv6"} 0"#,

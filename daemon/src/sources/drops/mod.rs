@@ -6,6 +6,7 @@
 //! CAP_SYS_ADMIN, tracefs mode 0700) can neither read nor mount. Its section
 //! of the snapshot is [`DropStats`].
 
+pub mod classes;
 pub mod layout;
 pub mod metrics;
 pub mod snmp;
@@ -96,6 +97,9 @@ pub fn prepare(btf: Result<&KernelBtf, &BtfError>) -> DropsLoad {
             "kfree_skb passes no drop reason on this kernel: drops are counted as OTHER"
         );
     }
+    if btf.is_some() {
+        info!(classes = %names.class_summary(), "drop reason classes");
+    }
     debug!(
         ?layout,
         "kernel struct offsets and kfree_skb arguments from BTF"
@@ -122,6 +126,12 @@ pub fn describe(btf: Result<&KernelBtf, &BtfError>) -> String {
                 (Err(e), _) | (_, Err(e)) => {
                     out.push_str(&format!("  drop reasons         no   {e}\n"))
                 }
+            }
+            if let Ok(names) = DropReasonNames::from_btf(btf) {
+                out.push_str(&format!(
+                    "  reason classes       {}\n",
+                    names.class_summary()
+                ));
             }
             match kernel_layout(btf) {
                 Ok(l) => out.push_str(&format!(

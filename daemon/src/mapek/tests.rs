@@ -78,6 +78,8 @@ impl Node {
                 peer: peer.clone(),
                 direction: "rx",
                 packets: 0.0,
+                packets_min: 0.0,
+                packets_max: 0.0,
                 bytes: 0.0,
                 share: *share,
             })

@@ -29,6 +29,42 @@ pub struct DeviceRates {
     /// Kernel drops on this device whose reason the class table does not
     /// know (loss or not by `analyzer.unknown_drop_reasons`).
     pub kernel_unknown_drops_per_sec: f64,
+    /// The peers that sent packets in on this device or whose packets it
+    /// dropped in the interval, by source address (`other`: the rest).
+    pub peers: BTreeMap<String, PeerRates>,
+}
+
+/// One peer of one device over the interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerRates {
+    /// Packets it sent in on the device (sampled packet events x sample
+    /// rate); `None` without packet events.
+    pub packets_per_sec: Option<f64>,
+    /// Kernel drops of its packets of the loss class.
+    pub drops_per_sec: f64,
+    /// Kernel drops of its packets of unknown reasons.
+    pub unknown_drops_per_sec: f64,
+    /// The loss reason that dropped most of its packets, if any did.
+    pub reason: Option<String>,
+}
+
+impl PeerRates {
+    /// Its drops that count as loss.
+    pub fn drops(&self, unknown_as_loss: bool) -> f64 {
+        self.drops_per_sec
+            + if unknown_as_loss {
+                self.unknown_drops_per_sec
+            } else {
+                0.0
+            }
+    }
+
+    /// Dropped / sent, when the packets it sent are known and some were.
+    pub fn loss_ratio(&self, unknown_as_loss: bool) -> Option<f64> {
+        self.packets_per_sec
+            .filter(|p| *p > 0.0)
+            .map(|p| (self.drops(unknown_as_loss) / p).min(1.0))
+    }
 }
 
 impl DeviceRates {
@@ -197,6 +233,7 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
                 };
                 rates.kernel_drops_per_sec = rate(DropClass::Loss);
                 rates.kernel_unknown_drops_per_sec = rate(DropClass::Unknown);
+                rates.peers = peer_rates(previous, current, name, secs);
                 devices.insert(name.clone(), rates);
             }
             None => reset_devices.push(name.clone()),
@@ -262,6 +299,80 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
             })
             .unwrap_or_default(),
     }
+}
+
+/// The peers of `device` over the interval: drops by class from the drop
+/// tracer, packets from packet events. A counter that went down (a reset)
+/// leaves that peer's value out this once.
+fn peer_rates(
+    previous: &Snapshot,
+    current: &Snapshot,
+    device: &str,
+    secs: f64,
+) -> BTreeMap<String, PeerRates> {
+    type Drops = BTreeMap<String, BTreeMap<String, u64>>;
+    let no_peers = Drops::new();
+    let drops_of = |s: &'_ Snapshot| -> Drops {
+        s.drops
+            .as_ref()
+            .and_then(|d| d.peer_drops.get(device))
+            .unwrap_or(&no_peers)
+            .clone()
+    };
+    let packets_of = |s: &Snapshot| -> Option<BTreeMap<String, u64>> {
+        s.events
+            .as_ref()
+            .map(|e| e.peer_packets.get(device).cloned().unwrap_or_default())
+    };
+    let mut out: BTreeMap<String, PeerRates> = BTreeMap::new();
+    let (prev_drops, cur_drops) = (drops_of(previous), drops_of(current));
+    for (peer, reasons) in &cur_drops {
+        let mut rates = PeerRates::default();
+        let mut top: Option<(&str, u64)> = None;
+        for (reason, &n) in reasons {
+            let before = prev_drops
+                .get(peer)
+                .and_then(|r| r.get(reason))
+                .copied()
+                .unwrap_or(0);
+            let Some(d) = n.checked_sub(before).filter(|d| *d > 0) else {
+                continue;
+            };
+            match classify(reason) {
+                DropClass::Loss => {
+                    rates.drops_per_sec += d as f64 / secs;
+                    if top.is_none_or(|(_, t)| d > t) {
+                        top = Some((reason.as_str(), d));
+                    }
+                }
+                DropClass::Unknown => rates.unknown_drops_per_sec += d as f64 / secs,
+                DropClass::Local => {}
+            }
+        }
+        rates.reason = top.map(|(r, _)| r.to_owned());
+        if rates.drops_per_sec > 0.0 || rates.unknown_drops_per_sec > 0.0 {
+            out.insert(peer.clone(), rates);
+        }
+    }
+    if let (Some(prev), Some(cur)) = (packets_of(previous), packets_of(current)) {
+        let scale = current
+            .events
+            .as_ref()
+            .map_or(1, |e| e.top_talkers.sample_rate.max(1));
+        for (peer, &n) in &cur {
+            let before = prev.get(peer).copied().unwrap_or(0);
+            if let Some(d) = n.checked_sub(before).filter(|d| *d > 0) {
+                out.entry(peer.clone()).or_default().packets_per_sec =
+                    Some((d * u64::from(scale)) as f64 / secs);
+            }
+        }
+        // Packet events are on: a peer with drops and no sampled packet
+        // sent none that were sampled.
+        for rates in out.values_mut() {
+            rates.packets_per_sec.get_or_insert(0.0);
+        }
+    }
+    out
 }
 
 fn device_rates(prev: &InterfaceStats, cur: &InterfaceStats, secs: f64) -> Option<DeviceRates> {

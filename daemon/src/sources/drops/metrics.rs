@@ -53,6 +53,16 @@ fn families(snapshot: &DropStats) -> Vec<MetricFamily> {
             })
         })
         .collect();
+    let by_peer = snapshot
+        .peer_series
+        .iter()
+        .map(|((device, peer), n)| Series::new(&[("device", device), ("peer", peer)], *n as f64))
+        .collect();
+    let retransmits_by_peer = snapshot
+        .peer_retransmits
+        .iter()
+        .map(|(peer, n)| Series::new(&[("peer", peer)], *n as f64))
+        .collect();
     let tcp = &snapshot.tcp;
     let traced = snapshot.retransmits_traced();
     let tcp_samples = |samples: Vec<Series>| if traced { samples } else { Vec::new() };
@@ -74,6 +84,16 @@ fn families(snapshot: &DropStats) -> Vec<MetricFamily> {
             "telemetryd_kernel_device_drops_total",
             "The kernel drops whose packet named a device of this network namespace, by device and drop reason.",
             by_device,
+        ),
+        counter(
+            "telemetryd_peer_drops_total",
+            "Kernel drops of the loss class of packets received on a device of this network namespace, by device and the packet's IP source address (peer); at most 32 peers per device, the first seen, the rest as peer=\"other\".",
+            by_peer,
+        ),
+        counter(
+            "telemetryd_peer_tcp_retransmits_total",
+            "TCP segments retransmitted (tcp:tcp_retransmit_skb) in this network namespace, by the socket's remote address (peer); at most 32 peers, the first seen, the rest as peer=\"other\".",
+            retransmits_by_peer,
         ),
         counter(
             "telemetryd_tcp_retransmits_total",
@@ -108,6 +128,8 @@ mod tests {
             .entry("veth0".into())
             .or_default()
             .insert("NETFILTER_DROP".into(), 10);
+        s.peer_series.insert(("veth0".into(), "10.1.0.7".into()), 9);
+        s.peer_retransmits.insert("10.1.0.8".into(), 2);
         s.tcp.retransmits_ipv4 = 3;
         s.tcp.segments_out = 1000;
         s.tcp.retrans_segs = 4;
@@ -123,6 +145,8 @@ mod tests {
             r#"telemetryd_kernel_drops_total{class="unknown",reason="OTHER"} 1"#,
             r#"telemetryd_kernel_device_drops_total{device="veth0",reason="NETFILTER_DROP"} 10"#,
             r#"telemetryd_tcp_retransmits_total{family="ipv4"} 3"#,
+            r#"telemetryd_peer_drops_total{device="veth0",peer="10.1.0.7"} 9"#,
+            r#"telemetryd_peer_tcp_retransmits_total{peer="10.1.0.8"} 2"#,
             r#"telemetryd_tcp_retransmits_total{family="ipv6"} 0"#,
             "telemetryd_tcp_segments_sent_total 1000",
             "telemetryd_tcp_segments_retransmitted_total 4",

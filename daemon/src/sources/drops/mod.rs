@@ -142,6 +142,14 @@ pub fn describe(btf: Result<&KernelBtf, &BtfError>) -> String {
                 )),
                 Err(e) => out.push_str(&format!("  device attribution   no   {e}\n")),
             }
+            match kernel_layout(btf) {
+                Ok(l) if l.peers == 1 => out.push_str(&format!(
+                    "  peer attribution     yes  sk_buff.skb_iif +{}, sk_buff.head +{}, sk_buff.network_header +{}, \
+                     sk_buff.protocol +{}, sock.skc_daddr +{}, sock.skc_v6_daddr +{}\n",
+                    l.skb_iif, l.skb_head, l.skb_network_header, l.skb_protocol, l.sk_daddr, l.sk_v6_daddr
+                )),
+                _ => out.push_str("  peer attribution     no   a struct field is missing from BTF\n"),
+            }
         }
         Err(e) => {
             out.push_str(&format!("  drop reasons         no   {e}\n"));

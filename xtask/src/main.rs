@@ -9,6 +9,7 @@ mod deb;
 mod install;
 mod lab;
 mod monitoring;
+mod noisy_world;
 mod setup;
 mod vm;
 
@@ -99,9 +100,13 @@ enum Task {
     /// Run the benchmarks (root) and print their figures.
     Bench {
         /// Which benchmark: a name of daemon/examples/*_bench.rs without the
-        /// suffix (xdp, syscall, anomaly), or all.
+        /// suffix (xdp, syscall, anomaly), all of those, or noisy_world (the
+        /// analyzer's soak: two runs of --minutes each; not part of all).
         #[arg(default_value = "all")]
         which: String,
+        /// noisy_world: minutes per run (at least 4).
+        #[arg(long, default_value_t = 20)]
+        minutes: u64,
     },
 }
 
@@ -212,9 +217,16 @@ fn main() -> Result<()> {
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])
         }
-        Task::Bench { which } => {
+        Task::Bench { which, minutes } => {
             setup::all()?;
             require_root("the benchmarks load eBPF programs")?;
+            if which == "noisy_world" {
+                cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
+                return noisy_world::run(&noisy_world::Options {
+                    minutes,
+                    binary: root.join("target/release/telemetryd"),
+                });
+            }
             let benches = bench_names(&root)?;
             let selected: Vec<&String> = benches
                 .iter()

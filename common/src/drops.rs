@@ -28,6 +28,13 @@ pub const DROP_REASONS_MAP: &str = "DROP_REASONS";
 /// Per-CPU hash map: [`DeviceDropKey`] -> drops (`u64`), for drops whose skb
 /// names a device of the daemon's network namespace.
 pub const DEVICE_DROPS_MAP: &str = "DEVICE_DROPS";
+/// Per-CPU hash map: [`PeerDropKey`] -> drops (`u64`), for drops of
+/// received packets (`skb_iif` set) on a device of the daemon's namespace,
+/// by the packet's IP source address.
+pub const PEER_DROPS_MAP: &str = "PEER_DROPS";
+/// Per-CPU hash map: [`PeerKey`] -> retransmitted segments (`u64`), by the
+/// socket's remote address.
+pub const PEER_RETRANSMITS_MAP: &str = "PEER_RETRANSMITS";
 /// Per-CPU array: [`FAMILY_SLOT_IPV4`], [`FAMILY_SLOT_IPV6`] -> retransmitted segments (`u64`).
 pub const RETRANSMITS_MAP: &str = "TCP_RETRANSMITS";
 /// Per-CPU array: [`DropsError`] slot -> times it happened (`u64`).
@@ -45,6 +52,11 @@ pub const OVERFLOW_REASON_LABEL: &str = "OTHER";
 
 /// Entries of [`DEVICE_DROPS_MAP`] at most.
 pub const MAX_DEVICE_DROP_KEYS: u32 = 4096;
+/// Entries of [`PEER_DROPS_MAP`] at most ((device, peer, reason) triples);
+/// drops past it are counted by device only (and as `peer_map_full`).
+pub const MAX_PEER_DROP_KEYS: u32 = 4096;
+/// Entries of [`PEER_RETRANSMITS_MAP`] at most.
+pub const MAX_PEER_RETRANSMIT_KEYS: u32 = 1024;
 
 pub const FAMILY_SLOT_IPV4: u32 = 0;
 pub const FAMILY_SLOT_IPV6: u32 = 1;
@@ -63,6 +75,29 @@ pub struct DeviceDropKey {
 }
 
 const _: () = assert!(size_of::<DeviceDropKey>() == 8);
+
+/// A peer: its address family ([`AF_INET`], [`AF_INET6`]) and address (an
+/// IPv4 address in the first 4 bytes, network order, the rest 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey {
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(size_of::<PeerKey>() == 20);
+
+/// Key of [`PEER_DROPS_MAP`]: the device the packet came in on
+/// (`skb->skb_iif`), the drop reason, the packet's source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerDropKey {
+    pub ifindex: u32,
+    pub reason: u32,
+    pub peer: PeerKey,
+}
+
+const _: () = assert!(size_of::<PeerDropKey>() == 28);
 
 /// Byte offsets of the kernel struct fields the programs follow, read from
 /// the running kernel's BTF (Rust eBPF gets no CO-RE relocations).
@@ -104,9 +139,25 @@ pub struct KernelLayout {
     /// its leading `void *`); 0 when unknown. Arguments past this count are
     /// never read (the kernel refuses to attach a program that reads them).
     pub kfree_skb_args: u32,
+    /// 1 when every offset below is valid (and `enabled` is): drops and
+    /// retransmits are then attributed to peers.
+    pub peers: u32,
+    /// `struct sk_buff` -> `skb_iif` (`int`: the device it was received on,
+    /// 0 for packets this host sent).
+    pub skb_iif: u32,
+    /// `struct sk_buff` -> `head` (`unsigned char *`).
+    pub skb_head: u32,
+    /// `struct sk_buff` -> `network_header` (`__u16`, from `head`).
+    pub skb_network_header: u32,
+    /// `struct sk_buff` -> `protocol` (`__be16`).
+    pub skb_protocol: u32,
+    /// `struct sock` -> `__sk_common.skc_daddr` (`__be32`).
+    pub sk_daddr: u32,
+    /// `struct sock` -> `__sk_common.skc_v6_daddr` (`struct in6_addr`).
+    pub sk_v6_daddr: u32,
 }
 
-const _: () = assert!(size_of::<KernelLayout>() == 44);
+const _: () = assert!(size_of::<KernelLayout>() == 72);
 
 /// Slots of [`DROPS_ERRORS_MAP`]: the programs' own failures. The traced
 /// packet is never affected; only the counter moves.
@@ -122,15 +173,23 @@ pub enum DropsError {
     /// `tcp_retransmits` saw a family other than AF_INET and AF_INET6, or
     /// could not know it (no [`KernelLayout`] from BTF).
     RetransmitUnknownFamily = 3,
+    /// [`PEER_DROPS_MAP`] or [`PEER_RETRANSMITS_MAP`] was full: counted
+    /// without its peer.
+    PeerMapFull = 4,
+    /// The source address of a dropped packet (or the remote address of a
+    /// retransmitting socket) did not read: counted without its peer.
+    PeerReadFailed = 5,
 }
 
-pub const DROPS_ERROR_SLOTS: u32 = 4;
+pub const DROPS_ERROR_SLOTS: u32 = 6;
 /// (program, reason) of each [`DropsError`] slot.
 pub const DROPS_ERROR_LABELS: [(&str, &str); DROPS_ERROR_SLOTS as usize] = [
     (DROPS_PROGRAM, "device_map_full"),
     (DROPS_PROGRAM, "read_failed"),
     (RETRANSMITS_PROGRAM, "read_failed"),
     (RETRANSMITS_PROGRAM, "unknown_family"),
+    (DROPS_PROGRAM, "peer_map_full"),
+    (DROPS_PROGRAM, "peer_read_failed"),
 ];
 
 #[cfg(feature = "user")]
@@ -138,5 +197,13 @@ pub const DROPS_ERROR_LABELS: [(&str, &str); DROPS_ERROR_SLOTS as usize] = [
 unsafe impl aya::Pod for DeviceDropKey {}
 
 #[cfg(feature = "user")]
-// SAFETY: `#[repr(C)]`, eleven `u32`s, no padding: every bit pattern is valid.
+// SAFETY: `#[repr(C)]`, eighteen `u32`s, no padding: every bit pattern is valid.
 unsafe impl aya::Pod for KernelLayout {}
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, a `u32` and 16 bytes, no padding: every bit pattern is valid.
+unsafe impl aya::Pod for PeerKey {}
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, two `u32`s and a `PeerKey`, no padding: every bit pattern is valid.
+unsafe impl aya::Pod for PeerDropKey {}

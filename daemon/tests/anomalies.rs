@@ -197,7 +197,7 @@ fn random_drops_fire_packet_loss_naming_netfilter_and_the_device_then_resolve() 
     assert_eq!(scrape.samples.get(&gauge), Some(&1.0), "{}", scrape.text);
     let dropped = scrape
         .samples
-        .get("telemetryd_kernel_drops_total{reason=\"NETFILTER_DROP\"}")
+        .get("telemetryd_kernel_drops_total{class=\"loss\",reason=\"NETFILTER_DROP\"}")
         .copied()
         .unwrap_or(0.0);
     assert!(dropped >= 10.0, "{}", scrape.text);
@@ -267,6 +267,405 @@ fn random_drops_fire_packet_loss_naming_netfilter_and_the_device_then_resolve() 
         fired_after.as_secs_f64(),
         resolved_after.as_secs_f64()
     );
+}
+
+/// 200 scrapers of `/metrics` at once for 20 s: sockets close with data
+/// queued by the thousand (QUEUE_PURGE, SOCKET_CLOSE, ...). Those drops are
+/// of the local class: counted, shown with their class, never an anomaly.
+#[test]
+fn two_hundred_concurrent_scrapers_raise_no_anomaly() {
+    const SCRAPERS: usize = 200;
+    let s = LossScenario::start("");
+    let before = s.daemon.scrape();
+    let stop = Arc::new(AtomicBool::new(false));
+    let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let threads: Vec<_> = (0..SCRAPERS)
+        .map(|_| {
+            let (ns, addr) = (s.daemon.ns_name.clone(), s.daemon.addr);
+            let (stop, scrapes) = (stop.clone(), scrapes.clone());
+            std::thread::spawn(move || {
+                support::netns::in_namespace(&ns, move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        // Refused or cut off past http.max_connections is
+                        // part of the load; only answers are counted.
+                        if let Ok((200, _)) = support::metrics::http_get(addr, "/metrics") {
+                            scrapes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(20));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Past fire_after polls once more, for a verdict still on its way.
+    std::thread::sleep(Duration::from_secs(2));
+    let doc = anomalies(&s.daemon);
+    let after = s.daemon.scrape();
+    let local = |scrape: &support::metrics::Scrape| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("telemetryd_kernel_drops_total{") && k.contains("class=\"local\"")
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let local_drops = local(&after) - local(&before);
+    let served = scrapes.load(Ordering::Relaxed);
+    eprintln!("{served} scrapes served in 20 s; {local_drops} kernel drops of the local class");
+    assert!(served >= 1000, "the load did not happen: {served} scrapes");
+    assert!(
+        local_drops >= 1000.0,
+        "the load freed no local drops ({local_drops}):\n{}",
+        after.text
+    );
+    assert_eq!(doc["active"].as_array().map(Vec::len), Some(0), "{doc:#}");
+    assert_eq!(doc["resolved"].as_array().map(Vec::len), Some(0), "{doc:#}");
+    let fired: f64 = after
+        .samples
+        .iter()
+        .filter(|(k, _)| k.starts_with("telemetryd_anomalies_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(fired, 0.0, "{}", after.text);
+    assert!(
+        anomaly_events(&s.daemon).is_empty(),
+        "{}",
+        s.daemon.log_text()
+    );
+}
+
+/// A LAN of three peers and one node: each in its namespace, joined by a
+/// bridge in a switch namespace. The node's veth end (`node_dev`) sees all
+/// three peers; each peer sends UDP to the node at a steady rate.
+struct Lan {
+    // Drop order: senders stop, then the namespaces go (veths with them).
+    stop: Arc<AtomicBool>,
+    senders: Vec<std::thread::JoinHandle<()>>,
+    node: NetNs,
+    node_dev: String,
+    _switch: NetNs,
+    _peers: Vec<NetNs>,
+}
+
+const LAN_NODE_IP: &str = "10.77.0.1";
+const LAN_PEERS: [&str; 3] = ["10.77.0.11", "10.77.0.12", "10.77.0.13"];
+const LAN_UDP_PORT: u16 = 5012;
+/// Datagrams per second from each peer.
+const LAN_RATE: u32 = 200;
+
+impl Lan {
+    fn new() -> Self {
+        let (node, switch) = (NetNs::new(), NetNs::new());
+        let bridge = support::netns::unique_name("br");
+        switch.ip(&[
+            "link",
+            "add",
+            &bridge,
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+        ]);
+        switch.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+        switch.ip(&["link", "set", &bridge, "up"]);
+        let plug = |ns: &NetNs, ip: &str| -> String {
+            let (end, port) = (
+                support::netns::unique_name("l"),
+                support::netns::unique_name("s"),
+            );
+            support::netns::run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &end,
+                    "netns",
+                    &ns.name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &port,
+                    "netns",
+                    &switch.name,
+                ],
+            );
+            switch.ip(&["link", "set", &port, "master", &bridge, "up"]);
+            ns.sysctl(&format!("net.ipv6.conf.{end}.disable_ipv6"), "1");
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &end]);
+            ns.ip(&["link", "set", &end, "up"]);
+            end
+        };
+        let node_dev = plug(&node, LAN_NODE_IP);
+        let peers: Vec<NetNs> = LAN_PEERS
+            .iter()
+            .map(|ip| {
+                let ns = NetNs::new();
+                plug(&ns, ip);
+                ns
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        // The node listens, so nothing is dropped for want of a socket.
+        let (flag, name) = (stop.clone(), node.name.clone());
+        let mut senders = vec![std::thread::spawn(move || {
+            support::netns::in_namespace(&name, move || {
+                let socket = std::net::UdpSocket::bind((LAN_NODE_IP, LAN_UDP_PORT)).unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let mut buf = [0u8; 2048];
+                while !flag.load(Ordering::Relaxed) {
+                    let _ = socket.recv(&mut buf);
+                }
+            })
+        })];
+        for (ns, ip) in peers.iter().zip(LAN_PEERS) {
+            let (flag, name) = (stop.clone(), ns.name.clone());
+            senders.push(std::thread::spawn(move || {
+                support::netns::in_namespace(&name, move || {
+                    let socket = std::net::UdpSocket::bind((ip, 0)).unwrap();
+                    let period = Duration::from_secs(1) / LAN_RATE;
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    let mut next = Instant::now();
+                    while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        // Refused (no ARP answer yet) is not the test's
+                        // business; the node counts what arrives.
+                        let _ = socket.send_to(&[0xab; 200], (LAN_NODE_IP, LAN_UDP_PORT));
+                        next += period;
+                        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                })
+            }));
+        }
+        Self {
+            stop,
+            senders,
+            node,
+            node_dev,
+            _switch: switch,
+            _peers: peers,
+        }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.senders.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An nftables table named after the node's namespace whose input chain
+/// drops `percent`% at random of what arrives on `device` (from `source`
+/// only, when given). Deleted on drop.
+struct LanDrop {
+    ns: String,
+}
+
+impl LanDrop {
+    fn add(ns: &NetNs, device: &str, source: Option<&str>, percent: u32) -> Self {
+        let guard = Self {
+            ns: ns.name.clone(),
+        };
+        let nft = |args: &[&str]| ns.exec("nft", args);
+        nft(&["add", "table", "inet", &ns.name]);
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            &ns.name,
+            "input",
+            "{ type filter hook input priority 0 ; }",
+        ]);
+        let percent = percent.to_string();
+        let mut rule = vec!["add", "rule", "inet", &ns.name, "input", "iifname", device];
+        if let Some(source) = source {
+            rule.extend(["ip", "saddr", source]);
+        }
+        rule.extend(["numgen", "random", "mod", "100", "lt", &percent, "drop"]);
+        nft(&rule);
+        guard
+    }
+}
+
+impl Drop for LanDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "nft", "delete", "table", "inet", &self.ns,
+            ])
+            .status();
+    }
+}
+
+/// Three peers send to one node over a bridge; nftables drops 10% of one
+/// peer's packets: packet_loss names the device and that peer, with its
+/// loss rate, and none of the others; the per-peer view and
+/// telemetryd_peer_drops_total say the same. Then 10% of every peer's
+/// packets: the subject is the device alone.
+#[test]
+fn loss_from_one_of_three_peers_names_the_peer_and_spread_loss_the_device() {
+    require_root();
+    let lan = Lan::new();
+    let dev = lan.node_dev.clone();
+    let daemon = Daemon::start(
+        &lan.node,
+        &analyzer()
+            .interfaces(&[&dev])
+            .set("xdp.sample_rate", 1)
+            .toml(),
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let doc = anomalies(&daemon);
+    assert_eq!(
+        doc["active"].as_array().map(Vec::len),
+        Some(0),
+        "steady traffic raised anomalies: {doc:#}\nlog:\n{}",
+        daemon.log_text()
+    );
+
+    let lossy = LAN_PEERS[2];
+    let subject = format!("{dev} from {lossy}");
+    let rule = LanDrop::add(&lan.node, &dev, Some(lossy), 10);
+    let (doc, fired_after) = wait_for(
+        &daemon,
+        Duration::from_secs(10),
+        "packet_loss naming the lossy peer",
+        |doc| {
+            records(doc, "active", "packet_loss")
+                .iter()
+                .any(|a| a["subject"] == subject.as_str())
+        },
+    );
+    let active = records(&doc, "active", "packet_loss");
+    assert_eq!(active.len(), 1, "only the lossy peer's anomaly: {doc:#}");
+    let a = active[0];
+    eprintln!("fired after {:.1} s: {a}", fired_after.as_secs_f64());
+    let explanation = a["explanation"].as_str().unwrap();
+    assert!(
+        explanation.starts_with(&format!("packet loss on {dev} from {lossy}: ")),
+        "{explanation}"
+    );
+    assert!(
+        explanation.contains("of its packets dropped (NETFILTER_DROP), other peers 0.0%"),
+        "{explanation}"
+    );
+    for other in &LAN_PEERS[..2] {
+        assert!(!explanation.contains(other), "{explanation}");
+    }
+    // Its loss ratio: 10% at random of ~100 packets in the interval.
+    let percent: f64 = explanation
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split('%').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no percentage in {explanation}"));
+    assert!((2.0..=25.0).contains(&percent), "{explanation}");
+    let peers = a["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 3, "{a:#}");
+    assert_eq!(peers[0]["peer"], lossy, "{a:#}");
+    assert!(peers[0]["drops_per_sec"].as_f64().unwrap() > 0.0, "{a:#}");
+    for p in &peers[1..] {
+        assert_eq!(p["drops_per_sec"], 0.0, "{a:#}");
+        assert!(p["packets_per_sec"].as_f64().unwrap() > 0.0, "{a:#}");
+    }
+    let scrape = daemon.scrape();
+    let series = |peer: &str| {
+        scrape
+            .samples
+            .get(&format!(
+                "telemetryd_peer_drops_total{{device=\"{dev}\",peer=\"{peer}\"}}"
+            ))
+            .copied()
+    };
+    assert!(series(lossy).is_some_and(|n| n >= 5.0), "{}", scrape.text);
+    for other in &LAN_PEERS[..2] {
+        assert_eq!(series(other), None, "{}", scrape.text);
+    }
+
+    drop(rule);
+    wait_for(
+        &daemon,
+        Duration::from_secs(15),
+        "the peer's packet_loss resolving",
+        |doc| records(doc, "active", "packet_loss").is_empty(),
+    );
+    let _rule = LanDrop::add(&lan.node, &dev, None, 10);
+    let (doc, _) = wait_for(
+        &daemon,
+        Duration::from_secs(10),
+        "packet_loss on the device",
+        |doc| {
+            records(doc, "active", "packet_loss")
+                .iter()
+                .any(|a| a["subject"] == dev.as_str())
+        },
+    );
+    let active = records(&doc, "active", "packet_loss");
+    assert_eq!(active.len(), 1, "{doc:#}");
+    let explanation = active[0]["explanation"].as_str().unwrap();
+    assert!(
+        explanation.starts_with(&format!("packet loss on {dev}: ")),
+        "{explanation}"
+    );
+    assert_eq!(
+        active[0]["peers"].as_array().map(Vec::len),
+        Some(3),
+        "{doc:#}"
+    );
+}
+
+/// The sender's view of the same loss: its TCP retransmits are counted by
+/// the receiver's address (the socket's remote address).
+#[test]
+fn retransmits_are_counted_by_the_remote_peer() {
+    require_root();
+    let (sender, receiver) = (NetNs::new(), NetNs::new());
+    let veth = VethPair::new(&sender, &receiver);
+    let daemon = Daemon::start(&sender, &config(&veth.a, ""));
+    let _traffic = Traffic::start(
+        &sender,
+        &receiver,
+        &veth.b_ip,
+        TCP_RATE,
+        0,
+        Duration::from_secs(60),
+    );
+    let _rule = RandomDrop::add(&receiver, &veth.b, 10);
+    let key = format!(
+        "telemetryd_peer_tcp_retransmits_total{{peer=\"{}\"}}",
+        veth.b_ip
+    );
+    let scrape = daemon.scrape_until(Duration::from_secs(15), |s| {
+        s.samples.get(&key).is_some_and(|n| *n >= 3.0)
+    });
+    let by_peer = scrape.samples.get(&key).copied().unwrap_or(0.0);
+    let by_family = scrape
+        .samples
+        .get("telemetryd_tcp_retransmits_total{family=\"ipv4\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(by_peer >= 3.0, "{}", scrape.text);
+    // Every retransmit of this namespace went to that one peer; the two
+    // counters are read in one poll.
+    assert_eq!(by_peer, by_family, "{}", scrape.text);
+    let peers = scrape
+        .text
+        .lines()
+        .filter(|l| l.starts_with("telemetryd_peer_tcp_retransmits_total{"))
+        .count();
+    assert_eq!(peers, 1, "{}", scrape.text);
 }
 
 /// A one-shot HTTP listener inside a namespace that answers 200 to every

@@ -626,7 +626,7 @@ fn drop_and_retransmit_tracers_attach_and_count_without_tracefs() {
     let drops = |s: &support::metrics::Scrape| {
         s.get(
             "telemetryd_kernel_drops_total",
-            &[("reason", "NETFILTER_DROP")],
+            &[("class", "loss"), ("reason", "NETFILTER_DROP")],
         )
         .unwrap_or(0.0)
     };

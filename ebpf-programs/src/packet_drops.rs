@@ -18,10 +18,10 @@ use aya_ebpf::{
     Global,
 };
 use telemetryd_common::drops::{
-    DeviceDropKey, DropsError, KernelLayout, AF_INET, AF_INET6, DROPS_ERROR_SLOTS,
-    DROP_REASON_SLOTS, FAMILY_SLOTS, FAMILY_SLOT_IPV4, FAMILY_SLOT_IPV6,
+    DeviceDropKey, DropsError, KernelLayout, PeerDropKey, PeerKey, AF_INET, AF_INET6,
+    DROPS_ERROR_SLOTS, DROP_REASON_SLOTS, FAMILY_SLOTS, FAMILY_SLOT_IPV4, FAMILY_SLOT_IPV6,
     KFREE_SKB_ARGS_WITH_REASON, KFREE_SKB_ARGS_WITH_RX_SK, MAX_DEVICE_DROP_KEYS, MAX_DROP_REASONS,
-    OVERFLOW_REASON_SLOT,
+    MAX_PEER_DROP_KEYS, MAX_PEER_RETRANSMIT_KEYS, OVERFLOW_REASON_SLOT,
 };
 
 #[map(name = "DROP_REASONS")]
@@ -30,6 +30,14 @@ static DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASO
 #[map(name = "DEVICE_DROPS")]
 static DEVICE_DROPS: PerCpuHashMap<DeviceDropKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_DEVICE_DROP_KEYS, 0);
+
+#[map(name = "PEER_DROPS")]
+static PEER_DROPS: PerCpuHashMap<PeerDropKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_PEER_DROP_KEYS, 0);
+
+#[map(name = "PEER_RETRANSMITS")]
+static PEER_RETRANSMITS: PerCpuHashMap<PeerKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_PEER_RETRANSMIT_KEYS, 0);
 
 #[map(name = "TCP_RETRANSMITS")]
 static TCP_RETRANSMITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FAMILY_SLOTS, 0);
@@ -53,6 +61,13 @@ static DROPS_LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     netns_inum: 0,
     count_unowned: 0,
     kfree_skb_args: 0,
+    peers: 0,
+    skb_iif: 0,
+    skb_head: 0,
+    skb_network_header: 0,
+    skb_protocol: 0,
+    sk_daddr: 0,
+    sk_v6_daddr: 0,
 });
 
 // Raw tracepoints: the programs get the tracepoint's TP_PROTO arguments as
@@ -158,7 +173,12 @@ fn count_drop(ctx: &RawTracePointContext) -> Result<(), i32> {
     match owner {
         Owner::Elsewhere => return Ok(()),
         Owner::Unknown if l.enabled != 0 && l.count_unowned == 0 => return Ok(()),
-        Owner::Device(ifindex) => count_device_drop(ifindex, reason),
+        Owner::Device(ifindex) => {
+            count_device_drop(ifindex, reason);
+            if l.peers != 0 {
+                count_peer_drop(skb, reason, &l);
+            }
+        }
         Owner::Namespace | Owner::Unknown => {}
     }
     let slot = if reason < MAX_DROP_REASONS {
@@ -213,6 +233,100 @@ fn count_device_drop(ifindex: u32, reason: u32) {
     }
 }
 
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+/// `skb->network_header` when no network header was set (`(u16)~0U`).
+const NO_HEADER: u16 = 0xffff;
+
+/// Counts a drop of a received packet by the device it came in on and its
+/// IP source address; a packet this host sent (no `skb_iif`) or without an
+/// IP header is not a peer's. A read that fails is counted, never fatal.
+#[inline(always)]
+fn count_peer_drop(skb: *const u8, reason: u32, l: &KernelLayout) {
+    match peer_of(skb, l) {
+        Ok(Some((ifindex, peer))) => add(
+            &PEER_DROPS,
+            &PeerDropKey {
+                ifindex,
+                reason,
+                peer,
+            },
+        ),
+        Ok(None) => {}
+        Err(_) => count_error(DropsError::PeerReadFailed),
+    }
+}
+
+#[inline(always)]
+fn peer_of(skb: *const u8, l: &KernelLayout) -> Result<Option<(u32, PeerKey)>, i32> {
+    let iif: i32 = kernel_read(skb, l.skb_iif)?;
+    if iif <= 0 {
+        return Ok(None);
+    }
+    let protocol: u16 = kernel_read(skb, l.skb_protocol)?;
+    let head: *const u8 = kernel_read(skb, l.skb_head)?;
+    let network: u16 = kernel_read(skb, l.skb_network_header)?;
+    if head.is_null() || network == NO_HEADER {
+        return Ok(None);
+    }
+    let ip = head.wrapping_add(usize::from(network));
+    let mut peer = PeerKey::default();
+    match u16::from_be(protocol) {
+        ETH_P_IP => {
+            // struct iphdr: saddr at byte 12.
+            let a: [u8; 4] = kernel_read(ip, 12)?;
+            peer.family = u32::from(AF_INET);
+            peer.addr[0] = a[0];
+            peer.addr[1] = a[1];
+            peer.addr[2] = a[2];
+            peer.addr[3] = a[3];
+        }
+        ETH_P_IPV6 => {
+            // struct ipv6hdr: saddr at byte 8.
+            peer.family = u32::from(AF_INET6);
+            peer.addr = kernel_read(ip, 8)?;
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some((iif as u32, peer)))
+}
+
+/// The remote address of a socket of `family`.
+#[inline(always)]
+fn remote_of(sk: *const u8, family: u16, l: &KernelLayout) -> Result<Option<PeerKey>, i32> {
+    let mut peer = PeerKey::default();
+    match family {
+        AF_INET => {
+            let a: [u8; 4] = kernel_read(sk, l.sk_daddr)?;
+            peer.family = u32::from(AF_INET);
+            peer.addr[0] = a[0];
+            peer.addr[1] = a[1];
+            peer.addr[2] = a[2];
+            peer.addr[3] = a[3];
+        }
+        AF_INET6 => {
+            peer.family = u32::from(AF_INET6);
+            peer.addr = kernel_read(sk, l.sk_v6_daddr)?;
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(peer))
+}
+
+/// Adds one to `key` in a per-CPU hash map; a full map is counted.
+#[inline(always)]
+fn add<K>(map: &PerCpuHashMap<K, u64>, key: &K) {
+    if let Some(n) = map.get_ptr_mut(key) {
+        // SAFETY: a per-CPU value: only this CPU writes it, and nothing
+        // preempts a BPF program on its CPU.
+        unsafe { *n += 1 };
+        return;
+    }
+    if map.insert(key, &1, BPF_NOEXIST as u64).is_err() {
+        count_error(DropsError::PeerMapFull);
+    }
+}
+
 fn count_retransmit(ctx: &RawTracePointContext) -> Result<(), i32> {
     let sk: *const u8 = ctx.arg(TCP_RETRANSMIT_SKB_SK);
     let l = layout();
@@ -225,6 +339,13 @@ fn count_retransmit(ctx: &RawTracePointContext) -> Result<(), i32> {
             return Ok(());
         }
         family = kernel_read(sk, l.sk_family)?;
+        if l.peers != 0 {
+            match remote_of(sk, family, &l) {
+                Ok(Some(peer)) => add(&PEER_RETRANSMITS, &peer),
+                Ok(None) => {}
+                Err(_) => count_error(DropsError::PeerReadFailed),
+            }
+        }
     }
     match family {
         AF_INET => increment(&TCP_RETRANSMITS, FAMILY_SLOT_IPV4),

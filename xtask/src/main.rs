@@ -10,6 +10,7 @@ mod fuzz;
 mod install;
 mod lab;
 mod monitoring;
+mod noisy_world;
 mod setup;
 mod soak;
 mod vm;
@@ -112,12 +113,16 @@ enum Task {
         /// suffix (xdp, syscall, events, anomaly, render), or all; or soak (not
         /// in all): the release daemon under traffic, scrapes, SIGHUPs and
         /// interface churn, its RSS, fds and CPU per poll at the start, the
-        /// end, and their slope.
+        /// end, and their slope; or noisy_world (the analyzer's soak: two
+        /// runs of --minutes each; not part of all).
         #[arg(default_value = "all")]
         which: String,
-        /// How long the soak runs (30m, 2m, 90s).
+        /// soak: how long it runs (30m, 2m, 90s).
         #[arg(long, default_value = "30m")]
         duration: String,
+        /// noisy_world: minutes per run (at least 4).
+        #[arg(long, default_value_t = 20)]
+        minutes: u64,
     },
 }
 
@@ -229,13 +234,24 @@ fn main() -> Result<()> {
             cargo(&root, &["fmt", "--all", "--", "--check"])?;
             cargo(&root, &["clippy", "--all-targets", "--", "-D", "warnings"])
         }
-        Task::Bench { which, duration } => {
+        Task::Bench {
+            which,
+            duration,
+            minutes,
+        } => {
             setup::all()?;
             require_root("the benchmarks load eBPF programs")?;
             if which == "soak" {
                 let duration = soak::parse_duration(&duration)?;
                 cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
                 return soak::run(&root, &root.join("target/release/telemetryd"), duration);
+            }
+            if which == "noisy_world" {
+                cargo(&root, &["build", "--release", "--package", "telemetryd"])?;
+                return noisy_world::run(&noisy_world::Options {
+                    minutes,
+                    binary: root.join("target/release/telemetryd"),
+                });
             }
             let benches = bench_names(&root)?;
             let selected: Vec<&String> = benches

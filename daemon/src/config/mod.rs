@@ -23,8 +23,8 @@ pub use duration::{format_duration, parse_duration};
 pub use overrides::Overrides;
 pub use schema::{
     latency_bucket_of, AnalyzerSettings, Choice, Config, DaemonConfig, HttpConfig, LogConfig,
-    LogFormat, MetricsConfig, Named, SyscallAttach, SyscallsConfig, WebhookSettings, XdpConfig,
-    XdpMode, SOURCE_NAMES,
+    LogFormat, MetricsConfig, Named, SyscallAttach, SyscallsConfig, UnknownDropReasons,
+    WebhookSettings, XdpConfig, XdpMode, SOURCE_NAMES,
 };
 pub use validate::{check_interface_name, check_log_level, webhook_uri};
 

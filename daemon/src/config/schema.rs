@@ -407,6 +407,28 @@ pub struct AnalyzerSettings {
     /// syscall_errors: error ratio (0..1) that must be reached before it can
     /// be anomalous, whatever the baseline.
     pub min_error_ratio: f64,
+    /// packet_loss: whether kernel drops of a reason the class table does
+    /// not know count as loss.
+    pub unknown_drop_reasons: UnknownDropReasons,
+}
+
+/// `analyzer.unknown_drop_reasons`: what `packet_loss` makes of kernel
+/// drops whose reason the class table does not know (a newer kernel's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownDropReasons {
+    /// They count as loss (the default: nothing new is hidden).
+    #[default]
+    Loss,
+    /// They are counted and shown, but not judged.
+    Ignore,
+}
+
+impl AnalyzerSettings {
+    /// Whether drops of unknown reasons count as loss.
+    pub fn unknown_drops_are_loss(&self) -> bool {
+        self.unknown_drop_reasons == UnknownDropReasons::Loss
+    }
 }
 
 impl Default for AnalyzerSettings {
@@ -435,6 +457,7 @@ impl Default for AnalyzerSettings {
             min_latency: Duration::from_millis(1),
             min_calls: 50,
             min_error_ratio: 0.05,
+            unknown_drop_reasons: UnknownDropReasons::Loss,
         }
     }
 }

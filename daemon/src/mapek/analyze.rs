@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use super::anomaly::{AnomalyKind, AnomalyState, Severity};
 use super::knowledge::{Knowledge, Metric, Sample, Signal, SignalId};
-use super::monitor::Observation;
+use super::monitor::{DeviceRates, Observation};
 use crate::config::AnalyzerSettings;
+use crate::sources::drops::stats::OTHER_PEERS;
 
 /// Subject of node-wide signals.
 pub const NODE: &str = "node";
@@ -36,6 +37,44 @@ pub struct Verdict {
     /// The signal the verdict rests on (for packet_loss on the node, the
     /// worst of retransmit ratio and kernel drop rate).
     pub signal: SignalId,
+    /// For packet_loss on a device whose drops one peer dominates: that
+    /// peer (the subject is then "<device> from <peer>").
+    pub peer: Option<String>,
+}
+
+/// A peer dominates a device's loss when its packets are at least this
+/// share of the drops of the device's peers.
+pub const DOMINANT_PEER_SHARE: f64 = 0.8;
+
+/// The subject of an active packet_loss of a peer of `device`, if any.
+fn active_peer_subject(k: &Knowledge, device: &str) -> Option<String> {
+    let prefix = format!("{device} from ");
+    k.active
+        .keys()
+        .find(|(kind, subject)| *kind == AnomalyKind::PacketLoss && subject.starts_with(&prefix))
+        .map(|(_, subject)| subject.clone())
+}
+
+/// The peer that dominates `rates`' drops: only when the packets of at
+/// least two peers are known (packet events on) and one of them, not the
+/// rolled-up rest, has [`DOMINANT_PEER_SHARE`] of the peers' drops. With a
+/// single peer, naming it tells nothing the device does not.
+pub fn dominant_peer(rates: &DeviceRates, unknown_as_loss: bool) -> Option<&str> {
+    let senders = rates
+        .peers
+        .values()
+        .filter(|p| p.packets_per_sec.is_some_and(|n| n > 0.0))
+        .count();
+    if senders < 2 {
+        return None;
+    }
+    let total: f64 = rates.peers.values().map(|p| p.drops(unknown_as_loss)).sum();
+    let (peer, top) = rates
+        .peers
+        .iter()
+        .map(|(peer, p)| (peer.as_str(), p.drops(unknown_as_loss)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    (total > 0.0 && top >= DOMINANT_PEER_SHARE * total && peer != OTHER_PEERS).then_some(peer)
 }
 
 /// How a signal departs from normal.
@@ -136,6 +175,7 @@ fn verdict(kind: AnomalyKind, id: &SignalId, value: f64, j: Judgement) -> Verdic
         threshold: j.threshold,
         severity: j.severity,
         signal: id.clone(),
+        peer: None,
     }
 }
 
@@ -202,14 +242,35 @@ pub fn evaluate(obs: &Observation, k: &mut Knowledge, s: &AnalyzerSettings) -> V
         verdicts.push(verdict(AnomalyKind::TrafficDrop, &id, v, down));
 
         let id = SignalId::new(Metric::DeviceLossRate, device.as_str());
-        let v = rates.loss_per_sec();
+        let v = rates.loss_per_sec(s.unknown_drops_are_loss());
         let [loss] = assess(k, s, obs, &id, v, [rise_loss]);
-        verdicts.push(verdict(AnomalyKind::PacketLoss, &id, v, loss));
+        let mut loss = verdict(AnomalyKind::PacketLoss, &id, v, loss);
+        // Only an anomalous verdict moves to the peer's subject: one that
+        // fired there resolves once the device's verdicts are its own again.
+        if loss.anomalous {
+            if let Some(peer) = dominant_peer(rates, s.unknown_drops_are_loss()) {
+                loss.subject = format!("{device} from {peer}");
+                loss.peer = Some(peer.to_owned());
+            }
+        } else if let Some(subject) = active_peer_subject(k, device) {
+            // Normal again: the verdict counts towards resolving the
+            // anomaly that fired on the peer's subject.
+            loss.peer = subject
+                .strip_prefix(&format!("{device} from "))
+                .map(str::to_owned);
+            loss.subject = subject;
+        }
+        verdicts.push(loss);
     }
 
     // Node packet loss: the worse of kernel drops and TCP retransmits.
     let drops_id = SignalId::new(Metric::KernelDropRate, NODE);
-    let v = obs.kernel_drops_per_sec;
+    let v = obs.kernel_drops_per_sec
+        + if s.unknown_drops_are_loss() {
+            obs.kernel_unknown_drops_per_sec
+        } else {
+            0.0
+        };
     let [drops] = assess(k, s, obs, &drops_id, v, [rise_loss]);
     let mut node_loss = verdict(AnomalyKind::PacketLoss, &drops_id, v, drops);
     if let Some(tcp) = &obs.tcp {
@@ -268,6 +329,8 @@ pub fn evaluate(obs: &Observation, k: &mut Knowledge, s: &AnalyzerSettings) -> V
 pub struct Context<'a> {
     pub obs: &'a Observation,
     pub knowledge: &'a Knowledge,
+    /// `analyzer.unknown_drop_reasons = "loss"`.
+    pub unknown_as_loss: bool,
 }
 
 /// The value of `verdict`'s signal averaged over its newest `span` samples,
@@ -306,11 +369,18 @@ pub fn explain(
             fmt_rate(value),
             fmt_rate(b)
         ),
-        Metric::DeviceLossRate => format!(
-            "packet loss on {subject}{resolved}: {} packets/s dropped or errored on the device over the last {over} (baseline {}/s)",
-            fmt_rate(value),
-            fmt_rate(b)
-        ),
+        Metric::DeviceLossRate => {
+            let from_peer = verdict
+                .peer
+                .as_deref()
+                .and_then(|peer| peer_sentence(verdict, peer, ctx))
+                .unwrap_or_default();
+            format!(
+                "packet loss on {subject}{resolved}: {from_peer}{} packets/s dropped or errored on the device over the last {over} (baseline {}/s)",
+                fmt_rate(value),
+                fmt_rate(b)
+            )
+        }
         Metric::DevicePacketRate | Metric::NodePacketRate => {
             let what = if verdict.kind == AnomalyKind::TrafficDrop {
                 "traffic drop"
@@ -342,11 +412,104 @@ pub fn explain(
     (value, text)
 }
 
+/// "9.8% of its packets dropped (NETFILTER_DROP), other peers 0%; " for
+/// the peer that dominates the device's drops, from this interval.
+fn peer_sentence(verdict: &Verdict, peer: &str, ctx: &Context<'_>) -> Option<String> {
+    let rates = ctx.obs.devices.get(&verdict.signal.subject)?;
+    let u = ctx.unknown_as_loss;
+    let p = rates.peers.get(peer)?;
+    let ratio = p.loss_ratio(u)?;
+    let reason = p
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    let (drops, packets) = rates
+        .peers
+        .iter()
+        .filter(|(name, _)| name.as_str() != peer)
+        .fold((0.0, 0.0), |(d, n), (_, o)| {
+            (d + o.drops(u), n + o.packets_per_sec.unwrap_or(0.0))
+        });
+    let others = if packets > 0.0 {
+        (drops / packets).min(1.0)
+    } else {
+        0.0
+    };
+    Some(format!(
+        "{} of its packets dropped{reason}, other peers {}; ",
+        fmt_pct(ratio),
+        fmt_pct(others)
+    ))
+}
+
+/// The peers of a device's packet loss, most drops first: at most
+/// [`PEERS_SHOWN`], the rest summed as `other` (what `/api/v1/anomalies`
+/// shows beside the anomaly).
+pub fn peer_view(verdict: &Verdict, ctx: &Context<'_>) -> Vec<PeerLoss> {
+    if verdict.signal.metric != Metric::DeviceLossRate {
+        return Vec::new();
+    }
+    let Some(rates) = ctx.obs.devices.get(&verdict.signal.subject) else {
+        return Vec::new();
+    };
+    let u = ctx.unknown_as_loss;
+    let mut peers: Vec<PeerLoss> = rates
+        .peers
+        .iter()
+        .map(|(peer, p)| PeerLoss {
+            peer: peer.clone(),
+            packets_per_sec: p.packets_per_sec,
+            drops_per_sec: p.drops(u),
+            loss_ratio: p.loss_ratio(u),
+            reason: p.reason.clone(),
+        })
+        .collect();
+    peers.sort_by(|a, b| {
+        b.drops_per_sec
+            .total_cmp(&a.drops_per_sec)
+            .then(a.peer.cmp(&b.peer))
+    });
+    if peers.len() > PEERS_SHOWN {
+        let rest = peers.split_off(PEERS_SHOWN);
+        let packets: Option<f64> = rest.iter().map(|p| p.packets_per_sec).sum();
+        let drops: f64 = rest.iter().map(|p| p.drops_per_sec).sum();
+        peers.push(PeerLoss {
+            peer: OTHER_PEERS.to_owned(),
+            packets_per_sec: packets,
+            drops_per_sec: drops,
+            loss_ratio: packets.filter(|n| *n > 0.0).map(|n| (drops / n).min(1.0)),
+            reason: None,
+        });
+    }
+    peers
+}
+
+/// Peers of a device shown one by one beside its packet loss.
+pub const PEERS_SHOWN: usize = 8;
+
+/// One peer of a device's packet loss, over the interval it fired in.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PeerLoss {
+    pub peer: String,
+    /// Packets it sent in on the device; `null` without packet events.
+    pub packets_per_sec: Option<f64>,
+    /// Kernel drops of its packets that count as loss.
+    pub drops_per_sec: f64,
+    /// drops / packets; `null` when its packets are not known.
+    pub loss_ratio: Option<f64>,
+    /// The loss reason that dropped most of them.
+    pub reason: Option<String>,
+}
+
 /// Appends what else moved: interface counters, the dominant kernel drop
 /// reason, retransmits, whether traffic rose, top talkers, syscall context.
 fn correlate(text: &mut String, verdict: &Verdict, ctx: &Context<'_>) {
     let obs = ctx.obs;
-    let subject = verdict.subject.as_str();
+    let unknown_as_loss = ctx.unknown_as_loss;
+    // The device, syscall or node the signal is of (the subject may add
+    // the peer).
+    let subject = verdict.signal.subject.as_str();
     match verdict.kind {
         AnomalyKind::PacketLoss => {
             if let Some(dev) = obs.devices.get(subject) {
@@ -355,7 +518,7 @@ fn correlate(text: &mut String, verdict: &Verdict, ctx: &Context<'_>) {
                     ("rx_errors", dev.rx_errors_per_sec),
                     ("tx_dropped", dev.tx_dropped_per_sec),
                     ("tx_errors", dev.tx_errors_per_sec),
-                    ("kernel drops", dev.kernel_drops_per_sec),
+                    ("kernel drops", dev.kernel_drops(unknown_as_loss)),
                 ]
                 .iter()
                 .filter(|(_, r)| *r > 0.0)
@@ -365,7 +528,7 @@ fn correlate(text: &mut String, verdict: &Verdict, ctx: &Context<'_>) {
                     let _ = write!(text, "; {}", parts.join(", "));
                 }
             }
-            if let Some((reason, rate)) = obs.dominant_drop_reason() {
+            if let Some((reason, rate)) = obs.dominant_drop_reason(unknown_as_loss) {
                 let _ = write!(
                     text,
                     "; kernel drops dominated by {reason} ({}/s)",

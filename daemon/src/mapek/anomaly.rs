@@ -107,6 +107,8 @@ pub struct StateChange {
     pub explanation: String,
     pub started_at: SystemTime,
     pub resolved_at: Option<SystemTime>,
+    /// For packet_loss on a device: its peers' loss when it fired.
+    pub peers: Vec<super::analyze::PeerLoss>,
 }
 
 /// Formats a wall-clock time as RFC 3339 UTC with milliseconds,

@@ -65,6 +65,9 @@ pub struct AnomalyRecord {
     pub started_at: String,
     /// RFC 3339 UTC; `null` while active.
     pub resolved_at: Option<String>,
+    /// packet_loss on a device: its peers' loss when it fired, most drops
+    /// first (at most 8, the rest as `other`); empty otherwise.
+    pub peers: Vec<super::analyze::PeerLoss>,
 }
 
 impl From<&StateChange> for AnomalyRecord {
@@ -82,6 +85,7 @@ impl From<&StateChange> for AnomalyRecord {
             explanation: c.explanation.clone(),
             started_at: rfc3339(c.started_at),
             resolved_at: c.resolved_at.map(rfc3339),
+            peers: c.peers.clone(),
         }
     }
 }
@@ -336,6 +340,7 @@ mod tests {
             started_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             resolved_at: (state == AnomalyState::Resolved)
                 .then(|| UNIX_EPOCH + Duration::from_secs(1_700_000_060)),
+            peers: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use crate::sources::drops::classes::{classify, counts_as_loss, DropClass};
 use crate::sources::drops::{DropStats, TcpStats};
 use crate::sources::syscalls::{SyscallStats, LATENCY_BUCKETS};
 use crate::sources::xdp::InterfaceStats;
@@ -22,19 +23,70 @@ pub struct DeviceRates {
     pub rx_errors_per_sec: f64,
     pub tx_dropped_per_sec: f64,
     pub tx_errors_per_sec: f64,
-    /// Kernel drops (`skb:kfree_skb`) of skbs on this device, all reasons.
+    /// Kernel drops (`skb:kfree_skb`) of skbs on this device whose reason
+    /// is of the loss class.
     pub kernel_drops_per_sec: f64,
+    /// Kernel drops on this device whose reason the class table does not
+    /// know (loss or not by `analyzer.unknown_drop_reasons`).
+    pub kernel_unknown_drops_per_sec: f64,
+    /// The peers that sent packets in on this device or whose packets it
+    /// dropped in the interval, by source address (`other`: the rest).
+    pub peers: BTreeMap<String, PeerRates>,
+}
+
+/// One peer of one device over the interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerRates {
+    /// Packets it sent in on the device (sampled packet events x sample
+    /// rate); `None` without packet events.
+    pub packets_per_sec: Option<f64>,
+    /// Kernel drops of its packets of the loss class.
+    pub drops_per_sec: f64,
+    /// Kernel drops of its packets of unknown reasons.
+    pub unknown_drops_per_sec: f64,
+    /// The loss reason that dropped most of its packets, if any did.
+    pub reason: Option<String>,
+}
+
+impl PeerRates {
+    /// Its drops that count as loss.
+    pub fn drops(&self, unknown_as_loss: bool) -> f64 {
+        self.drops_per_sec
+            + if unknown_as_loss {
+                self.unknown_drops_per_sec
+            } else {
+                0.0
+            }
+    }
+
+    /// Dropped / sent, when the packets it sent are known and some were.
+    pub fn loss_ratio(&self, unknown_as_loss: bool) -> Option<f64> {
+        self.packets_per_sec
+            .filter(|p| *p > 0.0)
+            .map(|p| (self.drops(unknown_as_loss) / p).min(1.0))
+    }
 }
 
 impl DeviceRates {
     /// Dropped and errored packets per second, both directions, at the
-    /// interface and further up the stack (kernel drops on this device).
-    pub fn loss_per_sec(&self) -> f64 {
+    /// interface and further up the stack (kernel drops of the loss class
+    /// on this device, and of unknown reasons when `unknown_as_loss`).
+    pub fn loss_per_sec(&self, unknown_as_loss: bool) -> f64 {
         self.rx_dropped_per_sec
             + self.rx_errors_per_sec
             + self.tx_dropped_per_sec
             + self.tx_errors_per_sec
-            + self.kernel_drops_per_sec
+            + self.kernel_drops(unknown_as_loss)
+    }
+
+    /// Kernel drops on this device that count as loss.
+    pub fn kernel_drops(&self, unknown_as_loss: bool) -> f64 {
+        self.kernel_drops_per_sec
+            + if unknown_as_loss {
+                self.kernel_unknown_drops_per_sec
+            } else {
+                0.0
+            }
     }
 }
 
@@ -78,10 +130,13 @@ pub struct Observation {
     pub devices: BTreeMap<String, DeviceRates>,
     /// Devices left out of this observation because a counter went down.
     pub reset_devices: Vec<String>,
-    /// Kernel drops per second, all reasons, except those attributed to a
-    /// device in `devices` (they are in its `kernel_drops_per_sec`).
+    /// Kernel drops per second of the loss class, except those attributed
+    /// to a device in `devices` (they are in its `kernel_drops_per_sec`).
     pub kernel_drops_per_sec: f64,
-    /// Kernel drops per second by reason (reasons that moved only).
+    /// Likewise, of reasons the class table does not know.
+    pub kernel_unknown_drops_per_sec: f64,
+    /// Kernel drops per second by reason (reasons that moved only), every
+    /// class.
     pub kernel_drop_reasons: BTreeMap<String, f64>,
     /// `None` when the TCP counters went down.
     pub tcp: Option<TcpRates>,
@@ -99,11 +154,12 @@ impl Observation {
         self.devices.values().map(|d| d.packets_per_sec).sum()
     }
 
-    /// The kernel drop reason with the highest rate, if any moved.
-    pub fn dominant_drop_reason(&self) -> Option<(&str, f64)> {
+    /// The kernel drop reason that counts as loss with the highest rate,
+    /// if any moved.
+    pub fn dominant_drop_reason(&self, unknown_as_loss: bool) -> Option<(&str, f64)> {
         self.kernel_drop_reasons
             .iter()
-            .filter(|(_, r)| **r > 0.0)
+            .filter(|(n, r)| **r > 0.0 && counts_as_loss(classify(n), unknown_as_loss))
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map(|(n, r)| (n.as_str(), *r))
     }
@@ -160,13 +216,24 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
         };
         match device_rates(prev, cur, secs) {
             Some(mut rates) => {
-                // Attributed kernel drops; a reset leaves them at 0 this once.
-                let total = |d: &DropStats| -> u64 {
-                    d.device_drops.get(name).map_or(0, |r| r.values().sum())
+                // Attributed kernel drops by class; a reset leaves them at 0
+                // this once.
+                let total = |d: &DropStats, class: DropClass| -> u64 {
+                    d.device_drops.get(name).map_or(0, |r| {
+                        r.iter()
+                            .filter(|(reason, _)| classify(reason) == class)
+                            .map(|(_, n)| n)
+                            .sum()
+                    })
                 };
-                rates.kernel_drops_per_sec = total(cur_drops)
-                    .checked_sub(total(prev_drops))
-                    .map_or(0.0, |d| d as f64 / secs);
+                let rate = |class| {
+                    total(cur_drops, class)
+                        .checked_sub(total(prev_drops, class))
+                        .map_or(0.0, |d| d as f64 / secs)
+                };
+                rates.kernel_drops_per_sec = rate(DropClass::Loss);
+                rates.kernel_unknown_drops_per_sec = rate(DropClass::Unknown);
+                rates.peers = peer_rates(previous, current, name, secs);
                 devices.insert(name.clone(), rates);
             }
             None => reset_devices.push(name.clone()),
@@ -174,12 +241,16 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
     }
 
     let mut kernel_drop_reasons = BTreeMap::new();
-    let mut kernel_drops = 0u64;
+    let (mut loss_drops, mut unknown_drops) = (0u64, 0u64);
     for (reason, &cur) in &cur_drops.kernel_drops {
         // A reason appears with its first drop: a missing entry counts as 0.
         let prev = prev_drops.kernel_drops.get(reason).copied().unwrap_or(0);
         if let Some(d) = cur.checked_sub(prev) {
-            kernel_drops += d;
+            match classify(reason) {
+                DropClass::Loss => loss_drops += d,
+                DropClass::Unknown => unknown_drops += d,
+                DropClass::Local => {}
+            }
             if d > 0 {
                 kernel_drop_reasons.insert(reason.clone(), d as f64 / secs);
             }
@@ -187,6 +258,10 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
     }
 
     let attributed: f64 = devices.values().map(|d| d.kernel_drops_per_sec).sum();
+    let attributed_unknown: f64 = devices
+        .values()
+        .map(|d| d.kernel_unknown_drops_per_sec)
+        .sum();
 
     let mut syscalls = BTreeMap::new();
     for (name, cur) in cur_syscalls {
@@ -207,7 +282,8 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
         reset_devices,
         // Drops attributed to an observed device are that device's loss;
         // the node's signal keeps the rest, so one fault raises one anomaly.
-        kernel_drops_per_sec: (kernel_drops as f64 / secs - attributed).max(0.0),
+        kernel_drops_per_sec: (loss_drops as f64 / secs - attributed).max(0.0),
+        kernel_unknown_drops_per_sec: (unknown_drops as f64 / secs - attributed_unknown).max(0.0),
         kernel_drop_reasons,
         tcp: tcp_rates(&prev_drops.tcp, &cur_drops.tcp, secs),
         syscalls,
@@ -223,6 +299,80 @@ pub fn observe(previous: &Snapshot, current: &Snapshot, first: bool) -> Observat
             })
             .unwrap_or_default(),
     }
+}
+
+/// The peers of `device` over the interval: drops by class from the drop
+/// tracer, packets from packet events. A counter that went down (a reset)
+/// leaves that peer's value out this once.
+fn peer_rates(
+    previous: &Snapshot,
+    current: &Snapshot,
+    device: &str,
+    secs: f64,
+) -> BTreeMap<String, PeerRates> {
+    type Drops = BTreeMap<String, BTreeMap<String, u64>>;
+    let no_peers = Drops::new();
+    let drops_of = |s: &'_ Snapshot| -> Drops {
+        s.drops
+            .as_ref()
+            .and_then(|d| d.peer_drops.get(device))
+            .unwrap_or(&no_peers)
+            .clone()
+    };
+    let packets_of = |s: &Snapshot| -> Option<BTreeMap<String, u64>> {
+        s.events
+            .as_ref()
+            .map(|e| e.peer_packets.get(device).cloned().unwrap_or_default())
+    };
+    let mut out: BTreeMap<String, PeerRates> = BTreeMap::new();
+    let (prev_drops, cur_drops) = (drops_of(previous), drops_of(current));
+    for (peer, reasons) in &cur_drops {
+        let mut rates = PeerRates::default();
+        let mut top: Option<(&str, u64)> = None;
+        for (reason, &n) in reasons {
+            let before = prev_drops
+                .get(peer)
+                .and_then(|r| r.get(reason))
+                .copied()
+                .unwrap_or(0);
+            let Some(d) = n.checked_sub(before).filter(|d| *d > 0) else {
+                continue;
+            };
+            match classify(reason) {
+                DropClass::Loss => {
+                    rates.drops_per_sec += d as f64 / secs;
+                    if top.is_none_or(|(_, t)| d > t) {
+                        top = Some((reason.as_str(), d));
+                    }
+                }
+                DropClass::Unknown => rates.unknown_drops_per_sec += d as f64 / secs,
+                DropClass::Local => {}
+            }
+        }
+        rates.reason = top.map(|(r, _)| r.to_owned());
+        if rates.drops_per_sec > 0.0 || rates.unknown_drops_per_sec > 0.0 {
+            out.insert(peer.clone(), rates);
+        }
+    }
+    if let (Some(prev), Some(cur)) = (packets_of(previous), packets_of(current)) {
+        let scale = current
+            .events
+            .as_ref()
+            .map_or(1, |e| e.top_talkers.sample_rate.max(1));
+        for (peer, &n) in &cur {
+            let before = prev.get(peer).copied().unwrap_or(0);
+            if let Some(d) = n.checked_sub(before).filter(|d| *d > 0) {
+                out.entry(peer.clone()).or_default().packets_per_sec =
+                    Some((d * u64::from(scale)) as f64 / secs);
+            }
+        }
+        // Packet events are on: a peer with drops and no sampled packet
+        // sent none that were sampled.
+        for rates in out.values_mut() {
+            rates.packets_per_sec.get_or_insert(0.0);
+        }
+    }
+    out
 }
 
 fn device_rates(prev: &InterfaceStats, cur: &InterfaceStats, secs: f64) -> Option<DeviceRates> {
@@ -245,7 +395,7 @@ fn device_rates(prev: &InterfaceStats, cur: &InterfaceStats, secs: f64) -> Optio
         rx_errors_per_sec: rate(cur.rx_errors, prev.rx_errors)?,
         tx_dropped_per_sec: rate(cur.tx_dropped, prev.tx_dropped)?,
         tx_errors_per_sec: rate(cur.tx_errors, prev.tx_errors)?,
-        kernel_drops_per_sec: 0.0,
+        ..Default::default()
     })
 }
 
@@ -356,9 +506,11 @@ mod tests {
         let d = &o.devices["eth0"];
         assert_eq!(d.packets_per_sec, 1000.0);
         assert_eq!(d.bytes_per_sec, 100_000.0);
-        assert_eq!(d.loss_per_sec(), 10.0);
-        assert_eq!(o.kernel_drops_per_sec, 52.0);
-        assert_eq!(o.dominant_drop_reason(), Some(("NETFILTER_DROP", 50.0)));
+        assert_eq!(d.loss_per_sec(true), 10.0);
+        // NO_SOCKET is of the local class: not loss.
+        assert_eq!(o.kernel_drops_per_sec, 50.0);
+        assert_eq!(o.kernel_drop_reasons["NO_SOCKET"], 2.0);
+        assert_eq!(o.dominant_drop_reason(true), Some(("NETFILTER_DROP", 50.0)));
         let tcp = o.tcp.unwrap();
         assert_eq!(tcp.retransmit_ratio, Some(0.05));
     }

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use super::analyze::{explain, Context, Verdict};
+use super::analyze::{explain, peer_view, Context, Verdict};
 use super::anomaly::{AnomalyKind, AnomalyState, StateChange};
 use super::knowledge::{ActiveAnomaly, AnomalyKey, Knowledge, Streak};
 use crate::config::AnalyzerSettings;
@@ -75,7 +75,11 @@ pub fn plan(
     }
 
     let mut changes = Vec::with_capacity(fire.len() + resolve.len());
-    let ctx = Context { obs, knowledge };
+    let ctx = Context {
+        obs,
+        knowledge,
+        unknown_as_loss: settings.unknown_drops_are_loss(),
+    };
     let mut firing = Vec::with_capacity(fire.len());
     for &i in &fire {
         let v = &verdicts[i];
@@ -92,6 +96,7 @@ pub fn plan(
             explanation,
             started_at: obs.taken_at,
             resolved_at: None,
+            peers: peer_view(v, &ctx),
         });
     }
     let mut resolving = Vec::with_capacity(resolve.len());
@@ -200,5 +205,6 @@ fn resolved(
         explanation,
         started_at: active.started_at,
         resolved_at: Some(obs.taken_at),
+        peers: Vec::new(),
     }
 }

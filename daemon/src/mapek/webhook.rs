@@ -288,6 +288,7 @@ mod tests {
             started_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             resolved_at: (state == AnomalyState::Resolved)
                 .then(|| UNIX_EPOCH + Duration::from_secs(1_700_000_030)),
+            peers: Vec::new(),
         }
     }
 

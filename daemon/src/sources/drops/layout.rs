@@ -53,6 +53,35 @@ impl DropReasonNames {
     pub fn slots(&self) -> usize {
         self.names.len()
     }
+
+    /// The names the kernel gave (not numbered, not the overflow slot).
+    pub fn kernel_names(&self) -> impl Iterator<Item = &str> {
+        self.names[..MAX_DROP_REASONS as usize]
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !n.starts_with("REASON_"))
+    }
+
+    /// "129 names: 95 loss, 34 local, unknown: none" (or the unknown
+    /// names), for `check --probe` and the start-up log.
+    pub fn class_summary(&self) -> String {
+        use super::classes::{classify, DropClass};
+        let (mut loss, mut local, mut unknown) = (0, 0, Vec::new());
+        for name in self.kernel_names() {
+            match classify(name) {
+                DropClass::Loss => loss += 1,
+                DropClass::Local => local += 1,
+                DropClass::Unknown => unknown.push(name),
+            }
+        }
+        let total = loss + local + unknown.len();
+        let unknown = if unknown.is_empty() {
+            "none".to_owned()
+        } else {
+            unknown.join(", ")
+        };
+        format!("{total} names: {loss} loss, {local} local, unknown: {unknown}")
+    }
 }
 
 /// The field offsets `kfree_skb_drops` and `tcp_retransmits` follow, and
@@ -78,6 +107,28 @@ pub fn kernel_layout(btf: &KernelBtf) -> Result<KernelLayout, BtfError> {
         count_unowned: u32::from(host_netns == Some(u64::from(netns_inum))),
         // Set by `prepare`, also when a field above is missing.
         kfree_skb_args: 0,
+        ..peer_layout(btf)
+    })
+}
+
+/// The offsets peer attribution follows; `peers: 0` (and the drops still
+/// counted by device) when one is missing.
+fn peer_layout(btf: &KernelBtf) -> KernelLayout {
+    let fields = || -> Result<KernelLayout, BtfError> {
+        Ok(KernelLayout {
+            peers: 1,
+            skb_iif: btf.field_offset("sk_buff", &["skb_iif"])?,
+            skb_head: btf.field_offset("sk_buff", &["head"])?,
+            skb_network_header: btf.field_offset("sk_buff", &["network_header"])?,
+            skb_protocol: btf.field_offset("sk_buff", &["protocol"])?,
+            sk_daddr: btf.field_offset("sock", &["__sk_common", "skc_daddr"])?,
+            sk_v6_daddr: btf.field_offset("sock", &["__sk_common", "skc_v6_daddr"])?,
+            ..KernelLayout::default()
+        })
+    };
+    fields().unwrap_or_else(|error| {
+        tracing::warn!(%error, "kernel drops and retransmits are not attributed to peers");
+        KernelLayout::default()
     })
 }
 
@@ -113,6 +164,19 @@ mod tests {
         assert!(layout.net_inum < 4096, "{layout:?}");
         assert!(layout.skb_sk > 0 && layout.skb_sk < 64, "{layout:?}");
         assert!(layout.sk_family < 64, "{layout:?}");
+        assert_eq!(layout.peers, 1, "{layout:?}");
+        for offset in [
+            layout.skb_iif,
+            layout.skb_head,
+            layout.skb_network_header,
+            layout.skb_protocol,
+        ] {
+            assert!(offset > 0 && offset < 256, "{layout:?}");
+        }
+        assert!(
+            layout.sk_daddr < 64 && layout.sk_v6_daddr > 0 && layout.sk_v6_daddr < 256,
+            "{layout:?}"
+        );
         // Every kernel with BTF passes at least (skb, location) and (sk, skb).
         assert!(btf.tracepoint_args(DROPS_TRACEPOINT).unwrap() >= 2);
         assert!(btf.tracepoint_args(RETRANSMITS_TRACEPOINT).unwrap() >= 2);

@@ -5,6 +5,7 @@ use prometheus::proto::MetricFamily;
 
 use telemetryd_common::drops::DROPS_ERROR_LABELS;
 
+use super::classes::classify;
 use super::stats::DropStats;
 use crate::metrics::family::{counter, Series};
 use crate::sources::cardinality::OTHER;
@@ -50,7 +51,10 @@ fn families(snapshot: &DropStats) -> Vec<MetricFamily> {
     let reasons = snapshot
         .kernel_drops
         .iter()
-        .map(|(reason, n)| Series::new(&[("reason", reason)], *n as f64))
+        .map(|(reason, n)| {
+            let class = classify(reason).label();
+            Series::new(&[("reason", reason.as_str()), ("class", class)], *n as f64)
+        })
         .collect();
     let folded = &snapshot.device_drops_folded;
     let by_device = snapshot
@@ -64,6 +68,16 @@ fn families(snapshot: &DropStats) -> Vec<MetricFamily> {
                 Series::new(&[("device", device), ("reason", reason)], *n as f64)
             })
         })
+        .collect();
+    let by_peer = snapshot
+        .peer_series
+        .iter()
+        .map(|((device, peer), n)| Series::new(&[("device", device), ("peer", peer)], *n as f64))
+        .collect();
+    let retransmits_by_peer = snapshot
+        .peer_retransmits
+        .iter()
+        .map(|(peer, n)| Series::new(&[("peer", peer)], *n as f64))
         .collect();
     let tcp = &snapshot.tcp;
     let traced = snapshot.retransmits_traced();
@@ -79,13 +93,23 @@ fn families(snapshot: &DropStats) -> Vec<MetricFamily> {
     vec![
         counter(
             "telemetryd_kernel_drops_total",
-            "Packets the kernel freed as dropped (skb:kfree_skb), by drop reason (enum skb_drop_reason without its SKB_DROP_REASON_ prefix; reasons seen so far).",
+            "Packets the kernel freed as dropped (skb:kfree_skb), by drop reason (enum skb_drop_reason without its SKB_DROP_REASON_ prefix; reasons seen so far) and its class (loss, local, unknown: README's drop reason classes).",
             reasons,
         ),
         counter(
             "telemetryd_kernel_device_drops_total",
             "The kernel drops whose packet named a device of this network namespace, by device and drop reason.",
             by_device,
+        ),
+        counter(
+            "telemetryd_peer_drops_total",
+            "Kernel drops of the loss class of packets received on a device of this network namespace, by device and the packet's IP source address (peer); at most 32 peers per device, the first seen, the rest as peer=\"other\".",
+            by_peer,
+        ),
+        counter(
+            "telemetryd_peer_tcp_retransmits_total",
+            "TCP segments retransmitted (tcp:tcp_retransmit_skb) in this network namespace, by the socket's remote address (peer); at most 32 peers, the first seen, the rest as peer=\"other\".",
+            retransmits_by_peer,
         ),
         counter(
             "telemetryd_tcp_retransmits_total",
@@ -114,10 +138,14 @@ mod tests {
     fn renders_loss_signals() {
         let mut s = DropStats::default();
         s.kernel_drops.insert("NETFILTER_DROP".into(), 12);
+        s.kernel_drops.insert("QUEUE_PURGE".into(), 7);
+        s.kernel_drops.insert("OTHER".into(), 1);
         s.device_drops
             .entry("veth0".into())
             .or_default()
             .insert("NETFILTER_DROP".into(), 10);
+        s.peer_series.insert(("veth0".into(), "10.1.0.7".into()), 9);
+        s.peer_retransmits.insert("10.1.0.8".into(), 2);
         s.tcp.retransmits_ipv4 = 3;
         s.tcp.segments_out = 1000;
         s.tcp.retrans_segs = 4;
@@ -128,9 +156,13 @@ mod tests {
         };
         let text = snapshot.render(Vec::new()).unwrap();
         for line in [
-            r#"telemetryd_kernel_drops_total{reason="NETFILTER_DROP"} 12"#,
+            r#"telemetryd_kernel_drops_total{class="loss",reason="NETFILTER_DROP"} 12"#,
+            r#"telemetryd_kernel_drops_total{class="local",reason="QUEUE_PURGE"} 7"#,
+            r#"telemetryd_kernel_drops_total{class="unknown",reason="OTHER"} 1"#,
             r#"telemetryd_kernel_device_drops_total{device="veth0",reason="NETFILTER_DROP"} 10"#,
             r#"telemetryd_tcp_retransmits_total{family="ipv4"} 3"#,
+            r#"telemetryd_peer_drops_total{device="veth0",peer="10.1.0.7"} 9"#,
+            r#"telemetryd_peer_tcp_retransmits_total{peer="10.1.0.8"} 2"#,
             r#"telemetryd_tcp_retransmits_total{family="ipv6"} 0"#,
             "telemetryd_tcp_segments_sent_total 1000",
             "telemetryd_tcp_segments_retransmitted_total 4",

@@ -6,6 +6,7 @@
 //! CAP_SYS_ADMIN, tracefs mode 0700) can neither read nor mount. Its section
 //! of the snapshot is [`DropStats`].
 
+pub mod classes;
 pub mod layout;
 pub mod metrics;
 pub mod snmp;
@@ -19,10 +20,11 @@ use aya::programs::raw_trace_point::RawTracePointLink;
 use aya::programs::RawTracePoint;
 use aya::EbpfLoader;
 use telemetryd_common::drops::{
-    DeviceDropKey, KernelLayout, DEVICE_DROPS_MAP, DROPS_ERRORS_MAP, DROPS_PROGRAM,
-    DROPS_TRACEPOINT, DROP_REASONS_MAP, DROP_REASON_SLOTS, FAMILY_SLOT_IPV4, FAMILY_SLOT_IPV6,
-    KFREE_SKB_ARGS_WITH_REASON, KFREE_SKB_ARGS_WITH_RX_SK, LAYOUT_GLOBAL, RETRANSMITS_MAP,
-    RETRANSMITS_PROGRAM, RETRANSMITS_TRACEPOINT,
+    DeviceDropKey, KernelLayout, PeerDropKey, PeerKey, AF_INET, AF_INET6, DEVICE_DROPS_MAP,
+    DROPS_ERRORS_MAP, DROPS_PROGRAM, DROPS_TRACEPOINT, DROP_REASONS_MAP, DROP_REASON_SLOTS,
+    FAMILY_SLOT_IPV4, FAMILY_SLOT_IPV6, KFREE_SKB_ARGS_WITH_REASON, KFREE_SKB_ARGS_WITH_RX_SK,
+    LAYOUT_GLOBAL, PEER_DROPS_MAP, PEER_RETRANSMITS_MAP, RETRANSMITS_MAP, RETRANSMITS_PROGRAM,
+    RETRANSMITS_TRACEPOINT,
 };
 use tracing::{debug, info, warn};
 
@@ -98,6 +100,9 @@ pub fn prepare(btf: Result<&KernelBtf, &BtfError>) -> DropsLoad {
             "kfree_skb passes no drop reason on this kernel: drops are counted as OTHER"
         );
     }
+    if btf.is_some() {
+        info!(classes = %names.class_summary(), "drop reason classes");
+    }
     debug!(
         ?layout,
         "kernel struct offsets and kfree_skb arguments from BTF"
@@ -125,6 +130,12 @@ pub fn describe(btf: Result<&KernelBtf, &BtfError>) -> String {
                     out.push_str(&format!("  drop reasons         no   {e}\n"))
                 }
             }
+            if let Ok(names) = DropReasonNames::from_btf(btf) {
+                out.push_str(&format!(
+                    "  reason classes       {}\n",
+                    names.class_summary()
+                ));
+            }
             match kernel_layout(btf) {
                 Ok(l) => out.push_str(&format!(
                     "  device attribution   yes  sk_buff.dev +{}, sk_buff.sk +{}, net_device.ifindex +{}, \
@@ -132,6 +143,14 @@ pub fn describe(btf: Result<&KernelBtf, &BtfError>) -> String {
                     l.skb_dev, l.skb_sk, l.dev_ifindex, l.dev_net, l.sk_net, l.sk_family, l.net_inum
                 )),
                 Err(e) => out.push_str(&format!("  device attribution   no   {e}\n")),
+            }
+            match kernel_layout(btf) {
+                Ok(l) if l.peers == 1 => out.push_str(&format!(
+                    "  peer attribution     yes  sk_buff.skb_iif +{}, sk_buff.head +{}, sk_buff.network_header +{}, \
+                     sk_buff.protocol +{}, sock.skc_daddr +{}, sock.skc_v6_daddr +{}\n",
+                    l.skb_iif, l.skb_head, l.skb_network_header, l.skb_protocol, l.sk_daddr, l.sk_v6_daddr
+                )),
+                _ => out.push_str("  peer attribution     no   a struct field is missing from BTF\n"),
             }
         }
         Err(e) => {
@@ -150,6 +169,12 @@ pub fn describe(btf: Result<&KernelBtf, &BtfError>) -> String {
 pub struct DropsSource {
     reasons: PerCpuArray<MapData, u64>,
     devices: PerCpuHashMap<MapData, DeviceDropKey, u64>,
+    peers: PerCpuHashMap<MapData, PeerDropKey, u64>,
+    peer_retransmits: PerCpuHashMap<MapData, PeerKey, u64>,
+    /// The peers that have series of their own, per device ("" for
+    /// retransmits): the first [`stats::MAX_PEER_SERIES`] seen, kept so
+    /// that every series only grows.
+    peer_series: BTreeMap<String, std::collections::BTreeSet<String>>,
     retransmits: PerCpuArray<MapData, u64>,
     errors: PerCpuArray<MapData, u64>,
     names: DropReasonNames,
@@ -191,6 +216,9 @@ impl DropsSource {
         Ok(Self {
             reasons: object.take_map(DROP_REASONS_MAP)?,
             devices: object.take_map(DEVICE_DROPS_MAP)?,
+            peers: object.take_map(PEER_DROPS_MAP)?,
+            peer_retransmits: object.take_map(PEER_RETRANSMITS_MAP)?,
+            peer_series: BTreeMap::new(),
             retransmits: object.take_map(RETRANSMITS_MAP)?,
             errors: object.take_map(DROPS_ERRORS_MAP)?,
             names,
@@ -275,6 +303,63 @@ impl DropsSource {
             .fold(by_device.keys().map(String::as_str), |device| {
                 by_device[device].clone()
             });
+        for entry in self.peers.iter() {
+            let Ok((key, per_cpu)) = entry else { continue };
+            let Some(peer) = peer_address(&key.peer) else {
+                continue;
+            };
+            let n: u64 = per_cpu.iter().sum();
+            let device = self
+                .last_names
+                .get(&key.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("ifindex{}", key.ifindex));
+            *snapshot
+                .peer_drops
+                .entry(device)
+                .or_default()
+                .entry(peer.to_string())
+                .or_default()
+                .entry(self.names.name(key.reason).to_owned())
+                .or_default() += n;
+        }
+        for (device, peers) in &snapshot.peer_drops {
+            let totals: BTreeMap<&str, u64> = peers
+                .iter()
+                .map(|(peer, reasons)| {
+                    let loss = reasons
+                        .iter()
+                        .filter(|(r, _)| classes::classify(r) == classes::DropClass::Loss)
+                        .map(|(_, n)| n)
+                        .sum();
+                    (peer.as_str(), loss)
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            let kept = self.peer_series.entry(device.clone()).or_default();
+            cap_series(kept, &totals, |peer, n| {
+                *snapshot
+                    .peer_series
+                    .entry((device.clone(), peer.to_owned()))
+                    .or_default() += n;
+            });
+        }
+        let mut retransmits: BTreeMap<String, u64> = BTreeMap::new();
+        for entry in self.peer_retransmits.iter() {
+            let Ok((key, per_cpu)) = entry else { continue };
+            if let Some(peer) = peer_address(&key) {
+                *retransmits.entry(peer.to_string()).or_default() += per_cpu.iter().sum::<u64>();
+            }
+        }
+        let totals: BTreeMap<&str, u64> =
+            retransmits.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+        let kept = self.peer_series.entry(String::new()).or_default();
+        cap_series(kept, &totals, |peer, n| {
+            *snapshot
+                .peer_retransmits
+                .entry(peer.to_owned())
+                .or_default() += n;
+        });
         let family = |slot: u32| -> u64 {
             self.retransmits
                 .get(&slot, 0)
@@ -305,6 +390,40 @@ fn interface_names() -> Option<BTreeMap<u32, String>> {
         Err(error) => {
             debug!(%error, "listing interfaces for the drops by device");
             None
+        }
+    }
+}
+
+/// The address of a peer key; `None` for a family neither IPv4 nor IPv6.
+fn peer_address(key: &PeerKey) -> Option<std::net::IpAddr> {
+    match u16::try_from(key.family).ok()? {
+        AF_INET => {
+            Some(std::net::Ipv4Addr::new(key.addr[0], key.addr[1], key.addr[2], key.addr[3]).into())
+        }
+        AF_INET6 => Some(std::net::Ipv6Addr::from(key.addr).into()),
+        _ => None,
+    }
+}
+
+/// Hands each of `totals` to `emit` under its own name when it is in
+/// `kept` or there is room for it (largest first), else under
+/// [`stats::OTHER_PEERS`]: at most [`stats::MAX_PEER_SERIES`] names plus
+/// `other`, and since `kept` only grows, every series only grows.
+fn cap_series(
+    kept: &mut std::collections::BTreeSet<String>,
+    totals: &BTreeMap<&str, u64>,
+    mut emit: impl FnMut(&str, u64),
+) {
+    let mut by_size: Vec<(&str, u64)> = totals.iter().map(|(p, n)| (*p, *n)).collect();
+    by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    for (peer, n) in by_size {
+        if !kept.contains(peer) && kept.len() < stats::MAX_PEER_SERIES {
+            kept.insert(peer.to_owned());
+        }
+        if kept.contains(peer) {
+            emit(peer, n);
+        } else {
+            emit(stats::OTHER_PEERS, n);
         }
     }
 }

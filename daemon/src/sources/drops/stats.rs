@@ -5,6 +5,10 @@ use std::collections::BTreeMap;
 use telemetryd_common::drops::DROPS_ERROR_SLOTS;
 
 use crate::sources::cardinality::Folded;
+/// Peers per device (and retransmitting peers) that get series of their own.
+pub const MAX_PEER_SERIES: usize = 32;
+/// The peer label of the rolled-up rest.
+pub const OTHER_PEERS: &str = "other";
 
 /// What one poll read of the drop and retransmit programs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -19,6 +23,17 @@ pub struct DropStats {
     /// Devices of `device_drops` whose series are folded into
     /// `device="other"` (`[metrics] max_drop_devices`), and the roll-up.
     pub device_drops_folded: Folded<String>,
+    /// The kernel drops of received packets, by the device they came in
+    /// on, then their IP source address (the peer), then reason name (a
+    /// subset of `device_drops`, bounded by the kernel map).
+    pub peer_drops: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
+    /// What `telemetryd_peer_drops_total` shows: drops of the loss class by
+    /// (device, peer), at most [`MAX_PEER_SERIES`] peers per device (the
+    /// first seen), the rest summed under the peer [`OTHER_PEERS`].
+    pub peer_series: BTreeMap<(String, String), u64>,
+    /// TCP segments retransmitted by the remote address of their socket,
+    /// at most [`MAX_PEER_SERIES`] peers, the rest under [`OTHER_PEERS`].
+    pub peer_retransmits: BTreeMap<String, u64>,
     /// TCP counters of the node.
     pub tcp: TcpStats,
     /// The programs' own errors by `DropsError` slot.

@@ -80,11 +80,27 @@ fn families(events: &EventStats) -> Vec<MetricFamily> {
             vec![Series::new(&[("source", source)], events.top_talkers_bound as f64)],
         ),
     ];
-    let mut packets = Vec::new();
+    let top = &events.top_talkers;
+    families.push(gauge(
+        "telemetryd_top_talkers_samples",
+        "Sampled packets in the top-talkers window, over all peers (the summary's samples).",
+        vec![Series::new(
+            &[("source", source)],
+            top.sampled_packets as f64,
+        )],
+    ));
+    families.push(gauge(
+        "telemetryd_top_talkers_error_bound_packets",
+        "The top-talkers summary's error bound (x sample rate): no count is off by more, no peer left out sent more.",
+        vec![Series::new(&[("source", source)], top.error_bound)],
+    ));
+    let (mut packets, mut packets_min, mut packets_max) = (Vec::new(), Vec::new(), Vec::new());
     let mut bytes = Vec::new();
-    for peer in &events.top_talkers.peers {
+    for peer in &top.peers {
         let labels = [("peer", peer.peer.as_str()), ("direction", peer.direction)];
         packets.push(Series::new(&labels, peer.packets));
+        packets_min.push(Series::new(&labels, peer.packets_min));
+        packets_max.push(Series::new(&labels, peer.packets_max));
         bytes.push(Series::new(&labels, peer.bytes));
     }
     // Everyone outside the top K, from the start (0 before any event).
@@ -93,8 +109,18 @@ fn families(events: &EventStats) -> Vec<MetricFamily> {
     bytes.push(Series::new(&other, events.top_talkers.other_bytes));
     families.push(gauge(
         "telemetryd_top_talker_packets",
-        "Estimated packets from each of the top K peers over the top-talkers window (sampled count x sample rate); peer=\"other\": every other peer.",
+        "Estimated packets from each of the top K heavy hitters over the top-talkers window (sampled count x sample rate); peer=\"other\": every other peer.",
         packets,
+    ));
+    families.push(gauge(
+        "telemetryd_top_talker_packets_min",
+        "Packets each top-K heavy hitter sent at least (guaranteed: count - error, x sample rate); above telemetryd_top_talkers_error_bound_packets.",
+        packets_min,
+    ));
+    families.push(gauge(
+        "telemetryd_top_talker_packets_max",
+        "Packets each top-K heavy hitter sent at most (its count plus the error of the sub-windows that do not track it, x sample rate).",
+        packets_max,
     ));
     families.push(gauge(
         "telemetryd_top_talker_bytes",
@@ -191,9 +217,13 @@ mod tests {
             r#"telemetryd_event_delivery_seconds_bucket{source="packet_events",le="+Inf"} 3"#,
             r#"telemetryd_top_talker_packets{direction="rx",peer="10.0.0.2"} 20"#,
             r#"telemetryd_top_talker_bytes{direction="rx",peer="10.0.0.2"} 2000"#,
+            r#"telemetryd_top_talker_packets_min{direction="rx",peer="10.0.0.2"} 20"#,
+            r#"telemetryd_top_talker_packets_max{direction="rx",peer="10.0.0.2"} 20"#,
             r#"telemetryd_top_talker_packets{direction="rx",peer="other"} 10"#,
             r#"telemetryd_top_talker_bytes{direction="rx",peer="other"} 600"#,
             r#"telemetryd_series_folded{family="telemetryd_top_talker_packets"} 1"#,
+            r#"telemetryd_top_talkers_samples{source="packet_events"} 3"#,
+            r#"telemetryd_top_talkers_error_bound_packets{source="packet_events"} 0"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -9,6 +9,7 @@
 
 pub mod decode;
 pub mod metrics;
+pub mod peer_packets;
 pub mod stats;
 pub mod top_talkers;
 
@@ -198,6 +199,7 @@ pub struct EventState {
     pub lost_user: u64,
     pub delivery: DeliveryLatency,
     pub top_talkers: TopTalkers,
+    pub peer_packets: peer_packets::PeerPackets,
 }
 
 impl EventState {
@@ -207,6 +209,7 @@ impl EventState {
             lost_user: 0,
             delivery: DeliveryLatency::default(),
             top_talkers,
+            peer_packets: Default::default(),
         }
     }
 
@@ -219,6 +222,7 @@ impl EventState {
                         self.delivery.record(seconds);
                     }
                     if let Some(peer) = event.src {
+                        self.peer_packets.record(event.ifindex, peer);
                         self.top_talkers.record(
                             received.received_ns,
                             peer,
@@ -272,6 +276,11 @@ impl PacketEvents {
         let (sampled, lost_kernel) = self.counts.read();
         let mut state = lock(&self.state);
         let top_talkers = state.top_talkers.report(monotonic_ns());
+        let peer_packets = if state.peer_packets.is_empty() {
+            Default::default()
+        } else {
+            state.peer_packets.by_device(&interface_names())
+        };
         debug!(
             sampled,
             delivered = state.delivered,
@@ -289,8 +298,18 @@ impl PacketEvents {
             top_talkers_tracked: state.top_talkers.entries() as u64,
             top_talkers_bound: state.top_talkers.bound() as u64,
             top_talkers,
+            peer_packets,
         }
     }
+}
+
+/// ifindex -> name of this namespace's interfaces.
+fn interface_names() -> std::collections::BTreeMap<u32, String> {
+    crate::kernel::interfaces::list()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| (i.ifindex, i.name))
+        .collect()
 }
 
 impl Drop for PacketEvents {

@@ -30,6 +30,9 @@ pub struct EventStats {
     pub top_talkers_bound: u64,
     /// The top talkers over their window, as of the poll.
     pub top_talkers: TopTalkersReport,
+    /// Sampled packets since start by device, then peer (source address),
+    /// the rest of a device under `other` (see `peer_packets`).
+    pub peer_packets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
 }
 
 /// Non-cumulative counts over [`DELIVERY_BUCKETS`] plus `+Inf`, and the

@@ -10,6 +10,18 @@
 //! and counts exactly while it has seen no more than `capacity` peers.
 //! Counts are of sampled packets; estimates are scaled by the sample rate.
 //!
+//! Error bounds: a sub-window whose summary is full overestimates any
+//! tracked peer by at most its smallest count, and any peer it does not
+//! track sent it at most that many; a summary that is not full is exact
+//! (bound 0). The report gives each peer its estimate (the sum of its
+//! counts), its guaranteed count (the sum of count - error, a lower bound
+//! of the truth) and its upper bound (the estimate plus the bounds of the
+//! sub-windows that do not track it), and the summary's error bound (the
+//! sum of the sub-windows' bounds: no peer left out of the report sent
+//! more). A peer is a heavy hitter, and reported, only when its guaranteed
+//! count exceeds the summary's error bound: below that, any of the peers
+//! left out may have sent as much.
+//!
 //! Plain data, no aya: the drain feeds it, the poll reads it.
 
 use std::collections::{BTreeSet, HashMap};
@@ -85,6 +97,16 @@ impl SpaceSaving {
     fn len(&self) -> usize {
         self.counts.len()
     }
+
+    /// The most a tracked peer's count overestimates it, and the most an
+    /// untracked peer sent: the smallest count once full, 0 before.
+    fn error_bound(&self) -> u64 {
+        if self.counts.len() < self.capacity {
+            0
+        } else {
+            self.order.first().map_or(0, |(min, _)| *min)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -101,8 +123,15 @@ pub struct TopTalker {
     pub peer: String,
     /// `rx`: XDP sees frames arriving, so peers are source addresses.
     pub direction: &'static str,
-    /// Estimated packets over the window (sampled count x sample rate).
+    /// Estimated packets over the window (sampled count x sample rate): the
+    /// summary's count, which overestimates by at most `packets - packets_min`.
     pub packets: f64,
+    /// Guaranteed packets: the peer sent at least this many (count - error,
+    /// x sample rate).
+    pub packets_min: f64,
+    /// The peer sent at most this many (its count plus the error bound of
+    /// each sub-window that does not track it, x sample rate).
+    pub packets_max: f64,
     /// Estimated bytes (L2 frame length) over the window.
     pub bytes: f64,
     /// Fraction of the window's sampled packets (0..=1).
@@ -114,8 +143,14 @@ pub struct TopTalker {
 pub struct TopTalkersReport {
     pub window_seconds: f64,
     pub sample_rate: u32,
-    /// Sampled packets in the window, over all peers.
+    /// Sampled packets in the window, over all peers: the summary's samples.
     pub sampled_packets: u64,
+    /// The summary's error bound in packets (x sample rate): no peer left
+    /// out of `peers` sent more, and no count is off by more. 0 while every
+    /// sub-window counts exactly.
+    pub error_bound: f64,
+    /// Heavy hitters only: the top K peers whose guaranteed count exceeds
+    /// `error_bound`, by estimate.
     pub peers: Vec<TopTalker>,
     /// Estimated packets and bytes of every peer outside the top K over
     /// the window (the `peer="other"` roll-up of the metrics).
@@ -215,30 +250,48 @@ impl TopTalkers {
     /// Merges the sub-windows still in the window as of `self.now_ns`.
     fn summarize(&self) -> TopTalkersReport {
         let current = self.now_ns / self.sub_ns;
-        let live = self
+        let live: Vec<&SubWindow> = self
             .subs
             .iter()
-            .filter(|s| s.index + SUB_WINDOWS as u64 > current);
-        let mut merged: HashMap<IpAddr, (u64, u64)> = HashMap::new();
-        let mut total = 0;
-        let mut total_bytes = 0;
-        for sub in live {
+            .filter(|s| s.index + SUB_WINDOWS as u64 > current)
+            .collect();
+        #[derive(Default)]
+        struct Merged {
+            packets: u64,
+            bytes: u64,
+            guaranteed: u64,
+            /// Sum of the error bounds of the sub-windows that track it.
+            tracked_bounds: u64,
+        }
+        let mut merged: HashMap<IpAddr, Merged> = HashMap::new();
+        let (mut total, mut total_bytes, mut error_bound) = (0, 0, 0);
+        for sub in &live {
             total += sub.packets;
             total_bytes += sub.bytes;
+            let bound = sub.summary.error_bound();
+            error_bound += bound;
             for (peer, c) in &sub.summary.counts {
                 let m = merged.entry(*peer).or_default();
-                m.0 += c.packets;
-                m.1 += c.bytes;
+                m.packets += c.packets;
+                m.bytes += c.bytes;
+                m.guaranteed += c.packets - c.error;
+                m.tracked_bounds += bound;
             }
         }
-        let mut peers: Vec<(IpAddr, u64, u64)> =
-            merged.into_iter().map(|(p, (n, b))| (p, n, b)).collect();
-        peers.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
-        let tracked = peers.len();
+        let tracked = merged.len();
+        let mut peers: Vec<(IpAddr, Merged)> = merged
+            .into_iter()
+            .filter(|(_, m)| m.guaranteed > error_bound)
+            .collect();
+        peers.sort_by(|a, b| {
+            (b.1.packets.cmp(&a.1.packets))
+                .then(b.1.bytes.cmp(&a.1.bytes))
+                .then(a.0.cmp(&b.0))
+        });
         peers.truncate(self.k);
         let scale = f64::from(self.sample_rate.max(1));
-        let top_packets: u64 = peers.iter().map(|p| p.1).sum();
-        let top_bytes: u64 = peers.iter().map(|p| p.2).sum();
+        let top_packets: u64 = peers.iter().map(|p| p.1.packets).sum();
+        let top_bytes: u64 = peers.iter().map(|p| p.1.bytes).sum();
         TopTalkersReport {
             window_seconds: self.window.as_secs_f64(),
             sample_rate: self.sample_rate,
@@ -246,17 +299,20 @@ impl TopTalkers {
             other_packets: total.saturating_sub(top_packets) as f64 * scale,
             other_bytes: total_bytes.saturating_sub(top_bytes) as f64 * scale,
             folded_peers: (tracked - peers.len()) as u64,
+            error_bound: error_bound as f64 * scale,
             peers: peers
                 .into_iter()
-                .map(|(peer, packets, bytes)| TopTalker {
+                .map(|(peer, m)| TopTalker {
                     peer: peer.to_string(),
                     direction: "rx",
-                    packets: packets as f64 * scale,
-                    bytes: bytes as f64 * scale,
+                    packets: m.packets as f64 * scale,
+                    packets_min: m.guaranteed as f64 * scale,
+                    packets_max: (m.packets + error_bound - m.tracked_bounds) as f64 * scale,
+                    bytes: m.bytes as f64 * scale,
                     share: if total == 0 {
                         0.0
                     } else {
-                        packets as f64 / total as f64
+                        m.packets as f64 / total as f64
                     },
                 })
                 .collect(),
@@ -358,12 +414,97 @@ mod tests {
         let report = top.report(60 * SEC);
         assert_eq!(report.peers[0].peer, "10.0.0.1");
         assert_eq!(report.peers[1].peer, "10.0.0.2");
+        assert_eq!(
+            report.peers.len(),
+            2,
+            "one-packet peers are no heavy hitters"
+        );
         // Space-saving overestimates by at most packets/capacity per sub-window.
         let true_share = 1.0 / 11.5;
         assert!(
             (report.peers[0].share - true_share).abs() < 0.03,
             "{report:?}"
         );
+    }
+
+    /// Checks every bound of `report` against the truth (`sent`, sampled
+    /// packets by peer): estimates and guaranteed counts bracket it, no
+    /// left-out peer sent more than the error bound, and every reported
+    /// peer's guaranteed count exceeds the error bound.
+    fn check_bounds(report: &TopTalkersReport, sent: &HashMap<IpAddr, u64>) {
+        for p in &report.peers {
+            let truth = sent[&p.peer.parse::<IpAddr>().unwrap()] as f64;
+            assert!(
+                p.packets_min <= truth && truth <= p.packets_max && p.packets <= p.packets_max,
+                "{p:?}: true {truth}"
+            );
+            assert!(p.packets_min > report.error_bound, "{p:?} in {report:?}");
+        }
+        for (peer, n) in sent {
+            if !report.peers.iter().any(|p| p.peer == peer.to_string()) {
+                assert!(
+                    *n as f64 <= report.error_bound || report.peers.len() == 1,
+                    "{peer}: {n}"
+                );
+            }
+        }
+    }
+
+    /// 50,000 peers sending 24 packets each, interleaved: the summary is
+    /// full, its error bound is far above 24, so no peer is a heavy hitter
+    /// (the ten peers of "10,000 packets" were the error).
+    #[test]
+    fn uniform_small_senders_are_no_heavy_hitters() {
+        let mut top = TopTalkers::new(10, Duration::from_secs(60), 1);
+        let mut sent = HashMap::new();
+        let mut t = 0;
+        for _ in 0..24 {
+            for i in 0..50_000u32 {
+                t += 10_000; // 1.2 M packets over 12 s: two sub-windows
+                top.record(t, ip(0x10_0000 + i), 64);
+                *sent.entry(ip(0x10_0000 + i)).or_insert(0u64) += 1;
+            }
+        }
+        let report = top.report(t);
+        assert_eq!(report.sampled_packets, 1_200_000);
+        // About packets / capacity (80) per sub-window, summed: ~15,000.
+        assert!(report.error_bound >= 14_000.0, "{report:?}");
+        assert!(report.peers.is_empty(), "{:?}", report.peers);
+        check_bounds(&report, &sent);
+        assert!(top.shares().is_empty());
+    }
+
+    /// Three heavy senders among 50,000 small ones: exactly those three,
+    /// each within its bounds.
+    #[test]
+    fn three_heavy_senders_among_many_small_ones() {
+        let mut top = TopTalkers::new(100, Duration::from_secs(60), 1);
+        let mut sent = HashMap::new();
+        let heavy = [ip(1), ip(2), ip(3)];
+        let mut t = 0;
+        let mut n = 0u64;
+        for _ in 0..24 {
+            for i in 0..50_000u32 {
+                t += 10_000;
+                let peer = ip(0x10_0000 + i);
+                top.record(t, peer, 64);
+                *sent.entry(peer).or_insert(0u64) += 1;
+                n += 1;
+                if n.is_multiple_of(40) {
+                    let h = heavy[(n / 40 % 3) as usize];
+                    top.record(t, h, 1500);
+                    *sent.entry(h).or_insert(0) += 1;
+                }
+            }
+        }
+        let report = top.report(t);
+        let mut got: Vec<&str> = report.peers.iter().map(|p| p.peer.as_str()).collect();
+        got.sort_unstable();
+        assert_eq!(got, ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "{report:?}");
+        check_bounds(&report, &sent);
+        for p in &report.peers {
+            assert_eq!(sent[&p.peer.parse::<IpAddr>().unwrap()], 10_000);
+        }
     }
 
     #[test]

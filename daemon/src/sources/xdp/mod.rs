@@ -191,12 +191,7 @@ impl XdpSource {
                 .push((iface.name.clone(), attachment.mode));
         }
         stats.errors = self.counter.maps().errors();
-        let interfaces = &stats.interfaces;
-        stats.folded = self
-            .cap
-            .fold(interfaces.keys().map(String::as_str), |device| {
-                interfaces[device].to_counts()
-            });
+        stats.fold_devices(&mut self.cap);
         stats.publishes_events = self.counter.publishes_events();
         let attached: HashSet<u32> = attachments.iter().map(|a| a.interface.ifindex).collect();
         self.counter.maps_mut().forget_detached(&attached);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use telemetryd_common::xdp::{FAMILIES, PROGRAM_ERROR_SLOTS, PROTOCOLS};
 
 use crate::config::XdpMode;
-use crate::sources::cardinality::{Counts, Folded};
+use crate::sources::cardinality::{Counts, DeviceCap, Folded};
 
 /// What one poll read of the packet counter.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -22,6 +22,18 @@ pub struct XdpStats {
     /// The build loaded publishes packet events (`xdp.sample_rate` > 0 and
     /// the kernel accepted it).
     pub publishes_events: bool,
+}
+
+impl XdpStats {
+    /// Sorts the interfaces into those with series of their own and those
+    /// folded into `device="other"` as `cap` says (`[metrics]`), filling
+    /// [`Self::folded`]; what each poll does once the counters are read.
+    pub fn fold_devices(&mut self, cap: &mut DeviceCap<usize>) {
+        let interfaces = &self.interfaces;
+        self.folded = cap.fold(interfaces.keys().map(String::as_str), |device| {
+            interfaces[device].to_counts()
+        });
+    }
 }
 
 /// Counters of one interface, cumulative since it was attached.

@@ -443,17 +443,28 @@ mod tests {
         assert_eq!(body.as_ref(), expected.as_slice());
     }
 
-    #[tokio::test]
-    async fn serves_over_a_real_socket_and_times_out_silent_clients() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = bind("127.0.0.1:0".parse().unwrap(), 4).await.unwrap();
+    /// A server on a loopback port with `max_connections` and the given
+    /// deadlines (50 ms header deadline at the cap).
+    async fn start_server(
+        max_connections: usize,
+        header_read_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> (
+        SocketAddr,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+        HttpMetrics,
+    ) {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), max_connections)
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = watch::channel(false);
         let limits = HttpLimits {
-            max_connections: 4,
-            header_read_timeout: Duration::from_millis(200),
+            max_connections,
+            header_read_timeout,
             header_read_timeout_at_cap: Duration::from_millis(50),
-            idle_timeout: Duration::from_secs(1),
+            idle_timeout,
         };
         let metrics = HttpMetrics::new();
         let server = tokio::spawn(serve(
@@ -463,6 +474,14 @@ mod tests {
             metrics.clone(),
             stop_rx,
         ));
+        (addr, stop_tx, server, metrics)
+    }
+
+    #[tokio::test]
+    async fn serves_over_a_real_socket_and_times_out_silent_clients() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (addr, stop_tx, server, _metrics) =
+            start_server(4, Duration::from_millis(200), Duration::from_secs(1)).await;
 
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream
@@ -497,23 +516,8 @@ mod tests {
     #[tokio::test]
     async fn at_the_cap_silent_clients_make_room_for_a_request() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = bind("127.0.0.1:0".parse().unwrap(), 2).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let limits = HttpLimits {
-            max_connections: 2,
-            header_read_timeout: Duration::from_secs(30),
-            header_read_timeout_at_cap: Duration::from_millis(50),
-            idle_timeout: Duration::from_secs(30),
-        };
-        let metrics = HttpMetrics::new();
-        let server = tokio::spawn(serve(
-            listener,
-            state(true),
-            limits,
-            metrics.clone(),
-            stop_rx,
-        ));
+        let (addr, stop_tx, server, metrics) =
+            start_server(2, Duration::from_secs(30), Duration::from_secs(30)).await;
         let mut silent = Vec::new();
         for _ in 0..2 {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -914,15 +914,14 @@ fn uniform_small_senders_report_no_heavy_hitter() {
     assert!(bound > f64::from(ROUNDS), "{json}");
     let peers = json["peers"].as_array().unwrap();
     assert!(peers.is_empty(), "heavy hitters among equals: {json}");
-    assert_eq!(
-        scrape
-            .text
-            .matches("telemetryd_top_talker_packets{")
-            .count(),
-        0,
-        "{}",
-        scrape.text
-    );
+    // The only series is the roll-up of every peer, peer="other".
+    let series: Vec<&str> = scrape
+        .text
+        .lines()
+        .filter(|l| l.starts_with("telemetryd_top_talker_packets{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{}", scrape.text);
+    assert!(series[0].contains("peer=\"other\""), "{series:?}");
 }
 
 /// Three heavy senders (10,000 frames each) among the 50,000 small ones:

@@ -123,6 +123,11 @@ pub fn build(root: &Path) -> Result<Package> {
         &fs::read(root.join("packaging/deb/changelog"))?,
         0o644,
     )?;
+    put(
+        &stage.join("usr/share/lintian/overrides/telemetryd"),
+        &fs::read(root.join("packaging/deb/lintian-overrides"))?,
+        0o644,
+    )?;
     let manual = stage.join("usr/share/man/man8/telemetryd.8");
     put(
         &manual,
@@ -358,6 +363,7 @@ pub fn check_lifecycle(root: &Path, package: &Path) -> Result<()> {
         "usr/share/doc/telemetryd/copyright",
         "usr/share/doc/telemetryd/changelog.gz",
         "usr/share/man/man8/telemetryd.8.gz",
+        "usr/share/lintian/overrides/telemetryd",
     ];
 
     step("package lifecycle: dpkg -i in a throwaway root");

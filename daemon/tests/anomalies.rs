@@ -71,6 +71,13 @@ fn records<'a>(doc: &'a Value, list: &str, kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// Whether an anomaly of `kind` on `subject` is active in `doc`.
+fn active_on(doc: &Value, kind: &str, subject: &str) -> bool {
+    records(doc, "active", kind)
+        .iter()
+        .any(|a| a["subject"] == subject)
+}
+
 /// Polls `/api/v1/anomalies` until `done` holds; returns the document and
 /// how long it took, or panics with the document and the log after `limit`.
 fn wait_for(
@@ -160,11 +167,7 @@ fn random_drops_fire_packet_loss_naming_netfilter_and_the_device_then_resolve() 
         &s.daemon,
         Duration::from_secs(10),
         "packet_loss firing for the device",
-        |doc| {
-            records(doc, "active", "packet_loss")
-                .iter()
-                .any(|a| a["subject"] == device.as_str())
-        },
+        |doc| active_on(doc, "packet_loss", &device),
     );
     let active = records(&doc, "active", "packet_loss");
     // Every drop names the device: one anomaly, on the device, none on the
@@ -558,11 +561,7 @@ fn loss_from_one_of_three_peers_names_the_peer_and_spread_loss_the_device() {
         &daemon,
         Duration::from_secs(10),
         "packet_loss naming the lossy peer",
-        |doc| {
-            records(doc, "active", "packet_loss")
-                .iter()
-                .any(|a| a["subject"] == subject.as_str())
-        },
+        |doc| active_on(doc, "packet_loss", &subject),
     );
     let active = records(&doc, "active", "packet_loss");
     assert_eq!(active.len(), 1, "only the lossy peer's anomaly: {doc:#}");
@@ -622,11 +621,7 @@ fn loss_from_one_of_three_peers_names_the_peer_and_spread_loss_the_device() {
         &daemon,
         Duration::from_secs(10),
         "packet_loss on the device",
-        |doc| {
-            records(doc, "active", "packet_loss")
-                .iter()
-                .any(|a| a["subject"] == dev.as_str())
-        },
+        |doc| active_on(doc, "packet_loss", &dev),
     );
     let active = records(&doc, "active", "packet_loss");
     assert_eq!(active.len(), 1, "{doc:#}");
@@ -804,11 +799,7 @@ fn webhook_receives_firing_and_resolved_alerts() {
         &daemon,
         Duration::from_secs(10),
         "packet_loss firing",
-        |doc| {
-            records(doc, "active", "packet_loss")
-                .iter()
-                .any(|a| a["subject"] == veth.b.as_str())
-        },
+        |doc| active_on(doc, "packet_loss", &veth.b),
     );
     rule.remove();
     wait_for(
@@ -933,11 +924,7 @@ fn reads_twenty_times_slower_fire_latency_for_read() {
         &daemon,
         Duration::from_secs(10),
         "latency firing for read",
-        |doc| {
-            records(doc, "active", "latency")
-                .iter()
-                .any(|a| a["subject"] == "read")
-        },
+        |doc| active_on(doc, "latency", "read"),
     );
     let a = records(&doc, "active", "latency")
         .into_iter()

@@ -666,7 +666,14 @@ fn sampling_one_in_100_is_binomial_and_top_talkers_track_shares() {
     require_root();
     let (ns_a, ns_b) = (NetNs::new(), NetNs::new());
     let veth = VethPair::new(&ns_a, &ns_b);
-    let daemon = Daemon::start(&ns_a, &config(&veth.a, "sample_rate = 100"));
+    // A window longer than the test: the default 60 s keeps the last 50-60 s
+    // (six 10 s sub-windows), and beside the 1.2 M-frame loads of this file
+    // a slow machine took longer than that to send these 100,000 frames; the
+    // summary then held 930 samples of at least 951 events.
+    let daemon = Daemon::start(
+        &ns_a,
+        &config(&veth.a, "sample_rate = 100\ntop_talkers_window = \"600s\""),
+    );
     const SENT: u64 = 100_000;
     const RATE: f64 = 100.0;
     // 50 / 30 / 20 %, interleaved in a fixed 10-frame pattern: periodic
@@ -702,6 +709,10 @@ fn sampling_one_in_100_is_binomial_and_top_talkers_track_shares() {
     assert_eq!(json["sample_rate"], 100);
     let peers = json["peers"].as_array().unwrap();
     let samples = json["sampled_packets"].as_f64().unwrap();
+    assert_eq!(
+        samples, events,
+        "every delivered event is in the window: {json}"
+    );
     for (ip, share) in [("10.9.2.1", 0.5), ("10.9.2.2", 0.3), ("10.9.2.3", 0.2)] {
         let peer = peers
             .iter()

@@ -23,7 +23,7 @@ use crate::metrics::self_metrics::SelfMetrics;
 use crate::notify::{self, Notifier};
 use crate::readiness::Readiness;
 use crate::reload::{ConfigSource, Reloader};
-use crate::shutdown;
+use crate::shutdown::StopSignals;
 use crate::sources::{Snapshot, Sources};
 use crate::sys;
 use crate::webconfig::{WebAccess, WebSettings};
@@ -57,8 +57,11 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
         mut notifier,
         web,
     } = service;
-    // First thing, so an early SIGHUP is queued rather than fatal.
+    // First thing, so an early SIGHUP, SIGTERM or SIGINT is queued rather
+    // than fatal: a stop during start-up (loading can take a second) is then
+    // an orderly stop after it.
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut stop = StopSignals::install().context("installing the SIGTERM/SIGINT handlers")?;
     info!(web_config = %web.describe(), "web configuration");
     let web = WebAccess::new(web);
     let listen_flag = source.overrides.listen.is_some();
@@ -155,8 +158,6 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
 
     let mut ticker = tokio::time::interval(config.daemon.poll_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let stop = shutdown::stop_signal();
-    tokio::pin!(stop);
     let mut polls: u64 = 0;
     // Pings go out from this loop, at half the watchdog timeout even when
     // the poll interval is longer; a stalled loop sends none.
@@ -202,7 +203,7 @@ async fn run(service: Service, mut config: Config) -> anyhow::Result<()> {
                 }
                 notifier.reloaded();
             }
-            signal = &mut stop => break signal.context("installing signal handlers")?,
+            signal = stop.recv() => break signal,
         }
     };
     info!(signal = reason, "stopping");

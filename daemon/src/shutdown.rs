@@ -1,13 +1,30 @@
 //! Turning SIGTERM / SIGINT into an orderly stop.
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
-/// Resolves with the name of the first stop signal received.
-pub async fn stop_signal() -> std::io::Result<&'static str> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// The stop signals' handlers, installed when this is made: from then on a
+/// SIGTERM or SIGINT is queued for [`StopSignals::recv`] instead of killing
+/// the process with the default action. Made before anything else starts
+/// (listening, loading, READY=1), so a stop that arrives during start-up is
+/// as orderly as one that arrives later.
+pub struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves with the name of the next stop signal (cancel-safe).
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }

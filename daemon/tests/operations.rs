@@ -872,6 +872,34 @@ fn sigterm_and_sigint_detach_and_exit_0_within_5_s() {
     }
 }
 
+/// A stop that arrives while the daemon is still loading is queued and
+/// honoured once loading is done: an orderly stop, exit 0, nothing left
+/// attached. Until the handlers were installed first, a SIGTERM before the
+/// main loop's first turn killed the process with the default action.
+#[test]
+fn a_stop_signal_during_start_up_is_an_orderly_stop() {
+    require_root();
+    let ns = NetNs::new();
+    add_veth(&ns, "sua", "sub");
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut daemon = Daemon::spawn(&ns, &config("mode = \"generic\"", "100ms", "info"), &[]);
+        // Logged before the eBPF object loads and attaches, which takes far
+        // longer than the 10 ms this wait polls at.
+        wait_log(&daemon, "http listening", Duration::from_secs(10));
+        stop(&mut daemon, signal);
+        let log = daemon.log_text();
+        assert!(
+            log.contains("stopping") && log.contains("stopped"),
+            "signal {signal}: no orderly stop:\n{log}"
+        );
+        assert!(
+            devices_with_xdp(&ns).is_empty(),
+            "signal {signal} left {:?}",
+            xdp_programs(&ns)
+        );
+    }
+}
+
 #[test]
 fn sighup_applies_interfaces_and_log_level_and_keeps_the_config_when_invalid() {
     require_root();

@@ -116,9 +116,12 @@ impl Snapshot {
     /// Each signal of [`SOURCES`] and whether it is up.
     /// `telemetryd_source_up` and `/readyz` both say this.
     pub fn sources_up(&self) -> Vec<(&'static str, bool)> {
+        // Built once: with 500 interfaces the list is long, and every
+        // source but packet events looks through it.
+        let attachments = self.attachments();
         SOURCES
             .iter()
-            .map(|source| (*source, self.source_up(source)))
+            .map(|source| (*source, self.source_up(source, &attachments)))
             .collect()
     }
 
@@ -133,9 +136,9 @@ impl Snapshot {
     /// Whether one of [`SOURCES`] runs: its program is attached (and, for
     /// packet events, the attached build publishes them and their ring
     /// buffer is drained).
-    fn source_up(&self, source: &str) -> bool {
+    fn source_up(&self, source: &str, attachments: &[ProgramAttachment]) -> bool {
         use telemetryd_common::{drops, syscalls, xdp};
-        let attached = |program: &str| self.attachments().iter().any(|a| a.program == program);
+        let attached = |program: &str| attachments.iter().any(|a| a.program == program);
         match source {
             "xdp" => attached(xdp::PROGRAM_NAME),
             "syscalls" => attached(syscalls::PROGRAM_LABEL),

@@ -281,6 +281,23 @@ impl Reloader {
                 return None;
             }
         };
+        // The web configuration is loaded before anything is applied: one
+        // that is refused refuses the whole reload, as an invalid file does,
+        // so `telemetryd_config_last_reload_successful` says so.
+        let web = match &self.web {
+            Some(access) => match access.prepare(new.http.web_config_path()) {
+                Some(settings) => Some((access, settings)),
+                None => {
+                    error!(
+                        event = "config_reload",
+                        outcome = "invalid",
+                        "SIGHUP: the web configuration was refused; keeping the running configuration"
+                    );
+                    return None;
+                }
+            },
+            None => None,
+        };
         let previous_level = running.log.level.clone();
         let mut applied = merge(running, &new);
         if applied.log_level {
@@ -295,8 +312,8 @@ impl Reloader {
         if applied.analyzer {
             self.analyzer.send_replace(running.analyzer.clone());
         }
-        if let Some(web) = &self.web {
-            web.reload(running.http.web_config_path());
+        if let Some((access, settings)) = web {
+            access.apply(settings);
         }
         for key in &applied.needs_restart {
             warn!(

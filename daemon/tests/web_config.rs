@@ -238,6 +238,13 @@ fn sighup_rotates_certificates_and_users_on_the_same_listener() {
     wait_log(&daemon, "SIGHUP: web configuration reloaded", 1);
     let rotated = metrics(&trust_b, "bob:two");
     assert_eq!((rotated.exit, rotated.status), (0, 200), "{rotated:?}");
+    assert!(
+        rotated
+            .body
+            .contains("\ntelemetryd_config_last_reload_successful 1\n"),
+        "{}",
+        rotated.body
+    );
     assert_eq!(metrics(&trust_b, "alice:one").status, 401, "alice is gone");
     let old = metrics(&trust_a, "bob:two");
     assert_eq!(
@@ -265,6 +272,14 @@ fn sighup_rotates_certificates_and_users_on_the_same_listener() {
     );
     let kept = metrics(&trust_b, "bob:two");
     assert_eq!((kept.exit, kept.status), (0, 200), "{kept:?}");
+    // A refused web configuration is a refused reload, as an invalid
+    // telemetryd.toml is: the reload alert's metric says so.
+    assert!(
+        kept.body
+            .contains("\ntelemetryd_config_last_reload_successful 0\n"),
+        "{}",
+        kept.body
+    );
 
     // So do a key that does not match and a malformed hash.
     pki.replace("server.crt", &read(&b.cert));
@@ -290,6 +305,30 @@ fn sighup_rotates_certificates_and_users_on_the_same_listener() {
     assert!(log.contains("basic_auth_users.bob"), "{log}");
     assert_eq!(metrics(&trust_b, "bob:two").status, 200, "bob's hash kept");
     assert_eq!(metrics(&trust_b, "bob:wrong").status, 401);
+
+    // An emptied file would serve /metrics in the clear and to anyone: a
+    // reload refuses to turn TLS (or authentication) off.
+    pki.replace("web.yml", b"");
+    daemon.signal(libc::SIGHUP);
+    let log = wait_log(
+        &daemon,
+        "keeping the running TLS and authentication settings",
+        4,
+    );
+    assert!(log.contains("turns TLS off"), "{log}");
+    let kept = metrics(&trust_b, "bob:two");
+    assert_eq!(
+        (kept.exit, kept.status),
+        (0, 200),
+        "TLS and bob kept: {kept:?}"
+    );
+    assert_eq!(metrics(&trust_b, "bob:wrong").status, 401);
+    let plain = curl(
+        &ns.name,
+        &format!("{}/metrics", URL.replace("https://", "http://")),
+        &[],
+    );
+    assert_ne!(plain.status, 200, "no plain HTTP: {plain:?}");
     assert_eq!(listener_inode(&daemon), listener);
     assert_eq!(
         daemon.wait_exit(Duration::ZERO),

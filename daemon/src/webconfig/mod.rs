@@ -213,6 +213,18 @@ impl WebSettings {
         self.auth.as_ref().map_or(0, |a| a.len())
     }
 
+    /// What `next` would turn off that these settings have on: TLS, or
+    /// authentication. A reload must not do either (see [`WebAccess::reload`]).
+    fn downgrade_to(&self, next: &WebSettings) -> Option<&'static str> {
+        if self.tls.is_some() && next.tls.is_none() {
+            Some("TLS")
+        } else if self.users() > 0 && next.users() == 0 {
+            Some("basic authentication")
+        } else {
+            None
+        }
+    }
+
     /// One line for `telemetryd check` and the log.
     pub fn describe(&self) -> String {
         let Some(file) = &self.file else {
@@ -288,16 +300,36 @@ impl WebAccess {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(settings);
     }
 
-    /// SIGHUP: re-reads `path` (certificates, key, users, headers). A file
-    /// that does not load keeps the running settings; the reason is logged.
-    /// Connections already open keep the TLS session they have.
+    /// SIGHUP: re-reads `path` (certificates, key, users, headers) and
+    /// applies it; see [`WebAccess::prepare`] for what is refused.
     pub fn reload(&self, path: Option<&Path>) -> bool {
-        match WebSettings::load(path) {
-            Ok(settings) => {
-                info!(web_config = %settings.describe(), "SIGHUP: web configuration reloaded");
-                self.replace(settings);
+        match self.prepare(path) {
+            Some(settings) => {
+                self.apply(settings);
                 true
             }
+            None => false,
+        }
+    }
+
+    /// SIGHUP, first half: loads `path` without applying it. A file that
+    /// does not load is refused, and so is one that would turn TLS or
+    /// authentication off: an emptied or half-deployed file must not
+    /// silently serve /metrics in the clear or to anyone; turning either off
+    /// takes a restart. `None`: refused, the reason logged.
+    pub fn prepare(&self, path: Option<&Path>) -> Option<WebSettings> {
+        match WebSettings::load(path) {
+            Ok(settings) => match self.current().downgrade_to(&settings) {
+                Some(what) => {
+                    error!(
+                        web_config = %settings.describe(),
+                        "SIGHUP: the new web configuration turns {what} off; keeping the running \
+                         TLS and authentication settings (turning {what} off takes a restart)"
+                    );
+                    None
+                }
+                None => Some(settings),
+            },
             Err(reason) => {
                 error!(
                     error = %reason,
@@ -305,9 +337,16 @@ impl WebAccess {
                     "SIGHUP: the new web configuration is invalid; keeping the running TLS and \
                      authentication settings"
                 );
-                false
+                None
             }
         }
+    }
+
+    /// SIGHUP, second half: new connections get `settings`; connections
+    /// already open keep the TLS session they have.
+    pub fn apply(&self, settings: WebSettings) {
+        info!(web_config = %settings.describe(), "SIGHUP: web configuration reloaded");
+        self.replace(settings);
     }
 
     /// Wraps an accepted connection: as it is without TLS, else after the

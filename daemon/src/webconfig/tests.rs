@@ -140,10 +140,29 @@ async fn auth_guards_everything_but_healthz_and_headers_are_added() {
     assert!(!access.reload(Some(&path)));
     let response = access.respond(request("/metrics", good), ok).await;
     assert_eq!(response.status(), StatusCode::OK);
+    // One that would turn authentication off, an emptied file or none at
+    // all, is refused too: alice still needs her password.
     std::fs::write(&path, "").unwrap();
-    assert!(access.reload(Some(&path)));
+    assert!(
+        !access.reload(Some(&path)),
+        "an emptied file is not applied"
+    );
+    assert!(!access.reload(None), "no file is not applied");
     let response = access.respond(request("/metrics", None), ok).await;
-    assert_eq!(response.status(), StatusCode::OK, "no users: no auth");
-    assert!(response.headers().get("x-frame-options").is_none());
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "auth kept");
+    let bob = bcrypt::hash("two", 4).unwrap();
+    std::fs::write(&path, format!("basic_auth_users:\n  bob: {bob}\n")).unwrap();
+    assert!(access.reload(Some(&path)));
+    // bob:two
+    let response = access
+        .respond(request("/metrics", Some("Basic Ym9iOnR3bw==")), ok)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "bob replaces alice");
+    let response = access.respond(request("/metrics", good), ok).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "alice is gone");
+    assert!(
+        response.headers().get("x-frame-options").is_none(),
+        "the new file's headers (none) apply"
+    );
     let _ = std::fs::remove_file(&path);
 }

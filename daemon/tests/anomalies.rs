@@ -608,6 +608,10 @@ fn loss_from_one_of_three_peers_names_the_peer_and_spread_loss_the_device() {
     for other in &LAN_PEERS[..2] {
         assert_eq!(series(other), None, "{}", scrape.text);
     }
+    support::matrix::record(
+        "loss by neighbour",
+        "kfree_skb: the dropped packet's source address at skb->head + network_header, offsets from this kernel's BTF",
+    );
 
     drop(rule);
     wait_for(
@@ -678,6 +682,10 @@ fn retransmits_are_counted_by_the_remote_peer() {
         .filter(|l| l.starts_with("telemetryd_peer_tcp_retransmits_total{"))
         .count();
     assert_eq!(peers, 1, "{}", scrape.text);
+    support::matrix::record(
+        "TCP retransmits by remote peer",
+        "raw tracepoint tcp_retransmit_skb: the socket's remote address, offsets from this kernel's BTF",
+    );
 }
 
 /// A one-shot HTTP listener inside a namespace that answers 200 to every

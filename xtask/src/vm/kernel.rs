@@ -45,8 +45,8 @@ pub const SERIES: &[Series] = &[
 
 /// Modules every guest loads at boot (with their dependencies): 9p and
 /// overlayfs for the root, veth and virtio-net for the network tests,
-/// nftables (with `numgen`) for the drop tests. A name with no module file
-/// is built into that kernel.
+/// nftables (with `numgen`) for the drop tests, the bridge for the loss by
+/// neighbour test. A name with no module file is built into that kernel.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_pci",
     "9pnet_virtio",
@@ -56,6 +56,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_net",
     "nf_tables",
     "nft_numgen",
+    "bridge",
 ];
 
 /// One kernel, unpacked and ready to boot.
@@ -96,10 +97,13 @@ pub fn fetch(series: Series, cache: &Path) -> Result<Kernel> {
     };
     step(&format!("kernel {}: {package} {version}", series.name));
     let dir = cache.join(format!("{package}_{}", version.replace(['~', ':'], "_")));
+    // The marker holds the module list it was unpacked for: a cache made
+    // before a module joined GUEST_MODULES is unpacked again.
     let done = dir.join("ready");
-    if !done.exists() {
+    let wanted = GUEST_MODULES.join("\n");
+    if fs::read_to_string(&done).ok().as_deref() != Some(wanted.as_str()) {
         unpack(&package, &version, &dir)?;
-        fs::write(&done, b"")?;
+        fs::write(&done, wanted.as_bytes())?;
     }
     load(series, package, version, &dir)
 }

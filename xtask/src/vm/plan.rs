@@ -84,6 +84,14 @@ pub fn suite() -> GuestPlan {
                 ignored: false,
             },
             Run {
+                binary: "anomalies",
+                filters: &[
+                    "loss_from_one_of_three_peers",
+                    "retransmits_are_counted_by_the_remote_peer",
+                ],
+                ignored: false,
+            },
+            Run {
                 binary: "operations",
                 filters: &[
                     "the_units_capability_set",

@@ -214,7 +214,7 @@ impl WebSettings {
     }
 
     /// What `next` would turn off that these settings have on: TLS, or
-    /// authentication. A reload must not do either (see [`WebAccess::reload`]).
+    /// authentication. A reload must not do either (see [`WebAccess::prepare`]).
     fn downgrade_to(&self, next: &WebSettings) -> Option<&'static str> {
         if self.tls.is_some() && next.tls.is_none() {
             Some("TLS")
@@ -300,19 +300,8 @@ impl WebAccess {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(settings);
     }
 
-    /// SIGHUP: re-reads `path` (certificates, key, users, headers) and
-    /// applies it; see [`WebAccess::prepare`] for what is refused.
-    pub fn reload(&self, path: Option<&Path>) -> bool {
-        match self.prepare(path) {
-            Some(settings) => {
-                self.apply(settings);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// SIGHUP, first half: loads `path` without applying it. A file that
+    /// SIGHUP, first half: re-reads `path` (certificates, key, users,
+    /// headers) without applying it. A file that
     /// does not load is refused, and so is one that would turn TLS or
     /// authentication off: an emptied or half-deployed file must not
     /// silently serve /metrics in the clear or to anyone; turning either off

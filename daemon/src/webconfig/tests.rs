@@ -98,6 +98,17 @@ fn request(path: &str, authorization: Option<&str>) -> Request<()> {
     builder.body(()).unwrap()
 }
 
+/// A SIGHUP's two halves, as `Reloader::reload` runs them.
+fn reload(access: &WebAccess, path: Option<&Path>) -> bool {
+    match access.prepare(path) {
+        Some(settings) => {
+            access.apply(settings);
+            true
+        }
+        None => false,
+    }
+}
+
 fn ok(_: &Request<()>) -> Response<Full<Bytes>> {
     Response::new(Full::new(Bytes::from_static(b"ok")))
 }
@@ -137,22 +148,22 @@ async fn auth_guards_everything_but_healthz_and_headers_are_added() {
     // A reload that fails keeps alice; one that succeeds replaces her.
     let path = std::env::temp_dir().join(format!("webconfig-reload-{}.yml", std::process::id()));
     std::fs::write(&path, "basic_auth_users:\n  bob: nonsense\n").unwrap();
-    assert!(!access.reload(Some(&path)));
+    assert!(!reload(&access, Some(&path)));
     let response = access.respond(request("/metrics", good), ok).await;
     assert_eq!(response.status(), StatusCode::OK);
     // One that would turn authentication off, an emptied file or none at
     // all, is refused too: alice still needs her password.
     std::fs::write(&path, "").unwrap();
     assert!(
-        !access.reload(Some(&path)),
+        !reload(&access, Some(&path)),
         "an emptied file is not applied"
     );
-    assert!(!access.reload(None), "no file is not applied");
+    assert!(!reload(&access, None), "no file is not applied");
     let response = access.respond(request("/metrics", None), ok).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "auth kept");
     let bob = bcrypt::hash("two", 4).unwrap();
     std::fs::write(&path, format!("basic_auth_users:\n  bob: {bob}\n")).unwrap();
-    assert!(access.reload(Some(&path)));
+    assert!(reload(&access, Some(&path)));
     // bob:two
     let response = access
         .respond(request("/metrics", Some("Basic Ym9iOnR3bw==")), ok)

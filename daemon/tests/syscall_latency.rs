@@ -133,8 +133,8 @@ fn child_pipe(fifo: &str, n: u64, us: u64) -> u64 {
     // read, so every read waits the whole sleep plus lags that only add. A
     // free-running writer lets the reader's own wake-up lag eat into the next
     // read's wait: on a 6.12 TCG guest over 5 of 100 reads fell below the
-    // bucket although their mean was 17.4 ms. The channel
-    // blocks on a futex, not a read, so the only traced reads are the pipe's.
+    // bucket although their mean was 17.4 ms. The channel blocks on a
+    // futex, not a read, so the only traced reads are the pipe's.
     let (about_to_read, next_read) = std::sync::mpsc::channel::<()>();
     park(fifo);
     let writer_thread = std::thread::spawn(move || {
